@@ -1,0 +1,2 @@
+//! `cargo xtask`: the workspace's build-and-test driver.
+fn main() {}
