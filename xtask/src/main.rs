@@ -1,2 +1,40 @@
 //! `cargo xtask`: the workspace's build-and-test driver.
-fn main() {}
+//!
+//! - `cargo xtask ci [PHASE ...] [--keep-going]` runs the phases in order (all of them when none
+//!   is named) and stops at the first failure, naming it; `--keep-going` runs every phase and
+//!   lists the failures at the end. `cargo xtask ci --list` prints the phases.
+//! - `cargo xtask bench NAME` runs a benchmark and prints its figures (see `bench.rs`).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "xtask is a command-line tool: its output is the point"
+)]
+
+mod bench;
+mod phases;
+#[cfg(test)]
+mod tidy;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => phases::ci(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask bench NAME"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

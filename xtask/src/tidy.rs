@@ -1,0 +1,281 @@
+//! Tidy tests: the workspace rules from `conventions.md`, checked as ordinary `#[test]`s.
+//!
+//! Each rule is a function from file contents to a list of findings, so that the rule itself is
+//! tested on a bad example (see `rules_catch_bad_examples`) as well as run on the workspace.
+
+use std::path::{Path, PathBuf};
+
+use crate::phases::root;
+
+/// Calls that read ambient time or randomness, or spawn untracked tasks: banned in pure cores.
+const BANNED_IN_CORES: &[&str] = &[
+    "Instant::now",
+    "SystemTime::now",
+    "thread_rng",
+    "tokio::spawn",
+];
+
+/// The marker a pure-core module carries near its top.
+const PURE_CORE_MARKER: &str = "// tidy:pure-core";
+
+fn member_manifests(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.join("xtask").join("Cargo.toml")];
+    if let Ok(rd) = std::fs::read_dir(root.join("crates")) {
+        for e in rd.flatten() {
+            out.push(e.path().join("Cargo.toml"));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if p.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&p, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn workspace_rust_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in ["crates", "xtask", "tests", "fuzz/fuzz_targets"] {
+        rust_files(&root.join(d), &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// A member manifest must opt into the workspace lints.
+fn check_lints_inherited(manifest: &str) -> Option<String> {
+    let mut in_lints = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_lints = line == "[lints]";
+            if line == "lints.workspace = true" {
+                return None;
+            }
+            continue;
+        }
+        if in_lints && line.replace(' ', "") == "workspace=true" {
+            return None;
+        }
+        if line.replace(' ', "") == "lints.workspace=true" {
+            return None;
+        }
+    }
+    Some("lacks `[lints] workspace = true`".into())
+}
+
+/// The folder of a crate must be its package name.
+fn check_folder_is_name(folder: &str, manifest: &str) -> Option<String> {
+    let name = manifest
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("name = "))
+        .map(|v| v.trim_matches('"'));
+    match name {
+        Some(n) if n == folder => None,
+        Some(n) => Some(format!(
+            "package is named {n:?} but its folder is {folder:?}"
+        )),
+        None => Some("has no package name".into()),
+    }
+}
+
+/// Every Rust file opens with a `//!` line saying what it is.
+fn check_header(source: &str) -> Option<String> {
+    if source.starts_with("//!") {
+        None
+    } else {
+        Some("does not open with a `//!` line".into())
+    }
+}
+
+/// No ignored tests and no tests that pass by panicking: assert the error value instead.
+fn check_no_ignore(source: &str) -> Vec<String> {
+    let ignore = concat!("#[", "ignore");
+    let should_panic = concat!("#[", "should_panic");
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(ignore) || l.contains(should_panic))
+        .map(|(i, _)| format!("line {}: ignored or should-panic test", i + 1))
+        .collect()
+}
+
+/// Pure cores read no clock, draw no ambient randomness and spawn nothing.
+fn check_pure_core(source: &str) -> Vec<String> {
+    if !source.contains(PURE_CORE_MARKER) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, line) in source.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        for banned in BANNED_IN_CORES {
+            if code.contains(banned) {
+                out.push(format!("line {}: pure core calls {banned}", i + 1));
+            }
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_clean(findings: Vec<String>) {
+    assert!(
+        findings.is_empty(),
+        "tidy found {} problem(s):\n  {}",
+        findings.len(),
+        findings.join("\n  ")
+    );
+}
+
+#[test]
+fn every_member_inherits_workspace_lints() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let findings = member_manifests(&root)
+        .into_iter()
+        .filter_map(|m| check_lints_inherited(&read(&m)).map(|f| format!("{}: {f}", m.display())))
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn folder_is_crate_name() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let findings = member_manifests(&root)
+        .into_iter()
+        .filter_map(|m| {
+            let folder = m.parent()?.file_name()?.to_string_lossy().into_owned();
+            check_folder_is_name(&folder, &read(&m)).map(|f| format!("{}: {f}", m.display()))
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn every_rust_file_opens_with_a_doc_line() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let findings = workspace_rust_files(&root)
+        .into_iter()
+        .filter_map(|p| check_header(&read(&p)).map(|f| format!("{}: {f}", p.display())))
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn no_ignored_or_should_panic_tests() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let findings = workspace_rust_files(&root)
+        .into_iter()
+        .flat_map(|p| {
+            check_no_ignore(&read(&p))
+                .into_iter()
+                .map(move |f| format!("{}: {f}", p.display()))
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn pure_cores_touch_no_clock_rng_or_spawn() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let findings = workspace_rust_files(&root)
+        .into_iter()
+        .flat_map(|p| {
+            check_pure_core(&read(&p))
+                .into_iter()
+                .map(move |f| format!("{}: {f}", p.display()))
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn every_crate_is_named_in_architecture_md() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let arch = read(&root.join("ARCHITECTURE.md"));
+    let findings = member_manifests(&root)
+        .into_iter()
+        .filter_map(|m| {
+            let folder = m.parent()?.file_name()?.to_string_lossy().into_owned();
+            (!arch.contains(&format!("### {folder}")))
+                .then(|| format!("{folder} has no `### {folder}` section in ARCHITECTURE.md"))
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn no_bincode_in_the_lock_file() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let lock = read(&root.join("Cargo.lock"));
+    assert!(
+        !lock.contains("name = \"bincode\""),
+        "Cargo.lock contains bincode: the wire format is postcard (bincode is unmaintained)"
+    );
+}
+
+#[test]
+fn readme_names_the_test_command() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let readme = read(&root.join("README.md"));
+    assert!(
+        readme.contains("cargo xtask ci"),
+        "README.md must name `cargo xtask ci`"
+    );
+    let ci = read(&root.join(".ci").join("run"));
+    assert!(
+        ci.contains("cargo xtask ci"),
+        ".ci/run must run `cargo xtask ci`"
+    );
+}
+
+/// The rules themselves catch what they are for: a crate without inherited lints, a file
+/// without a `//!` header, an ignored test, a pure core reading the clock, a misnamed folder.
+#[test]
+fn rules_catch_bad_examples() {
+    let no_lints = "[package]\nname = \"quorate-x\"\n\n[dependencies]\nserde = \"1\"\n";
+    assert!(check_lints_inherited(no_lints).is_some());
+    let other_table = "[package]\nname = \"quorate-x\"\n[lints.rust]\nworkspace = true\n";
+    assert!(check_lints_inherited(other_table).is_some());
+    assert!(check_lints_inherited("[package]\n[lints]\nworkspace = true\n").is_none());
+
+    assert!(check_header("use std::io;\n").is_some());
+    assert!(check_header("// a plain comment\n//! late doc\n").is_some());
+    assert!(check_header("//! What this is.\nuse std::io;\n").is_none());
+
+    let ignored = concat!("#[test]\n#[", "ignore]\nfn t() {}\n");
+    assert_eq!(check_no_ignore(ignored).len(), 1);
+    let panicking = concat!(
+        "#[test]\n#[",
+        "should_panic(expected = \"x\")]\nfn t() {}\n"
+    );
+    assert_eq!(check_no_ignore(panicking).len(), 1);
+
+    let core =
+        format!("//! Core.\n{PURE_CORE_MARKER}\nfn f() {{ let t = std::time::Instant::now(); }}\n");
+    assert_eq!(check_pure_core(&core).len(), 1);
+    let shell = "//! Shell.\nfn f() { let t = std::time::Instant::now(); }\n";
+    assert!(check_pure_core(shell).is_empty());
+    let commented = format!("//! Core.\n{PURE_CORE_MARKER}\n// never call Instant::now here\n");
+    assert!(check_pure_core(&commented).is_empty());
+
+    assert!(check_folder_is_name("quorate-a", "name = \"quorate-b\"").is_some());
+    assert!(check_folder_is_name("quorate-a", "name = \"quorate-a\"").is_none());
+}
