@@ -75,8 +75,8 @@ const PHASES: &[Phase] = &[
     },
     Phase {
         name: "coord",
-        what: "embedded coordination on openraft and redb",
-        kind: Kind::Layer(&["quorate-raft"]),
+        what: "coordination: embedded on openraft and redb, and on a real etcd cluster",
+        kind: Kind::Layer(&["quorate-raft", "quorate-etcd"]),
     },
     Phase {
         name: "failover",
