@@ -1,0 +1,829 @@
+//! One role's task: owns the policy, holds the lease while primary, runs hooks, records history.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quorate_coord_api::{
+    Coord, CoordError, ElectionLeader, LeaderKey, LeaseId, RangeRequest, Revision,
+};
+use quorate_health_api::HealthView;
+use quorate_membership_api::Membership;
+use quorate_types::{FencingToken, NodeId};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::hooks::{ChangeCause, HookContext, RoleChange};
+use super::{Command, ManagerConfig, ManualOp, PrimaryContext, RoleSpec, RoleStatus, observe};
+use crate::error::FailoverError;
+use crate::policy::lease::LeaseConfig;
+use crate::policy::{Action, Notice, Observations, RolePolicy};
+
+pub(crate) struct RoleTaskParts {
+    pub(crate) config: Arc<ManagerConfig>,
+    pub(crate) spec: RoleSpec,
+    pub(crate) coord: Arc<dyn Coord>,
+    pub(crate) health: Arc<dyn HealthView>,
+    pub(crate) membership: Arc<dyn Membership>,
+    pub(crate) base: Instant,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) primary: watch::Sender<Option<PrimaryContext>>,
+    pub(crate) status: watch::Sender<RoleStatus>,
+    pub(crate) history: Arc<Mutex<VecDeque<RoleChange>>>,
+}
+
+/// A term of office of this node.
+struct Term {
+    lease: LeaseId,
+    leader: LeaderKey,
+    cancel: CancellationToken,
+    valid_until: watch::Receiver<Instant>,
+    /// Set by the lease keeper when it ends the term itself.
+    lost: Arc<Mutex<Option<ChangeCause>>>,
+}
+
+pub(crate) struct RoleTask {
+    p: RoleTaskParts,
+    node: NodeId,
+    policy: RolePolicy<NodeId>,
+    election: String,
+    /// Prefix of this role's operation keys: `request` and `veto/<node>` under it.
+    ops_prefix: String,
+    term: Option<Term>,
+    /// Mod revision of each operation key already seen (None before the first read: what
+    /// exists then is history, not orders).
+    ops_seen: Option<BTreeMap<String, Revision>>,
+    /// The leader as last read.
+    leader: Option<ElectionLeader>,
+    last_obs: Option<Observations<NodeId>>,
+    /// Promotion duration and token of this node's latest promotion, for the history entry.
+    promoted: Option<(Duration, FencingToken)>,
+}
+
+/// Outcome of a hook call raced against the end of the term.
+enum HookOutcome<T> {
+    Done(T),
+    TimedOut,
+    TermEnded,
+}
+
+impl RoleTask {
+    pub(crate) fn new(p: RoleTaskParts) -> Self {
+        let election = format!("{}election/{}", p.config.key_prefix, p.spec.name);
+        let ops_prefix = format!("{}ops/{}/", p.config.key_prefix, p.spec.name);
+        RoleTask {
+            node: p.config.node.clone(),
+            policy: RolePolicy::new(p.spec.config.policy),
+            election,
+            ops_prefix,
+            term: None,
+            ops_seen: None,
+            leader: None,
+            last_obs: None,
+            promoted: None,
+            p,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.p.base)
+    }
+
+    fn timing(&self) -> LeaseConfig {
+        self.p.spec.config.lease
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut next_tick = Instant::now();
+        loop {
+            let term_end = self.term.as_ref().map(|t| t.cancel.clone());
+            let term_ended = async move {
+                match term_end {
+                    Some(c) => c.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.p.cancel.cancelled() => break,
+                () = term_ended => {
+                    let cause = self
+                        .term
+                        .as_ref()
+                        .and_then(|t| t.lost.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                        .unwrap_or(ChangeCause::LeaseExpired);
+                    self.demote(cause).await;
+                }
+                cmd = self.p.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+                () = sleep_until(next_tick) => {
+                    let wake = self.tick().await;
+                    let regular = Instant::now() + self.p.config.tick_interval;
+                    next_tick = wake.map_or(regular, |w| regular.min(self.p.base + w));
+                }
+            }
+        }
+        self.demote(ChangeCause::Shutdown).await;
+    }
+
+    /// Reads the leader; `None` when the store cannot be read (nothing is decided then; the
+    /// lease keeper alone guards safety).
+    async fn read_leader(&mut self) -> Result<Option<NodeId>, CoordError> {
+        let read = timeout(
+            self.p.config.coord_timeout,
+            self.p.coord.leader(&self.election),
+        )
+        .await;
+        let leader = match read {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(CoordError::Timeout {
+                    what: "election leader read".to_owned(),
+                });
+            }
+        };
+        let primary = leader
+            .as_ref()
+            .and_then(|l| std::str::from_utf8(&l.value).ok())
+            .and_then(|s| NodeId::new(s).ok());
+        self.leader = leader;
+        Ok(primary)
+    }
+
+    async fn observe(&mut self) -> Result<Observations<NodeId>, CoordError> {
+        let primary = self.read_leader().await?;
+        let health = self.p.health.snapshot().status;
+        let snap = self.p.membership.snapshot();
+        Ok(observe::observations(
+            &self.p.spec.name,
+            &self.node,
+            health,
+            &snap,
+            primary,
+            self.p.spec.lag.as_deref(),
+        ))
+    }
+
+    /// One policy step; returns the policy's next wake-up instant.
+    async fn tick(&mut self) -> Option<Duration> {
+        let obs = match self.observe().await {
+            Ok(obs) => obs,
+            Err(e) => {
+                tracing::debug!(role = %self.p.spec.name, error = %e, "failover: cannot observe, skipping step");
+                return None;
+            }
+        };
+        // The store says someone else leads (or nobody) while we hold a term: our lease or
+        // leadership is gone, stop at once.
+        if let Some(term) = &self.term
+            && self
+                .leader
+                .as_ref()
+                .is_none_or(|l| l.key.lease != term.lease)
+        {
+            self.demote(ChangeCause::LeadershipLost).await;
+        }
+        self.poll_ops(&obs).await;
+        let now = self.now();
+        let decision = self.policy.step(&obs, now);
+        for n in &decision.notices {
+            self.record_notice(n, &obs).await;
+        }
+        match &decision.action {
+            Action::Promote { node, cause } if *node == self.node && self.term.is_none() => {
+                let cause = *cause;
+                self.promote(cause, &obs).await;
+            }
+            Action::Demote { node, cause, .. } if *node == self.node => {
+                let cause = ChangeCause::Policy(*cause);
+                if self.term.is_some() {
+                    self.demote(cause).await;
+                } else if let Some(l) = self.leader.clone() {
+                    // A leadership of an earlier incarnation of this node: give it back.
+                    let _ = timeout(self.p.config.coord_timeout, self.p.coord.resign(&l.key)).await;
+                }
+            }
+            _ => {}
+        }
+        self.p.status.send_replace(RoleStatus {
+            primary: obs.primary.clone(),
+            acting: self.p.primary.borrow().is_some(),
+            token: self.p.primary.borrow().as_ref().map(PrimaryContext::token),
+            last_action: decision.action.to_string(),
+        });
+        self.last_obs = Some(obs);
+        decision.wake_at
+    }
+
+    async fn record_notice(&mut self, n: &Notice<NodeId>, obs: &Observations<NodeId>) {
+        let change = match n {
+            Notice::PrimaryChanged {
+                old,
+                new,
+                cause,
+                detected_at,
+                at,
+                ..
+            } => {
+                let mine = *new == self.node;
+                let (promotion, token) = match self.promoted.take() {
+                    Some((d, t)) if mine => (Some(d), Some(t)),
+                    _ => (None, None),
+                };
+                let rpo = self
+                    .last_obs
+                    .as_ref()
+                    .and_then(|o| o.nodes.iter().find(|v| v.id == *new))
+                    .and_then(|v| v.lag)
+                    .filter(|_| old.is_some());
+                RoleChange {
+                    role: self.p.spec.name.clone(),
+                    at: *at,
+                    old_primary: old.clone(),
+                    new_primary: Some(new.clone()),
+                    cause: ChangeCause::Policy(*cause),
+                    token,
+                    detection: detected_at.map(|d| at.saturating_sub(d)),
+                    promotion,
+                    rpo,
+                }
+            }
+            Notice::PrimaryLost { old, cause, at } => RoleChange {
+                role: self.p.spec.name.clone(),
+                at: *at,
+                old_primary: Some(old.clone()),
+                new_primary: None,
+                cause: ChangeCause::Policy(*cause),
+                token: None,
+                detection: None,
+                promotion: None,
+                rpo: None,
+            },
+            other => {
+                tracing::info!(role = %self.p.spec.name, notice = ?other, "failover notice");
+                return;
+            }
+        };
+        let _ = obs;
+        self.push_history(change).await;
+    }
+
+    async fn push_history(&mut self, change: RoleChange) {
+        tracing::info!(role = %self.p.spec.name, change = %change, "role change");
+        let involves_me = change.old_primary.as_ref() == Some(&self.node)
+            || change.new_primary.as_ref() == Some(&self.node);
+        {
+            let mut h = self.p.history.lock().unwrap_or_else(|e| e.into_inner());
+            h.push_back(change.clone());
+            while h.len() > self.p.config.history_max.get() {
+                h.pop_front();
+            }
+        }
+        if involves_me {
+            let hooks = self.p.spec.hooks.clone();
+            let _ = timeout(self.p.config.hook_timeout, hooks.on_role_change(&change)).await;
+        }
+    }
+
+    /// Runs `fut` with the hook timeout, racing the end of the current term.
+    async fn hook<T>(&self, fut: impl Future<Output = T>) -> HookOutcome<T> {
+        let term_end = self.term.as_ref().map(|t| t.cancel.clone());
+        let ended = async move {
+            match term_end {
+                Some(c) => c.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = ended => HookOutcome::TermEnded,
+            r = timeout(self.p.config.hook_timeout, fut) => match r {
+                Ok(v) => HookOutcome::Done(v),
+                Err(_) => HookOutcome::TimedOut,
+            },
+        }
+    }
+
+    async fn promote(&mut self, cause: crate::policy::Cause, obs: &Observations<NodeId>) {
+        let started = Instant::now();
+        let timing = self.timing();
+        let ct = self.p.config.coord_timeout;
+        // Validity counts from when the granting request was sent.
+        let sent = Instant::now();
+        let grant = match timeout(ct, self.p.coord.lease_grant(timing.ttl)).await {
+            Ok(Ok(g)) => g,
+            other => {
+                tracing::warn!(role = %self.p.spec.name, result = ?other.map(|r| r.err()), "failover: lease grant failed");
+                return;
+            }
+        };
+        let campaign = timeout(
+            ct,
+            self.p.coord.campaign(
+                &self.election,
+                self.node.as_str().as_bytes().to_vec(),
+                grant.id,
+            ),
+        )
+        .await;
+        let leader = match campaign {
+            Ok(Ok(l)) => l,
+            other => {
+                tracing::warn!(role = %self.p.spec.name, result = ?other.map(|r| r.err()), "failover: campaign failed");
+                let _ = timeout(ct, self.p.coord.lease_revoke(grant.id)).await;
+                return;
+            }
+        };
+        let valid_until = sent + timing.window();
+        if Instant::now() >= valid_until {
+            let _ = timeout(ct, self.p.coord.resign(&leader)).await;
+            let _ = timeout(ct, self.p.coord.lease_revoke(grant.id)).await;
+            return;
+        }
+        let cancel = self.p.cancel.child_token();
+        let (valid_tx, valid_rx) = watch::channel(valid_until);
+        let lost = Arc::new(Mutex::new(None));
+        self.p.tracker.spawn(Box::pin(keep_lease(
+            self.p.coord.clone(),
+            grant.id,
+            timing,
+            valid_tx,
+            cancel.clone(),
+            lost.clone(),
+        )));
+        let token = leader.token;
+        self.term = Some(Term {
+            lease: grant.id,
+            leader,
+            cancel,
+            valid_until: valid_rx,
+            lost,
+        });
+        let ctx = HookContext {
+            role: self.p.spec.name.clone(),
+            node: self.node.clone(),
+            token,
+        };
+        let hooks = self.p.spec.hooks.clone();
+        let veto = match self.hook(hooks.before_promote(&ctx)).await {
+            HookOutcome::Done(Ok(())) => None,
+            HookOutcome::Done(Err(reason)) => Some(reason),
+            HookOutcome::TimedOut => Some(format!(
+                "before_promote timed out after {} ms",
+                self.p.config.hook_timeout.as_millis()
+            )),
+            HookOutcome::TermEnded => return,
+        };
+        if let Some(reason) = veto {
+            let now = self.now();
+            for n in self.policy.record_veto(&self.node, &reason, now) {
+                self.record_notice(&n, obs).await;
+            }
+            self.give_back(false, None).await;
+            if let Err(e) = self.publish_veto(&reason).await {
+                tracing::warn!(role = %self.p.spec.name, error = %e, "failover: could not publish the veto");
+            }
+            self.push_history(RoleChange {
+                role: self.p.spec.name.clone(),
+                at: now,
+                old_primary: None,
+                new_primary: None,
+                cause: ChangeCause::Vetoed(reason),
+                token: Some(token),
+                detection: None,
+                promotion: None,
+                rpo: None,
+            })
+            .await;
+            return;
+        }
+        if let HookOutcome::TermEnded = self.hook(hooks.on_promote(&ctx)).await {
+            return;
+        }
+        let Some(term) = &self.term else { return };
+        self.p.primary.send_replace(Some(PrimaryContext {
+            role: self.p.spec.name.clone(),
+            node: self.node.clone(),
+            token,
+            cancel: term.cancel.clone(),
+            valid_until: term.valid_until.clone(),
+        }));
+        self.p.status.send_modify(|st| {
+            st.acting = true;
+            st.token = Some(token);
+        });
+        self.promoted = Some((Instant::now().saturating_duration_since(started), token));
+        tracing::info!(role = %self.p.spec.name, %token, %cause, "promoted");
+    }
+
+    /// Ends the term: cancel the application's work first, then `on_demote` (if `hooks`),
+    /// then record `cause` in the history, then resign and revoke.
+    async fn give_back(&mut self, hooks: bool, cause: Option<ChangeCause>) -> Option<FencingToken> {
+        let term = self.term.take()?;
+        term.cancel.cancel();
+        self.p.primary.send_replace(None);
+        self.p.status.send_modify(|st| {
+            st.acting = false;
+            st.token = None;
+        });
+        let token = term.leader.token;
+        if hooks {
+            let ctx = HookContext {
+                role: self.p.spec.name.clone(),
+                node: self.node.clone(),
+                token,
+            };
+            let h = self.p.spec.hooks.clone();
+            let _ = timeout(self.p.config.hook_timeout, h.on_demote(&ctx)).await;
+        }
+        if let Some(cause) = cause {
+            let change = RoleChange {
+                role: self.p.spec.name.clone(),
+                at: self.now(),
+                old_primary: Some(self.node.clone()),
+                new_primary: None,
+                cause,
+                token: Some(token),
+                detection: None,
+                promotion: None,
+                rpo: None,
+            };
+            self.push_history(change).await;
+        }
+        let ct = self.p.config.coord_timeout;
+        let _ = timeout(ct, self.p.coord.resign(&term.leader)).await;
+        let _ = timeout(ct, self.p.coord.lease_revoke(term.lease)).await;
+        Some(token)
+    }
+
+    async fn demote(&mut self, cause: ChangeCause) {
+        let _ = self.give_back(true, Some(cause)).await;
+    }
+
+    /// Applies manual requests and vetoes other nodes published since the last look.
+    async fn poll_ops(&mut self, obs: &Observations<NodeId>) {
+        let read = timeout(
+            self.p.config.coord_timeout,
+            self.p
+                .coord
+                .range(RangeRequest::prefix(self.ops_prefix.clone())),
+        )
+        .await;
+        let Ok(Ok(resp)) = read else { return };
+        let first = self.ops_seen.is_none();
+        let seen = self.ops_seen.get_or_insert_with(BTreeMap::new);
+        let mut fresh = Vec::new();
+        for kv in resp.kvs {
+            if seen.get(&kv.key) == Some(&kv.mod_revision) {
+                continue;
+            }
+            seen.insert(kv.key.clone(), kv.mod_revision);
+            // Requests found at the first read are history; vetoes live under a lease and
+            // count while they exist.
+            let is_veto = kv
+                .key
+                .strip_prefix(&self.ops_prefix)
+                .is_some_and(|k| k.starts_with("veto/"));
+            if !first || is_veto {
+                fresh.push(kv);
+            }
+        }
+        let now = self.now();
+        for kv in fresh {
+            let Some(name) = kv.key.strip_prefix(&self.ops_prefix) else {
+                continue;
+            };
+            if let Some(node) = name.strip_prefix("veto/") {
+                let Ok(node) = NodeId::new(node) else {
+                    continue;
+                };
+                let reason = String::from_utf8_lossy(&kv.value).into_owned();
+                for n in self.policy.record_veto(&node, &reason, now) {
+                    self.record_notice(&n, obs).await;
+                }
+                continue;
+            }
+            if name != "request" {
+                continue;
+            }
+            match decode_request(&kv.value) {
+                Some((origin, _)) if origin == self.node => {}
+                Some((origin, op)) => match follow(&mut self.policy, &op, obs, now) {
+                    Ok(notices) => {
+                        for n in notices {
+                            self.record_notice(&n, obs).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(role = %self.p.spec.name, %origin, ?op, refusal = %e, "failover: manual request refused here");
+                    }
+                },
+                None => {
+                    tracing::warn!(role = %self.p.spec.name, "failover: unreadable manual request ignored");
+                }
+            }
+        }
+    }
+
+    /// Publishes this node's veto under a lease that lasts the veto back-off (or the
+    /// backend's shortest TTL), so that nodes that start later still see it while it lasts.
+    async fn publish_veto(&mut self, reason: &str) -> Result<(), CoordError> {
+        let ttl = self
+            .p
+            .spec
+            .config
+            .policy
+            .veto_backoff
+            .max(self.p.coord.capabilities().lease_ttl_min);
+        let grant = match timeout(self.p.config.coord_timeout, self.p.coord.lease_grant(ttl)).await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(CoordError::Timeout {
+                    what: "veto lease grant".to_owned(),
+                });
+            }
+        };
+        let name = format!("veto/{}", self.node);
+        self.publish(&name, reason.as_bytes().to_vec(), Some(grant.id))
+            .await
+    }
+
+    /// Publishes an operation key and remembers its revision as seen.
+    async fn publish(
+        &mut self,
+        name: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<(), CoordError> {
+        let key = format!("{}{name}", self.ops_prefix);
+        let put = timeout(
+            self.p.config.coord_timeout,
+            self.p.coord.put(&key, value, lease),
+        )
+        .await;
+        let resp = match put {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(CoordError::Timeout {
+                    what: format!("put {key}"),
+                });
+            }
+        };
+        if let Some(seen) = &mut self.ops_seen {
+            seen.insert(key, resp.revision);
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Explain { reply } => {
+                let r = match self.observe().await {
+                    Ok(obs) => Ok(self.policy.explain(&obs, self.now())),
+                    Err(source) => Err(FailoverError::Coord {
+                        role: self.p.spec.name.clone(),
+                        what: "reading the election leader",
+                        source,
+                    }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Manual { op, reply } => {
+                let r = self.manual(op).await;
+                let _ = reply.send(r);
+                // Act on it now rather than at the next tick.
+                let _ = self.tick().await;
+            }
+        }
+    }
+
+    async fn manual(&mut self, op: ManualOp) -> Result<Option<NodeId>, FailoverError> {
+        let role = self.p.spec.name.clone();
+        let obs = self
+            .observe()
+            .await
+            .map_err(|source| FailoverError::Coord {
+                role: role.clone(),
+                what: "reading the election leader",
+                source,
+            })?;
+        let now = self.now();
+        // Try on a copy: nothing changes unless the request is also published.
+        let mut trial = self.policy.clone();
+        let chosen =
+            apply(&mut trial, &op, &obs, now).map_err(|refusal| FailoverError::Refused {
+                role: role.clone(),
+                refusal,
+            })?;
+        // Publish with the target resolved, so every node follows the same handover.
+        let published = match (&op, &chosen) {
+            (ManualOp::Switchover(_) | ManualOp::Failback, Some(to)) => {
+                ManualOp::Switchover(Some(to.clone()))
+            }
+            (ManualOp::Failover(_), Some(to)) => ManualOp::Failover(Some(to.clone())),
+            _ => op.clone(),
+        };
+        let value = encode_request(&self.node, &published).into_bytes();
+        self.publish("request", value, None)
+            .await
+            .map_err(|source| FailoverError::Coord {
+                role,
+                what: "publishing the manual request",
+                source,
+            })?;
+        self.policy = trial;
+        Ok(chosen)
+    }
+}
+
+/// Applies a manual operation to a policy; returns the chosen node, if any.
+fn apply(
+    policy: &mut RolePolicy<NodeId>,
+    op: &ManualOp,
+    obs: &Observations<NodeId>,
+    now: Duration,
+) -> Result<Option<NodeId>, crate::policy::Refusal<NodeId>> {
+    let chosen = |a: Action<NodeId>| a.new_primary().cloned();
+    match op {
+        ManualOp::Switchover(t) => policy.switchover(obs, t.as_ref(), now).map(chosen),
+        ManualOp::Failover(t) => policy.failover(obs, t.as_ref(), now).map(chosen),
+        ManualOp::Failback => policy.failback(obs, now).map(chosen),
+        ManualOp::Pause(d) => policy.pause(now.saturating_add(*d), now).map(|_| None),
+        ManualOp::Resume => {
+            policy.resume();
+            Ok(None)
+        }
+        ManualOp::Cancel => {
+            policy.cancel_handover();
+            Ok(None)
+        }
+    }
+}
+
+/// Applies a manual request published by another node.
+fn follow(
+    policy: &mut RolePolicy<NodeId>,
+    op: &ManualOp,
+    obs: &Observations<NodeId>,
+    now: Duration,
+) -> Result<Vec<Notice<NodeId>>, crate::policy::Refusal<NodeId>> {
+    use crate::policy::Cause;
+    match op {
+        ManualOp::Switchover(Some(to)) => policy.accept_handover(obs, to, Cause::Switchover, now),
+        ManualOp::Failover(Some(to)) => policy.accept_handover(obs, to, Cause::ManualFailover, now),
+        ManualOp::Cancel => Ok(policy.cancel_handover().into_iter().collect()),
+        other => apply(policy, other, obs, now).map(|_| Vec::new()),
+    }
+}
+
+/// The stored form of a manual request: `"<origin> <op> [<arg>]"`, where op is one of
+/// `switchover`, `failover` (arg: node id or `*`), `failback`, `pause` (arg: milliseconds),
+/// `resume`, `cancel`.
+fn encode_request(origin: &NodeId, op: &ManualOp) -> String {
+    let target = |t: &Option<NodeId>| t.as_ref().map_or("*".to_owned(), |n| n.to_string());
+    match op {
+        ManualOp::Switchover(t) => format!("{origin} switchover {}", target(t)),
+        ManualOp::Failover(t) => format!("{origin} failover {}", target(t)),
+        ManualOp::Failback => format!("{origin} failback"),
+        ManualOp::Pause(d) => format!("{origin} pause {}", d.as_millis()),
+        ManualOp::Resume => format!("{origin} resume"),
+        ManualOp::Cancel => format!("{origin} cancel"),
+    }
+}
+
+fn decode_request(bytes: &[u8]) -> Option<(NodeId, ManualOp)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut parts = text.split(' ');
+    let origin = NodeId::new(parts.next()?).ok()?;
+    let op = parts.next()?;
+    let arg = parts.next();
+    let target = |a: Option<&str>| -> Option<Option<NodeId>> {
+        match a? {
+            "*" => Some(None),
+            s => NodeId::new(s).ok().map(Some),
+        }
+    };
+    let op = match op {
+        "switchover" => ManualOp::Switchover(target(arg)?),
+        "failover" => ManualOp::Failover(target(arg)?),
+        "failback" if arg.is_none() => ManualOp::Failback,
+        "pause" => ManualOp::Pause(Duration::from_millis(arg?.parse().ok()?)),
+        "resume" if arg.is_none() => ManualOp::Resume,
+        "cancel" if arg.is_none() => ManualOp::Cancel,
+        _ => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((origin, op))
+}
+
+/// Keeps the lease alive and ends the term when it cannot: at the holder deadline
+/// `sent + ttl * (1 - drift) - margin` of the last acknowledged renew (whatever the main task
+/// is doing), or when the store says the lease is gone.
+async fn keep_lease(
+    coord: Arc<dyn Coord>,
+    lease: LeaseId,
+    timing: LeaseConfig,
+    valid: watch::Sender<Instant>,
+    cancel: CancellationToken,
+    lost: Arc<Mutex<Option<ChangeCause>>>,
+) {
+    let end = |cause: ChangeCause| {
+        *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
+        cancel.cancel();
+    };
+    // Renew at once: the campaign may have taken part of the first window.
+    let mut next_renew = Instant::now();
+    loop {
+        let deadline = *valid.borrow();
+        let renew = async {
+            sleep_until(next_renew).await;
+            let sent = Instant::now();
+            (
+                sent,
+                timeout(timing.renew_timeout, coord.lease_keep_alive(lease)).await,
+            )
+        };
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            () = sleep_until(deadline) => {
+                end(ChangeCause::LeaseExpired);
+                return;
+            }
+            (sent, result) = renew => {
+                next_renew = sent + timing.renew_interval;
+                match result {
+                    Ok(Ok(_)) => {
+                        let until = sent + timing.window();
+                        valid.send_if_modified(|v| {
+                            let grow = until > *v;
+                            if grow {
+                                *v = until;
+                            }
+                            grow
+                        });
+                    }
+                    Ok(Err(CoordError::LeaseNotFound { .. } | CoordError::LeaseExpired { .. })) => {
+                        end(ChangeCause::LeadershipLost);
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%lease, error = %e, "lease renew failed"),
+                    Err(_) => tracing::debug!(%lease, "lease renew timed out"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+
+    #[test]
+    fn manual_requests_round_trip_and_garbage_is_ignored() {
+        let n = NodeId::new("n1").unwrap();
+        let b = NodeId::new("b").unwrap();
+        for op in [
+            ManualOp::Switchover(None),
+            ManualOp::Switchover(Some(b.clone())),
+            ManualOp::Failover(Some(b)),
+            ManualOp::Failover(None),
+            ManualOp::Failback,
+            ManualOp::Pause(Duration::from_millis(1500)),
+            ManualOp::Resume,
+            ManualOp::Cancel,
+        ] {
+            let text = encode_request(&n, &op);
+            assert_eq!(
+                decode_request(text.as_bytes()),
+                Some((n.clone(), op)),
+                "{text}"
+            );
+        }
+        for bad in [
+            &b""[..],
+            b"n1",
+            b"n1 explode",
+            b"n1 switchover",
+            b"n1 switchover B!",
+            b"n1 pause x",
+            b"n1 resume extra",
+            b"\xff\xfe",
+            b"-bad resume",
+        ] {
+            assert_eq!(decode_request(bad), None);
+        }
+    }
+}
