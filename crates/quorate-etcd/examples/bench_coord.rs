@@ -1,0 +1,114 @@
+//! `cargo run --release -p quorate-etcd --example bench_coord -- [--tiny] [--trials N]
+//! [--out PATH]`: the coordination benchmark through the `Coord` trait against a 3-member
+//! etcd cluster on loopback (and quorate, once a `BenchTarget` for it is plugged in: see
+//! `quorate_etcd::bench`). Prints the table and writes it to `target/bench-coord.txt`.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program"
+)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(String::new, |kib| {
+            format!(", {} GiB RAM", kib / 1024 / 1024)
+        });
+    let etcd = std::process::Command::new(
+        std::env::var_os(quorate_etcd::testkit::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
+    )
+    .arg("--version")
+    .output()
+    .ok()
+    .and_then(|o| String::from_utf8(o.stdout).ok())
+    .and_then(|s| s.lines().next().map(str::to_owned))
+    .unwrap_or_else(|| "etcd version unknown".into());
+    format!("{cpus} CPU(s) ({model}){mem}; {etcd}")
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let mut cfg = BenchConfig::full();
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord.txt");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--tiny" => cfg = BenchConfig::tiny(),
+            "--trials" => {
+                cfg.failover_trials = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(cfg.failover_trials);
+            }
+            "--out" => {
+                if let Some(p) = args.next() {
+                    out = PathBuf::from(p);
+                }
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; use --tiny, --trials N, --out PATH");
+                std::process::exit(2);
+            }
+        }
+    }
+    let started = Instant::now();
+    let etcd = match EtcdTarget::start(3).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bench_coord: {e}");
+            std::process::exit(1);
+        }
+    };
+    // The quorate column: plug a `BenchTarget` for a 3-process quorate cluster in here
+    // (pushed second, so the ratio column reads quorate/etcd).
+    let mut targets: Vec<Box<dyn BenchTarget>> = vec![Box::new(etcd)];
+    let report = match bench::run(&mut targets, &cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench_coord: {e}");
+            std::process::exit(1);
+        }
+    };
+    drop(targets);
+    let mut text = format!(
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback\nmachine: {}\ncommand: cargo run --release -p quorate-etcd --example bench_coord{}\nwall time: {:.0} s\n\n",
+        machine(),
+        std::env::args()
+            .skip(1)
+            .map(|a| format!(" {a}"))
+            .collect::<String>(),
+        started.elapsed().as_secs_f64()
+    );
+    if report.targets.len() < 2 {
+        text.push_str("quorate column: not plugged in (no BenchTarget for a 3-process quorate cluster yet)\n\n");
+    }
+    text.push_str(&report.table());
+    println!("{text}");
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&out, &text) {
+        Ok(()) => println!("written to {}", out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", out.display()),
+    }
+}
