@@ -10,12 +10,50 @@ use anyhow::{Context, Result, bail};
 use crate::phases::root;
 
 /// `(name, package, example, what it reports)`.
-const BENCHES: &[(&str, &str, &str, &str)] = &[(
-    "wire",
-    "quorate-wire",
-    "bench_wire",
-    "seal and open throughput per frame size",
-)];
+const BENCHES: &[(&str, &str, &str, &str)] = &[
+    (
+        "wire",
+        "quorate-wire",
+        "bench_wire",
+        "seal and open throughput per frame size",
+    ),
+    (
+        "health",
+        "quorate-health",
+        "bench",
+        "monitor CPU per 1,000 checks/s and scheduling lateness (args: checks interval_ms seconds)",
+    ),
+    (
+        "checker",
+        "quorate-sim",
+        "check_bench",
+        "linearizability checker on a generated history (args: ops keys processes seed)",
+    ),
+    (
+        "membership",
+        "quorate-membership",
+        "bench_membership",
+        "simulated detection time, traffic, convergence and false downs for N = 8..512",
+    ),
+    (
+        "coord",
+        "quorate-raft",
+        "bench_coord",
+        "3-node quorate-raft on loopback: write/read throughput and latency, failover",
+    ),
+    (
+        "failover",
+        "quorate",
+        "bin:quorate demo --chaos 20",
+        "kill -9 of the primary of a 3-agent loopback cluster, 20 trials: kill-to-promotion times",
+    ),
+    (
+        "etcd",
+        "quorate-etcd",
+        "bench_coord",
+        "the same coordination workload against a real 3-member etcd cluster",
+    ),
+];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {

@@ -84,6 +84,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-failover"]),
     },
     Phase {
+        name: "binary",
+        what: "the quorate binary: agent, demo (real processes), status",
+        kind: Kind::Layer(&["quorate"]),
+    },
+    Phase {
         name: "xtask",
         what: "clippy on xtask itself",
         kind: Kind::Layer(&["xtask"]),
