@@ -1,0 +1,548 @@
+//! Raft and client RPC over TCP, one authenticated `quorate-wire` frame per request and per
+//! response, through the [`Net`] seam (tokio sockets in production, turmoil in simulation).
+//!
+//! - **Connections are reused.** A call takes an idle connection to the peer out of the pool
+//!   (or connects, with `connect_timeout`), writes one request, reads one response and puts the
+//!   connection back only after a complete response. A call cancelled by openraft's own
+//!   timeouts therefore drops its connection instead of leaving an unread response on it.
+//! - **Every call has a timeout** (`rpc_timeout`, or openraft's shorter hard TTL).
+//! - **Frames are bounded** (`Limits::frame_bytes_max`). An AppendEntries batch that does not
+//!   fit is answered with openraft's `PayloadTooLarge` hint, so openraft sends fewer entries.
+//! - **Authentication**: every frame is sealed with the cluster key; the server closes a
+//!   connection at the first frame that fails to open (wrong key, wrong cluster, replay,
+//!   corruption, oversize), so an unauthenticated peer gets no answer at all.
+//!
+//! Message kinds: `0x0201` Raft request / `0x0202` Raft response, `0x0301`/`0x0302` client
+//! (forwarded proposals and read-index), `0x0401`/`0x0402` admin (forwarded membership
+//! changes).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError as OpenraftError,
+    RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use quorate_coord_api::{CoordError, KeyValue};
+use quorate_wire::net::{Listener, Net};
+use quorate_wire::{MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::machine::{Command, Outcome};
+use crate::types::{PeerNode, TypeConfig};
+
+/// Raft RPC request frames.
+pub const KIND_RAFT_REQ: MessageKind = MessageKind(0x0201);
+/// Raft RPC response frames.
+pub const KIND_RAFT_RESP: MessageKind = MessageKind(0x0202);
+/// Client RPC request frames (forwarded proposals, read-index).
+pub const KIND_CLIENT_REQ: MessageKind = MessageKind(0x0301);
+/// Client RPC response frames.
+pub const KIND_CLIENT_RESP: MessageKind = MessageKind(0x0302);
+/// Admin request frames (forwarded membership changes).
+pub const KIND_ADMIN_REQ: MessageKind = MessageKind(0x0401);
+/// Admin response frames.
+pub const KIND_ADMIN_RESP: MessageKind = MessageKind(0x0402);
+
+/// A membership change forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Add a learner.
+    AddLearner {
+        /// Its quorate name.
+        node: String,
+        /// Its Raft address.
+        addr: String,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// Its quorate name.
+        node: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its quorate name.
+        node: String,
+    },
+}
+
+/// Every request a node answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft AppendEntries.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft Vote.
+    Vote(VoteRequest<u64>),
+    /// Raft InstallSnapshot (one chunk).
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client command forwarded by a follower to the leader.
+    Propose(Command),
+    /// A follower asks the leader for a linearizable read index.
+    ReadIndex,
+    /// A membership change forwarded to the leader.
+    Admin(AdminRequest),
+    /// A remote client's linearizable read of one key (answered by any node: a follower
+    /// uses a read index from the leader).
+    Get(String),
+}
+
+impl Request {
+    fn kind(&self) -> MessageKind {
+        match self {
+            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) => {
+                KIND_RAFT_REQ
+            }
+            Request::Propose(_) | Request::ReadIndex | Request::Get(_) => KIND_CLIENT_REQ,
+            Request::Admin(_) => KIND_ADMIN_REQ,
+        }
+    }
+}
+
+/// Every response a node sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<u64>, OpenraftError<u64>>),
+    /// To [`Request::Vote`].
+    Vote(Result<VoteResponse<u64>, OpenraftError<u64>>),
+    /// To [`Request::InstallSnapshot`].
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, OpenraftError<u64, InstallSnapshotError>>),
+    /// To [`Request::Propose`]: the log index and outcome.
+    Propose(Result<(u64, Outcome), CoordError>),
+    /// To [`Request::ReadIndex`]: the index the follower must have applied before reading.
+    ReadIndex(Result<u64, CoordError>),
+    /// To [`Request::Admin`].
+    Admin(Result<(), CoordError>),
+    /// To [`Request::Get`]: the revision read at and the key, if present.
+    Get(Result<(u64, Option<KeyValue>), CoordError>),
+}
+
+impl Response {
+    fn kind(&self) -> MessageKind {
+        match self {
+            Response::AppendEntries(_) | Response::Vote(_) | Response::InstallSnapshot(_) => {
+                KIND_RAFT_RESP
+            }
+            Response::Propose(_) | Response::ReadIndex(_) | Response::Get(_) => KIND_CLIENT_RESP,
+            Response::Admin(_) => KIND_ADMIN_RESP,
+        }
+    }
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made (refused, unresolvable, connect timeout).
+    #[error("cannot connect to {addr}: {reason}")]
+    Unreachable {
+        /// The peer address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request does not fit one frame.
+    #[error("request to {addr} does not fit a frame: {source}")]
+    TooLarge {
+        /// The peer address.
+        addr: String,
+        /// The wire error.
+        source: WireError,
+    },
+    /// Sending or receiving failed, or the answer was invalid; the request may have been
+    /// processed.
+    #[error("call to {addr} failed: {reason}")]
+    Failed {
+        /// The peer address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer within the timeout; the request may have been processed.
+    #[error("call to {addr} timed out after {after:?}")]
+    Timeout {
+        /// The peer address.
+        addr: String,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Cluster name, keys, replay window; `frame_bytes_max` is replaced by `frame_bytes_max`
+    /// below.
+    pub wire: WireConfig,
+    /// The largest frame sent or accepted by the Raft transport.
+    pub frame_bytes_max: std::num::NonZeroU32,
+    /// How long a connect may take.
+    pub connect_timeout: Duration,
+    /// The default timeout of a call.
+    pub rpc_timeout: Duration,
+    /// Idle connections kept per peer.
+    pub idle_per_peer_max: usize,
+    /// Inbound connections served at once; more are closed at accept.
+    pub inbound_connections_max: usize,
+    /// An inbound connection with no request for this long is closed.
+    pub inbound_idle_timeout: Duration,
+}
+
+struct Conn<S> {
+    stream: S,
+    sealer: Sealer,
+    opener: StreamOpener,
+}
+
+/// The client side of the transport: a pool of authenticated connections per peer address.
+pub struct Transport<N: Net> {
+    net: N,
+    wire: WireConfig,
+    opener: Opener,
+    config: TransportConfig,
+    idle: Mutex<BTreeMap<String, Vec<Conn<N::TcpStream>>>>,
+}
+
+impl<N: Net> std::fmt::Debug for Transport<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("cluster", &self.wire.cluster_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Net> Transport<N> {
+    /// A transport on `net`; `opener` must be the node's one opener (shared replay guard).
+    pub fn new(net: N, config: TransportConfig) -> Self {
+        let mut wire = config.wire.clone();
+        wire.frame_bytes_max = config.frame_bytes_max;
+        let opener = Opener::new(&wire);
+        Self {
+            net,
+            wire,
+            opener,
+            config,
+            idle: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The wire settings in use (with the Raft frame limit).
+    pub fn wire(&self) -> &WireConfig {
+        &self.wire
+    }
+
+    /// The node's opener (one replay guard for everything it receives).
+    pub fn opener(&self) -> &Opener {
+        &self.opener
+    }
+
+    /// The socket seam.
+    pub fn net(&self) -> &N {
+        &self.net
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<Conn<N::TcpStream>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, addr: &str, conn: Conn<N::TcpStream>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = idle.entry(addr.to_owned()).or_default();
+        if slot.len() < self.config.idle_per_peer_max {
+            slot.push(conn);
+        }
+    }
+
+    /// Drops every idle connection to `addr` (after a peer restart or a failed call).
+    pub fn forget(&self, addr: &str) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.remove(addr);
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn<N::TcpStream>, CallError> {
+        let unreachable = |reason: String| CallError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let stream = tokio::time::timeout(self.config.connect_timeout, self.net.connect_tcp(addr))
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "connect timed out after {:?}",
+                    self.config.connect_timeout
+                ))
+            })?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Conn {
+            stream,
+            sealer: Sealer::new(&self.wire),
+            opener: StreamOpener::new(&self.opener),
+        })
+    }
+
+    /// Sends `req` to `addr` and waits for the response, within `timeout` (or the default).
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, CallError> {
+        let timeout = timeout.map_or(self.config.rpc_timeout, |t| t.min(self.config.rpc_timeout));
+        let probe = (self.wire.frame_bytes_max.get() as usize)
+            .saturating_sub(quorate_wire::HEADER_BYTES + quorate_wire::TAG_BYTES);
+        let plain = postcard::to_allocvec(req).map_err(|e| CallError::Failed {
+            addr: addr.to_owned(),
+            reason: format!("encode: {e}"),
+        })?;
+        if plain.len() > probe {
+            return Err(CallError::TooLarge {
+                addr: addr.to_owned(),
+                source: WireError::Oversize {
+                    len: plain.len() as u64,
+                    max: self.wire.frame_bytes_max.get(),
+                },
+            });
+        }
+        let fut = async {
+            let mut conn = match self.take_idle(addr) {
+                Some(c) => c,
+                None => self.connect(addr).await?,
+            };
+            let failed = |reason: String| CallError::Failed {
+                addr: addr.to_owned(),
+                reason,
+            };
+            let sealed = conn
+                .sealer
+                .seal_bytes(req.kind(), &plain)
+                .map_err(|e| failed(e.to_string()))?;
+            tokio::io::AsyncWriteExt::write_all(&mut conn.stream, &sealed)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            tokio::io::AsyncWriteExt::flush(&mut conn.stream)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let (kind, resp): (MessageKind, Response) =
+                quorate_wire::read_frame(&mut conn.stream, &mut conn.opener)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            if kind != resp.kind() {
+                return Err(failed(format!(
+                    "response kind {:#06x} does not match its body",
+                    kind.0
+                )));
+            }
+            self.put_idle(addr, conn);
+            Ok(resp)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout {
+                addr: addr.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// Answers requests; implemented by the node.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+}
+
+/// Serves inbound connections on `listener` until `cancel` fires: per connection, read a
+/// frame, answer it, repeat; close at the first bad frame or after the idle timeout.
+pub async fn serve<N: Net, H: Handler>(
+    listener: N::TcpListener,
+    transport: Arc<Transport<N>>,
+    handler: Arc<H>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(transport.config.inbound_connections_max));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "raft listener accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = transport.config.inbound_connections_max,
+                "raft: too many inbound connections; closing this one (raise inbound_connections_max)");
+            continue;
+        };
+        let transport = transport.clone();
+        let handler = handler.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {}
+                () = serve_conn(stream, peer, &transport, &*handler) => {}
+            }
+        });
+    }
+}
+
+async fn serve_conn<N: Net, H: Handler>(
+    mut stream: N::TcpStream,
+    peer: std::net::SocketAddr,
+    transport: &Transport<N>,
+    handler: &H,
+) {
+    let mut opener = StreamOpener::new(&transport.opener);
+    let sealer = Sealer::new(&transport.wire);
+    loop {
+        let read = tokio::time::timeout(
+            transport.config.inbound_idle_timeout,
+            quorate_wire::read_frame::<Request, _>(&mut stream, &mut opener),
+        )
+        .await;
+        let (kind, req) = match read {
+            Err(_) => return,
+            Ok(Err(WireError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "raft: rejected an inbound frame; closing the connection");
+                return;
+            }
+            Ok(Ok(x)) => x,
+        };
+        if kind != req.kind() {
+            tracing::warn!(%peer, kind = kind.0, "raft: frame kind does not match its body; closing");
+            return;
+        }
+        let resp = handler.handle(req).await;
+        if let Err(e) = quorate_wire::write_frame(&mut stream, &sealer, resp.kind(), &resp).await {
+            tracing::warn!(%peer, error = %e, "raft: could not send a response; closing");
+            return;
+        }
+    }
+}
+
+/// openraft's network factory over a [`Transport`].
+pub struct NetworkFactory<N: Net> {
+    transport: Arc<Transport<N>>,
+}
+
+impl<N: Net> NetworkFactory<N> {
+    /// A factory sharing `transport`.
+    pub fn new(transport: Arc<Transport<N>>) -> Self {
+        Self { transport }
+    }
+}
+
+/// openraft's client for one peer.
+pub struct PeerClient<N: Net> {
+    transport: Arc<Transport<N>>,
+    target: u64,
+    addr: String,
+}
+
+impl<N: Net> RaftNetworkFactory<TypeConfig> for NetworkFactory<N> {
+    type Network = PeerClient<N>;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        PeerClient {
+            transport: self.transport.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, PeerNode, OpenraftError<u64, E>>;
+
+impl<N: Net> PeerClient<N> {
+    async fn rpc<E: std::error::Error>(
+        &self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RpcErr<E>> {
+        let entries = match &req {
+            Request::AppendEntries(a) => a.entries.len() as u64,
+            _ => 0,
+        };
+        match self
+            .transport
+            .call(&self.addr, &req, Some(option.hard_ttl()))
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(e @ CallError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(CallError::TooLarge { .. }) if entries > 1 => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            )),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RpcErr<E> {
+        let e = CallError::Failed {
+            addr: self.addr.clone(),
+            reason: "unexpected response type".to_owned(),
+        };
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl<N: Net> RaftNetwork<TypeConfig> for PeerClient<N> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        match self.rpc(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        match self.rpc(Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.rpc(Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Shared helpers of the integration tests: real-TCP clusters on loopback.
+#![allow(dead_code, reason = "each test target uses a subset")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorate_raft::{Limits, NodeConfig, RaftNode, Storage, Timing};
+use quorate_types::NodeId;
+use quorate_wire::net::TokioNet;
+use quorate_wire::{ClusterKey, KeyRing, WireConfig};
+
+/// The test cluster's wire config (one fixed key).
+pub(crate) fn wire() -> WireConfig {
+    WireConfig::new(
+        "raft-test",
+        KeyRing::new(ClusterKey::from_bytes([7; 32]), vec![]),
+    )
+    .expect("wire config")
+}
+
+/// A node name.
+pub(crate) fn name(i: usize) -> NodeId {
+    NodeId::new(format!("n{i}")).unwrap()
+}
+
+/// A free loopback address (bind port 0, read the port, release it).
+pub(crate) fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A real-TCP cluster whose nodes keep their data under one temp dir.
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) addrs: Vec<String>,
+    pub(crate) nodes: Vec<Option<RaftNode<TokioNet>>>,
+    /// Per-node runtimes (when `own_runtimes`): killing a node drops its runtime, aborting
+    /// every task at once, as close to `kill -9` as one process gets.
+    pub(crate) runtimes: Vec<Option<tokio::runtime::Runtime>>,
+    pub(crate) own_runtimes: bool,
+    pub(crate) timing: Timing,
+    pub(crate) limits: Limits,
+}
+
+impl Cluster {
+    /// Starts `n` nodes; node 0 bootstraps the cluster.
+    pub(crate) async fn start(n: usize) -> Cluster {
+        Self::start_with(n, false, Limits::default()).await
+    }
+
+    /// Starts `n` nodes, each in its own runtime if `own_runtimes`, with `limits`.
+    pub(crate) async fn start_with(n: usize, own_runtimes: bool, limits: Limits) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+        let mut c = Cluster {
+            dir,
+            addrs,
+            nodes: (0..n).map(|_| None).collect(),
+            runtimes: (0..n).map(|_| None).collect(),
+            own_runtimes,
+            // The `wan` profile (election 1.0-1.5 s): real-time tests share 2 cores with the
+            // rest of CI, and `lan`'s 300 ms election timeout fires spuriously under that load.
+            timing: Timing::wan(),
+            limits,
+        };
+        for i in 0..n {
+            c.restart(i).await;
+        }
+        c
+    }
+
+    pub(crate) fn path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.redb"))
+    }
+
+    pub(crate) fn config(&self, i: usize) -> NodeConfig {
+        let mut cfg = NodeConfig::new(name(i), self.addrs[i].clone(), wire());
+        cfg.timing = self.timing;
+        cfg.limits = self.limits.clone();
+        if i == 0 {
+            cfg.bootstrap = Some(
+                self.addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (name(j), a.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            );
+        }
+        cfg
+    }
+
+    /// (Re)starts node `i` from its data file.
+    pub(crate) async fn restart(&mut self, i: usize) {
+        let storage = open_retry(&self.path(i)).await;
+        let config = self.config(i);
+        let node = if self.own_runtimes {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let node = rt
+                .spawn(RaftNode::start(config, storage, TokioNet))
+                .await
+                .unwrap()
+                .unwrap();
+            self.runtimes[i] = Some(rt);
+            node
+        } else {
+            RaftNode::start(config, storage, TokioNet).await.unwrap()
+        };
+        self.nodes[i] = Some(node);
+    }
+
+    /// Kills node `i`: drops its runtime (own runtimes) or shuts it down.
+    pub(crate) async fn kill(&mut self, i: usize) {
+        let node = self.nodes[i].take();
+        match self.runtimes[i].take() {
+            Some(rt) => {
+                rt.shutdown_background();
+                drop(node);
+            }
+            None => {
+                if let Some(n) = node {
+                    n.shutdown().await;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn node(&self, i: usize) -> &RaftNode<TokioNet> {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    /// Waits until a running node reports itself leader with a valid lease; returns its index.
+    pub(crate) async fn leader(&self) -> usize {
+        let waits: Vec<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let mut view = n.as_ref()?.view();
+                Some(Box::pin(async move {
+                    let _ = view.wait_for(|v| v.can_act).await;
+                    i
+                }))
+            })
+            .collect();
+        let (i, _, _) =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::select_all(waits))
+                .await
+                .expect("a leader within 20 s");
+        i
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i).await;
+        }
+    }
+}
+
+/// Opens a redb file, retrying while a just-stopped node's last handle is being dropped.
+pub(crate) async fn open_retry(path: &Path) -> Storage {
+    let mut last = None;
+    for _ in 0..100 {
+        match Storage::open(path) {
+            Ok(s) => return s,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot open {}: {last:?}", path.display());
+}
