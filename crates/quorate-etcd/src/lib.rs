@@ -6,7 +6,7 @@
 //!   Several endpoints with failover, user/password authentication, TLS (feature `tls`).
 //! - [`testkit`]: starts a real 1- or 3-member etcd cluster on free loopback ports in a
 //!   temporary directory and tears it down on drop (tests and `cargo xtask bench`).
-//! - [`bench`]: the coordination benchmark run through the `Coord` trait, the same workload
+//! - [`mod@bench`]: the coordination benchmark run through the `Coord` trait, the same workload
 //!   against etcd and quorate, interleaved, with a side-by-side table.
 //!
 //! ```no_run
