@@ -4,6 +4,8 @@
 //!   is named) and stops at the first failure, naming it; `--keep-going` runs every phase and
 //!   lists the failures at the end. `cargo xtask ci --list` prints the phases.
 //! - `cargo xtask bench NAME` runs a benchmark and prints its figures (see `bench.rs`).
+//! - `cargo xtask chaos [--release] [--keep] [FILTER]` runs the real-process chaos test: three
+//!   agents in network namespaces, SIGKILL, SIGSTOP, nftables partitions, a 0.5x clock (root).
 
 #![allow(
     clippy::print_stdout,
@@ -12,6 +14,7 @@
 )]
 
 mod bench;
+mod chaos;
 mod phases;
 #[cfg(test)]
 mod tidy;
@@ -23,9 +26,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => phases::ci(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask bench NAME"
+                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask bench NAME | cargo xtask chaos [--release] [--keep] [FILTER]"
             );
             return ExitCode::from(2);
         }

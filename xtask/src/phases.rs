@@ -1,5 +1,11 @@
-//! The phases of `cargo xtask ci`, in the order the plan builds the system: tidy, fmt, then
-//! clippy and tests layer by layer, then docs, simulation and fuzzing.
+//! The phases of `cargo xtask ci`, in the order the plan builds the system: tidy, fmt, one
+//! clippy and one build of the whole workspace, then tests layer by layer, then docs,
+//! simulation and fuzzing.
+//!
+//! Build once: every cargo command here selects `--workspace`, so features unify the same way
+//! in every phase and no dependency is compiled twice (selecting `-p a -p b` per layer would
+//! unify features per selection and rebuild shared dependencies in each phase). Layers select
+//! their crates with a nextest filter instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +25,9 @@ enum Kind {
     Tidy,
     /// `cargo fmt --check`.
     Fmt,
-    /// Clippy with `-D warnings`, then every test of these crates but the `sim` targets.
+    /// Clippy on the whole workspace with `-D warnings`, then every test target compiled.
+    Build,
+    /// Every test of these crates but the `sim` targets (already built by [`Kind::Build`]).
     Layer(&'static [&'static str]),
     /// `cargo doc` with `-D warnings`, then the doctests.
     Doc,
@@ -42,6 +50,11 @@ const PHASES: &[Phase] = &[
         name: "fmt",
         what: "cargo fmt --check",
         kind: Kind::Fmt,
+    },
+    Phase {
+        name: "build",
+        what: "clippy -D warnings on the whole workspace, then build every test once",
+        kind: Kind::Build,
     },
     Phase {
         name: "traits",
@@ -87,11 +100,6 @@ const PHASES: &[Phase] = &[
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
         kind: Kind::Layer(&["quorate"]),
-    },
-    Phase {
-        name: "xtask",
-        what: "clippy on xtask itself",
-        kind: Kind::Layer(&["xtask"]),
     },
     Phase {
         name: "doc",
@@ -188,31 +196,33 @@ fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
             )?;
         }
         Kind::Fmt => cargo(root, &["fmt", "--all", "--", "--check"])?,
+        Kind::Build => {
+            cargo(
+                root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            cargo(root, &["test", "--workspace", "--no-run", "--locked"])?;
+        }
         Kind::Layer(crates) => {
             let present: Vec<&str> = crates
                 .iter()
                 .copied()
-                .filter(|c| {
-                    *c == "xtask" || root.join("crates").join(c).join("Cargo.toml").exists()
-                })
+                .filter(|c| root.join("crates").join(c).join("Cargo.toml").exists())
                 .collect();
             if present.is_empty() {
                 return Ok(Outcome::Skipped(format!("none of {crates:?} exists yet")));
             }
-            let mut args = vec!["clippy", "--all-targets", "--locked"];
-            for c in &present {
-                args.extend(["-p", c]);
-            }
-            args.extend(["--", "-D", "warnings"]);
-            cargo(root, &args)?;
-            if present == ["xtask"] {
-                return Ok(Outcome::Ran);
-            }
+            let filter = layer_filter(&present, false);
             let mut args = nextest_run();
-            for c in &present {
-                args.extend(["-p", c]);
-            }
-            args.extend(["-E", "not binary(sim)"]);
+            args.extend(["--workspace", "-E", filter.as_str()]);
             cargo(root, &args)?;
         }
         Kind::Doc => {
@@ -244,11 +254,10 @@ fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
             if sims.is_empty() {
                 return Ok(Outcome::Skipped("no crate has a tests/sim.rs yet".into()));
             }
+            let names: Vec<&str> = sims.iter().map(String::as_str).collect();
+            let filter = layer_filter(&names, true);
             let mut args = nextest_run();
-            for c in &sims {
-                args.extend(["-p", c.as_str()]);
-            }
-            args.extend(["-E", "binary(sim)"]);
+            args.extend(["--workspace", "-E", filter.as_str()]);
             cargo(root, &args)?;
         }
         Kind::Fuzz => {
@@ -282,6 +291,17 @@ fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ran)
+}
+
+/// The nextest filter for the tests of `crates`: their `sim` targets only, or all but those.
+fn layer_filter(crates: &[&str], sim: bool) -> String {
+    let packages: Vec<String> = crates.iter().map(|c| format!("package({c})")).collect();
+    let sim = if sim {
+        "binary(sim)"
+    } else {
+        "not binary(sim)"
+    };
+    format!("({}) & {sim}", packages.join(" | "))
 }
 
 /// `nextest run` with the CI profile when cargo-nextest is installed, else `cargo test`.

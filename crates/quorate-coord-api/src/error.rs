@@ -90,8 +90,8 @@ pub enum CoordError {
         /// The limit.
         max: u64,
     },
-    /// `proclaim`/`resign` by a candidate that is not (any more) the election's leader, or
-    /// `unlock` of a lock key that does not exist. Nothing changed.
+    /// `proclaim` by a candidate that is not (any more) the election's leader. Nothing changed.
+    /// (`unlock` of a lock key that no longer exists is not an error: see `Coord::unlock`.)
     #[error("{key} is not the current holder: {reason}")]
     NotHolder {
         /// The key of the would-be holder.

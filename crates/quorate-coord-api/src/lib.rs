@@ -92,6 +92,9 @@ pub trait Coord: Send + Sync {
     async fn watch(&self, prefix: &str, from: Option<Revision>) -> Result<WatchStream, CoordError>;
 
     /// Grants a lease with this TTL (within `Capabilities::lease_ttl_min..=lease_ttl_max`).
+    /// A backend may round the TTL up to its granularity (etcd counts whole seconds, so 1.5 s
+    /// becomes 2 s; quorate-raft keeps milliseconds); [`LeaseGrant::ttl`] is the TTL granted,
+    /// and holders must time their renewals from it, not from the TTL asked for.
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant, CoordError>;
 
     /// Renews a lease to its full TTL (one call; holders call it every ttl/3).

@@ -41,6 +41,8 @@ fn role() -> RoleName {
 struct Cuttable {
     inner: Arc<dyn Coord>,
     cut: AtomicBool,
+    /// Renews reach the store (the lease stays alive) but their answers are lost.
+    lose_renew_acks: AtomicBool,
 }
 
 impl Cuttable {
@@ -91,7 +93,13 @@ impl Coord for Cuttable {
     }
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<LeaseGrant, CoordError> {
         self.gate().await;
-        self.inner.lease_keep_alive(id).await
+        let r = self.inner.lease_keep_alive(id).await;
+        if self.lose_renew_acks.load(Ordering::SeqCst) {
+            return Err(CoordError::Unavailable {
+                reason: "renew answer lost (test)".to_owned(),
+            });
+        }
+        r
     }
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, CoordError> {
         self.gate().await;
@@ -278,6 +286,7 @@ impl Cluster {
                 coord: Arc::new(Cuttable {
                     inner: store.clone(),
                     cut: AtomicBool::new(false),
+                    lose_renew_acks: AtomicBool::new(false),
                 }),
                 health: Arc::new(ManualHealthView::new(std::num::NonZeroUsize::MIN)),
                 membership,
@@ -418,12 +427,13 @@ async fn partitioned_primary_stops_before_its_lease_can_expire() {
     let m1 = &c.nodes[0];
     let work = {
         let stopped = stopped.clone();
+        let ctx = valid_until.clone();
         async move {
             let r = m1
                 .m()
                 .run_while_primary(&role(), |ctx| async move { ctx.demoted().await })
                 .await;
-            *stopped.lock().unwrap() = Some(Instant::now());
+            *stopped.lock().unwrap() = Some((Instant::now(), ctx.now()));
             r
         }
     };
@@ -435,11 +445,11 @@ async fn partitioned_primary_stops_before_its_lease_can_expire() {
     });
     let (r, took) = tokio::join!(work, watch_new);
     assert_eq!(r.unwrap(), None, "work cancelled by the demotion");
-    let stopped_at = stopped.lock().unwrap().unwrap();
+    let (stopped_at, stopped_local) = stopped.lock().unwrap().unwrap();
     let promoted_at = cut_at + took;
     // The old primary stopped no later than its holder deadline, before anyone else acted.
     assert!(
-        stopped_at <= valid_until.valid_until(),
+        stopped_local <= valid_until.valid_until(),
         "stopped after the deadline"
     );
     assert!(
@@ -451,13 +461,21 @@ async fn partitioned_primary_stops_before_its_lease_can_expire() {
     // Failover within about a second of the cut on the LAN profile (ttl 600 ms).
     assert!(took < Duration::from_millis(1500), "failover took {took:?}");
     assert_eq!(c.acting(), vec!["n2"]);
-    let h1 = c.nodes[0].m().history(&role()).unwrap();
-    assert_eq!(
-        h1.last().unwrap().cause,
-        ChangeCause::LeaseExpired,
-        "{}",
-        c.dump()
-    );
+    // n1 stopped acting at its deadline but keeps its (unreachable) lease for the resume
+    // window, then ends the term (its role task notices after the coordination call it is
+    // blocked in times out).
+    c.until(
+        ManagerConfig::lan(id("n1")).lease_resume_window + Duration::from_secs(1),
+        |c| {
+            c.nodes[0]
+                .m()
+                .history(&role())
+                .unwrap()
+                .last()
+                .is_some_and(|h| h.cause == ChangeCause::LeaseExpired)
+        },
+    )
+    .await;
     // History is written from observations: the next step records the new primary.
     c.until(Duration::from_millis(300), |c| {
         c.nodes[1]
@@ -481,6 +499,63 @@ async fn partitioned_primary_stops_before_its_lease_can_expire() {
         last.detection.is_some() && last.promotion.is_some(),
         "{last}"
     );
+    c.shutdown().await;
+}
+
+/// Renews whose answers are lost for longer than the holder window but shorter than the resume
+/// window (as during a coordination-leader election that keeps leases): the primary stops at
+/// its deadline, keeps its lease, and acts again with the same token; no handover.
+#[tokio::test(start_paused = true)]
+async fn primary_resumes_with_the_same_token_when_renews_come_back() {
+    let c = Cluster::start().await;
+    c.until(Duration::from_secs(2), |c| c.acting() == vec!["n1"])
+        .await;
+    let token = c.nodes[0].token().unwrap();
+    c.nodes[0]
+        .coord
+        .lose_renew_acks
+        .store(true, Ordering::SeqCst);
+    // Past the holder window (544 ms): n1 has stopped acting and nobody else acts.
+    c.until(Duration::from_millis(700), |c| c.acting().is_empty())
+        .await;
+    sleep(Duration::from_millis(400)).await;
+    assert!(c.acting().is_empty(), "{}", c.dump());
+    assert!(
+        c.nodes[0].hooks.calls().contains(&"on_demote".to_owned()),
+        "{}",
+        c.dump()
+    );
+    c.nodes[0]
+        .coord
+        .lose_renew_acks
+        .store(false, Ordering::SeqCst);
+    c.until(Duration::from_millis(500), |c| c.acting() == vec!["n1"])
+        .await;
+    assert_eq!(c.nodes[0].token(), Some(token), "same term, same token");
+    let calls = c.nodes[0].hooks.calls();
+    assert_eq!(
+        calls.iter().filter(|h| *h == "on_promote").count(),
+        2,
+        "{calls:?}"
+    );
+    for n in &c.nodes {
+        let h = n.m().history(&role()).unwrap();
+        assert!(
+            h.iter().all(
+                |e| e.new_primary.as_ref().is_none_or(|p| p.as_str() == "n1")
+                    && e.cause != ChangeCause::LeaseExpired
+            ),
+            "no handover: {}",
+            c.dump()
+        );
+    }
+    // n1's application gets a fresh context and runs again.
+    let got = c.nodes[0]
+        .m()
+        .run_while_primary(&role(), |ctx| async move { ctx.token() })
+        .await
+        .unwrap();
+    assert_eq!(got, Some(token));
     c.shutdown().await;
 }
 

@@ -421,6 +421,22 @@ async fn run_on(
                 view.wait_for(|v| v.leader.is_some()),
             )
             .await;
+            // And until it has caught up with the others: if the next trial kills the leader
+            // while this node is still behind, its campaign is refused for its shorter log and
+            // the election takes a second or two longer (openraft then delays the refused
+            // candidate by 2 x election_max); that measured the bench, not the failover.
+            let target = cluster
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.node.view().borrow().applied_index)
+                .max()
+                .unwrap_or(0);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                view.wait_for(|v| v.applied_index >= target),
+            )
+            .await;
         }
     }
     Ok(BenchReport {

@@ -7,13 +7,15 @@
 //! holder's validity ends at `sent + ttl * (1 - drift) - margin` by the holder's clock and
 //! `received >= sent`, the holder has stopped before anyone else can be granted the lease.
 //!
-//! After a leader change the new leader uses its own records: it received the renew entry
-//! after the holder sent it, so its deadline is also safe, and tighter than etcd's rule (extend
-//! every lease by a full TTL). A node with no record of a lease (it restarted, or installed a
-//! snapshot) treats the lease as renewed when it loaded that state
-//! ([`LeaseClock::restored`]), or, for any other lease it finds without a matching record,
-//! when it first notices (`now` in [`LeaseClock::expired`]): both are later than the holder's
-//! send time, so both are safe.
+//! When a node starts to act as leader (new term, or quorum regained) it extends every live
+//! lease by a full TTL from that moment with [`LeaseClock::restored`] (etcd's rule), so no lease
+//! ends because an election or a quorum loss kept renewals from committing. (Its own apply-time
+//! records would also be safe, and tighter, but ended every lease shorter than the election and
+//! so handed roles over at each leader change.) A node with no record of a lease (it
+//! restarted, or installed a snapshot) also treats the lease as renewed when it loaded that
+//! state, and, for any other lease it finds without a matching record, when it first notices
+//! (`now` in [`LeaseClock::expired`]): all of these are later than the holder's send time, so
+//! all are safe.
 //!
 //! Recording at apply time rather than at append time only makes deadlines later (safe).
 //! Time is an argument everywhere: a `Duration` since any fixed origin of one monotonic clock.
@@ -117,8 +119,9 @@ impl LeaseClock {
         }
     }
 
-    /// Replaces every record after `machine` was loaded without observing its entries (node
-    /// start, snapshot install): each live lease counts as renewed at `now`.
+    /// Replaces every record: each live lease of `machine` counts as renewed at `now`. Used
+    /// after `machine` was loaded without observing its entries (node start, snapshot install)
+    /// and when this node starts to act as leader (etcd's rule: extend every lease).
     pub fn restored(&mut self, machine: &Machine, now: Duration) {
         self.records = machine
             .leases()

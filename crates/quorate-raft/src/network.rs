@@ -52,6 +52,15 @@ pub const KIND_CLIENT_RESP: MessageKind = MessageKind(0x0302);
 pub const KIND_ADMIN_REQ: MessageKind = MessageKind(0x0401);
 /// Admin response frames.
 pub const KIND_ADMIN_RESP: MessageKind = MessageKind(0x0402);
+/// A one-way "hello" frame (empty payload, no answer): a client sends it first on a new
+/// connection whose first request is larger than [`PRE_AUTH_FRAME_BYTES_MAX`], so that the
+/// connection proves the cluster key with a small frame before the server accepts a large one.
+pub const KIND_HELLO: MessageKind = MessageKind(0x0203);
+/// The largest frame (header included) a server accepts on a connection that has not yet
+/// delivered an authentic frame: 64 KiB. Until then a peer without the key can make the
+/// server allocate at most this much per connection (at most `inbound_connections_max` of
+/// them), instead of `frame_bytes_max` (16 MiB) each.
+pub const PRE_AUTH_FRAME_BYTES_MAX: u32 = 64 * 1024;
 
 /// A membership change forwarded to the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -313,14 +322,26 @@ impl<N: Net> Transport<N> {
             });
         }
         let fut = async {
-            let mut conn = match self.take_idle(addr) {
-                Some(c) => c,
-                None => self.connect(addr).await?,
+            let (mut conn, fresh) = match self.take_idle(addr) {
+                Some(c) => (c, false),
+                None => (self.connect(addr).await?, true),
             };
             let failed = |reason: String| CallError::Failed {
                 addr: addr.to_owned(),
                 reason,
             };
+            let framed = plain.len() + quorate_wire::HEADER_BYTES + quorate_wire::TAG_BYTES;
+            if fresh && framed > PRE_AUTH_FRAME_BYTES_MAX as usize {
+                // Authenticate the connection with a small frame first (sealed first: the
+                // server checks that sequence numbers increase).
+                let hello = conn
+                    .sealer
+                    .seal_bytes(KIND_HELLO, &[])
+                    .map_err(|e| failed(e.to_string()))?;
+                tokio::io::AsyncWriteExt::write_all(&mut conn.stream, &hello)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
             let sealed = conn
                 .sealer
                 .seal_bytes(req.kind(), &plain)
@@ -411,10 +432,11 @@ async fn serve_conn<N: Net, H: Handler>(
 ) {
     let mut opener = StreamOpener::new(&transport.opener);
     let sealer = Sealer::new(&transport.wire);
+    let mut authenticated = false;
     loop {
         let read = tokio::time::timeout(
             transport.config.inbound_idle_timeout,
-            quorate_wire::read_frame::<Request, _>(&mut stream, &mut opener),
+            read_request(&mut stream, &mut opener, authenticated),
         )
         .await;
         let (kind, req) = match read {
@@ -426,6 +448,10 @@ async fn serve_conn<N: Net, H: Handler>(
             }
             Ok(Ok(x)) => x,
         };
+        authenticated = true;
+        let Some(req) = req else {
+            continue; // a hello: authenticated, nothing to answer
+        };
         if kind != req.kind() {
             tracing::warn!(%peer, kind = kind.0, "raft: frame kind does not match its body; closing");
             return;
@@ -436,6 +462,41 @@ async fn serve_conn<N: Net, H: Handler>(
             return;
         }
     }
+}
+
+// `read_request` reads the length from the header's last four bytes.
+const _: () = assert!(quorate_wire::HEADER_BYTES == 40);
+
+/// Reads one request frame; `None` for a hello. Before the connection has delivered an
+/// authentic frame (`authenticated`), a frame longer than [`PRE_AUTH_FRAME_BYTES_MAX`] is
+/// refused on its header alone, before its body is allocated or read.
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    opener: &mut StreamOpener,
+    authenticated: bool,
+) -> Result<(MessageKind, Option<Request>), WireError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; quorate_wire::HEADER_BYTES];
+    stream.read_exact(&mut header).await?;
+    if !authenticated {
+        // The ciphertext length is the header's last four bytes (big endian); quorate-wire
+        // checks magic, version and the full limit when it parses the header below.
+        let len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
+        let total = quorate_wire::HEADER_BYTES as u64 + u64::from(len);
+        if total > u64::from(PRE_AUTH_FRAME_BYTES_MAX) {
+            return Err(WireError::Oversize {
+                len: total,
+                max: PRE_AUTH_FRAME_BYTES_MAX,
+            });
+        }
+    }
+    let mut chained = (&header[..]).chain(stream);
+    let f = opener.read_raw(&mut chained).await?;
+    if f.kind == KIND_HELLO {
+        return Ok((f.kind, None));
+    }
+    let req = postcard::from_bytes(&f.payload).map_err(WireError::Decode)?;
+    Ok((f.kind, Some(req)))
 }
 
 /// openraft's network factory over a [`Transport`].

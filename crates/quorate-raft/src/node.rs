@@ -181,6 +181,15 @@ enum Local<T> {
     Forward(Option<PeerNode>),
 }
 
+impl<T> Local<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Local<U> {
+        match self {
+            Local::Done(r) => Local::Done(r.map(f)),
+            Local::Forward(l) => Local::Forward(l),
+        }
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> CoordError {
     CoordError::Unavailable {
         reason: format!("raft node stopped: {e}"),
@@ -494,16 +503,36 @@ impl<N: Net> Core<N> {
 
     async fn propose(&self, cmd: Command) -> Result<(u64, Outcome), CoordError> {
         self.check_size(&cmd)?;
-        for _ in 0..2 {
-            match self.propose_local(cmd.clone()).await {
-                Local::Done(r) => return r,
-                Local::Forward(Some(leader)) => {
-                    let resp = self.forward(&leader, &Request::Propose(cmd), true).await?;
-                    return match resp {
-                        Response::Propose(r) => r,
-                        _ => Err(bad_response()),
-                    };
+        let cmd = &cmd;
+        self.local_or_forward(
+            || self.propose_local(cmd.clone()),
+            |leader| async move {
+                let req = Request::Propose(cmd.clone());
+                match self.forward(&leader, &req, true).await? {
+                    Response::Propose(r) => r,
+                    _ => Err(bad_response()),
                 }
+            },
+        )
+        .await
+    }
+
+    /// The one local-or-forward loop of proposals, reads and membership changes: try `local`;
+    /// if another node leads, hand the request to `forward` (one hop); if no leader is known,
+    /// wait for one (up to three election timeouts) and try once more; else `NotLeader`.
+    async fn local_or_forward<T, F, G>(
+        &self,
+        local: impl Fn() -> F,
+        forward: impl FnOnce(PeerNode) -> G,
+    ) -> Result<T, CoordError>
+    where
+        F: Future<Output = Local<T>>,
+        G: Future<Output = Result<T, CoordError>>,
+    {
+        for _ in 0..2 {
+            match local().await {
+                Local::Done(r) => return r,
+                Local::Forward(Some(leader)) => return forward(leader).await,
                 Local::Forward(None) => {
                     if self
                         .wait_for_leader(self.timing.election_max * 3)
@@ -566,36 +595,22 @@ impl<N: Net> Core<N> {
     }
 
     async fn linearizable_barrier(&self) -> Result<(), CoordError> {
-        for _ in 0..2 {
-            match self.read_index_local().await {
-                Local::Done(r) => return r.map(|_| ()),
-                Local::Forward(Some(leader)) => {
-                    let idx = match self.forward(&leader, &Request::ReadIndex, false).await? {
-                        Response::ReadIndex(r) => r?,
-                        _ => return Err(bad_response()),
-                    };
-                    return self
-                        .raft
-                        .wait(Some(self.limits.forward_timeout))
-                        .applied_index_at_least(Some(idx), "linearizable read")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| CoordError::Timeout {
-                            what: format!("this follower to apply index {idx}: {e}"),
-                        });
-                }
-                Local::Forward(None) => {
-                    if self
-                        .wait_for_leader(self.timing.election_max * 3)
-                        .await
-                        .is_none()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(self.not_leader(None))
+        let local = || async { self.read_index_local().await.map(|_| ()) };
+        self.local_or_forward(local, |leader| async move {
+            let idx = match self.forward(&leader, &Request::ReadIndex, false).await? {
+                Response::ReadIndex(r) => r?,
+                _ => return Err(bad_response()),
+            };
+            self.raft
+                .wait(Some(self.limits.forward_timeout))
+                .applied_index_at_least(Some(idx), "linearizable read")
+                .await
+                .map(|_| ())
+                .map_err(|e| CoordError::Timeout {
+                    what: format!("this follower to apply index {idx}: {e}"),
+                })
+        })
+        .await
     }
 
     fn member(&self, node: &NodeId) -> Result<(u64, bool, bool), CoordError> {
@@ -614,6 +629,12 @@ impl<N: Net> Core<N> {
         let voter = mem.voter_ids().any(|v| v == rid);
         let learner = mem.learner_ids().any(|l| l == rid);
         Ok((rid, voter, learner))
+    }
+
+    fn voter_count(&self) -> usize {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().count()
     }
 
     async fn admin_local(&self, req: &AdminRequest) -> Local<()> {
@@ -686,6 +707,11 @@ impl<N: Net> Core<N> {
                             reason: "not a member of this cluster".to_owned(),
                         }));
                     }
+                    Ok((_, true, _)) if self.voter_count() <= 1 => {
+                        return Local::Done(Err(CoordError::invalid(format!(
+                            "node {n} is the last voter: add and promote another node before removing it"
+                        ))));
+                    }
                     Ok((rid, true, _)) => {
                         tokio::time::timeout(
                             self.limits.write_timeout,
@@ -727,27 +753,20 @@ impl<N: Net> Core<N> {
     }
 
     async fn admin(&self, req: AdminRequest) -> Result<(), CoordError> {
-        for _ in 0..2 {
-            match self.admin_local(&req).await {
-                Local::Done(r) => return r,
-                Local::Forward(Some(leader)) => {
-                    return match self.forward(&leader, &Request::Admin(req), true).await? {
-                        Response::Admin(r) => r,
-                        _ => Err(bad_response()),
-                    };
+        let req = &req;
+        self.local_or_forward(
+            || self.admin_local(req),
+            |leader| async move {
+                match self
+                    .forward(&leader, &Request::Admin(req.clone()), true)
+                    .await?
+                {
+                    Response::Admin(r) => r,
+                    _ => Err(bad_response()),
                 }
-                Local::Forward(None) => {
-                    if self
-                        .wait_for_leader(self.timing.election_max * 3)
-                        .await
-                        .is_none()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(self.not_leader(None))
+            },
+        )
+        .await
     }
 
     fn compute_view(&self, m: &RaftMetrics<u64, PeerNode>, now: Instant) -> ClusterView {
@@ -846,16 +865,34 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// On the leader (while it can act), proposes lease expiries when the lease clock says they
 /// are due. Followers only wait for leadership; nothing here polls or spins.
+///
+/// Each time this node starts to act as leader (a new term, or quorum regained), it first
+/// extends every live lease to a full TTL from now (etcd's rule): no lease ends because the
+/// cluster had no leader, or no quorum, for a while. Extending only makes deadlines later, so it
+/// is always safe; without it a role lease shorter than an election (the agent's 600 ms against
+/// a ~1 s `lan` election) ended at every leader change and handed the role over needlessly.
 async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
     let mut view = core.view.subscribe();
+    let mut acting = false;
     loop {
         if !view.borrow_and_update().can_act {
+            acting = false;
             tokio::select! {
                 biased;
                 () = core.cancel.cancelled() => return,
                 r = view.changed() => if r.is_err() { return },
             }
             continue;
+        }
+        if !acting {
+            acting = true;
+            let mut st = core.sm.lock();
+            let crate::sm::SmState {
+                machine,
+                lease_clock,
+                ..
+            } = &mut *st;
+            lease_clock.restored(machine, Instant::now());
         }
         let (cmd, next) = {
             let mut st = core.sm.lock();

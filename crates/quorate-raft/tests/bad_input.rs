@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use quorate_coord_api::{Consistency, Coord, CoordError};
 use quorate_raft::backend::Proposer;
-use quorate_raft::machine::Command;
-use quorate_raft::network::{KIND_CLIENT_REQ, Request};
+use quorate_raft::client::RemoteClient;
+use quorate_raft::machine::{Command, Outcome};
+use quorate_raft::network::{KIND_CLIENT_REQ, PRE_AUTH_FRAME_BYTES_MAX, Request, TransportConfig};
 use quorate_types::NodeId;
+use quorate_wire::net::TokioNet;
 use quorate_wire::{ClusterKey, KeyRing, Sealer, WireConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,6 +34,87 @@ async fn expect_closed(addr: &str, bytes: &[u8]) {
         matches!(r, Ok(0) | Err(_)),
         "got an answer to a bad frame: {r:?}"
     );
+}
+
+/// Sends `bytes` on a fresh connection, keeps the connection open, and expects the node to
+/// close it without waiting for more.
+async fn expect_closed_at_once(addr: &str, bytes: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the node closes the connection on the header, without waiting for the body");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "got an answer to a bad frame: {r:?}"
+    );
+}
+
+/// A header (valid magic and version) announcing `len` ciphertext bytes.
+fn header_claiming(len: u32) -> Vec<u8> {
+    let mut h = Vec::from(*b"QRTW");
+    h.push(1);
+    h.extend_from_slice(&[0x03, 0x01, 0, 0, 0, 0, 0]);
+    h.extend_from_slice(&[0u8; 24]);
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_cannot_make_large_allocations() {
+    let mut c = common::Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let addr = c.addrs[follower].clone();
+
+    // A header announcing 8 MiB (under frame_bytes_max = 16 MiB) on a connection that has not
+    // proven the key: refused on the header, before the body is allocated or read (the
+    // connection stays open on our side, so a server waiting for the body would not close).
+    expect_closed_at_once(&addr, &header_claiming(8 << 20)).await;
+    // Even a genuine large frame is refused as the first frame of a connection.
+    let big = Request::Propose(Command::Put {
+        key: "big-first".into(),
+        value: vec![7u8; 200 * 1024],
+        lease: None,
+    });
+    let frame = Sealer::new(&common::wire())
+        .seal(KIND_CLIENT_REQ, &big)
+        .unwrap();
+    assert!(frame.len() > PRE_AUTH_FRAME_BYTES_MAX as usize);
+    expect_closed_at_once(&addr, &frame).await;
+
+    // The transport authenticates a fresh connection with a small hello first, so large
+    // frames still work: a 100 KiB value from a new remote client (which follows the
+    // follower's leader hint) and a linearizable read of it through the follower.
+    let mut wire = common::wire();
+    wire.frame_bytes_max = std::num::NonZeroU32::new(16 << 20).unwrap();
+    let mut client = RemoteClient::new(
+        TokioNet,
+        TransportConfig {
+            wire,
+            frame_bytes_max: std::num::NonZeroU32::new(16 << 20).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(10),
+            idle_per_peer_max: 1,
+            inbound_connections_max: 1,
+            inbound_idle_timeout: Duration::from_secs(10),
+        },
+        vec![addr.clone(), c.addrs[leader].clone()],
+    );
+    let value = vec![5u8; 100 * 1024];
+    let put = Command::Put {
+        key: "big".into(),
+        value: value.clone(),
+        lease: None,
+    };
+    let (_, out) = client.propose(&put, 3).await.unwrap();
+    assert!(matches!(out, Outcome::Put(_)), "{out:?}");
+    let (_, kv) = client.get("big", 3).await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(value));
+    let (_, kv) = client.get("big-first", 3).await.unwrap();
+    assert!(kv.is_none());
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! Injectable clocks: [`Clock`] is what components read time through; [`SystemClock`] is the
 //! production clock and [`SimClock`] the simulated one with a per-node offset and rate.
 //!
-//! The trait and [`SystemClock`] use no turmoil type, so they can move to a production crate
-//! (`quorate-types`) unchanged; only [`SimClock`]'s turmoil time source touches turmoil.
+//! The trait, [`SharedClock`] and [`SystemClock`] live in the production crate `quorate-clock`
+//! and are re-exported here unchanged; only [`SimClock`] (turmoil's time source) is defined here.
 //!
 //! Two readings exist:
 //! - [`Clock::now`]: monotonic time since the clock's origin. Leases, heartbeats and deadlines
@@ -20,96 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{SimError, lock};
 
-/// A source of monotonic and wall time, injected into components.
-///
-/// # Example
-/// ```
-/// use std::time::Duration;
-/// use quorate_sim::{Clock, SharedClock, SystemClock};
-///
-/// // A component takes a clock at construction and reads time only through it.
-/// struct Lease { clock: SharedClock, expires_at: Duration }
-/// impl Lease {
-///     fn new(clock: SharedClock, ttl: Duration) -> Self {
-///         let expires_at = clock.now() + ttl;
-///         Lease { clock, expires_at }
-///     }
-///     fn valid(&self) -> bool { self.clock.now() < self.expires_at }
-/// }
-/// let lease = Lease::new(SystemClock::shared(), Duration::from_secs(10));
-/// assert!(lease.valid());
-/// ```
-pub trait Clock: Send + Sync + fmt::Debug + 'static {
-    /// Monotonic time since this clock's origin; never goes backwards.
-    fn now(&self) -> Duration;
-    /// Wall-clock time; may jump in either direction.
-    fn wall(&self) -> SystemTime;
-    /// A timer that fires after `local` has passed on this clock.
-    fn sleep(&self, local: Duration) -> tokio::time::Sleep;
-    /// A timer that fires when [`Clock::now`] reaches `deadline`.
-    fn sleep_until(&self, deadline: Duration) -> tokio::time::Sleep {
-        self.sleep(deadline.saturating_sub(self.now()))
-    }
-}
-
-/// A clock shared between a component and its owner (the harness keeps a handle to skew it).
-pub type SharedClock = Arc<dyn Clock>;
-
-impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now(&self) -> Duration {
-        (**self).now()
-    }
-    fn wall(&self) -> SystemTime {
-        (**self).wall()
-    }
-    fn sleep(&self, local: Duration) -> tokio::time::Sleep {
-        (**self).sleep(local)
-    }
-    fn sleep_until(&self, deadline: Duration) -> tokio::time::Sleep {
-        (**self).sleep_until(deadline)
-    }
-}
-
-/// The production clock: tokio's monotonic time and the system wall clock.
-///
-/// Monotonic time comes from `tokio::time::Instant`, so under a paused tokio runtime
-/// (`start_paused = true`) it is virtual too.
-#[derive(Clone, Copy, Debug)]
-pub struct SystemClock {
-    origin: tokio::time::Instant,
-}
-
-impl SystemClock {
-    /// A clock whose origin is now.
-    pub fn new() -> Self {
-        Self {
-            origin: tokio::time::Instant::now(),
-        }
-    }
-
-    /// A new clock behind an `Arc`, ready to inject.
-    pub fn shared() -> SharedClock {
-        Arc::new(Self::new())
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.origin)
-    }
-    fn wall(&self) -> SystemTime {
-        SystemTime::now()
-    }
-    fn sleep(&self, local: Duration) -> tokio::time::Sleep {
-        tokio::time::sleep(local)
-    }
-}
+pub use quorate_clock::{Clock, SharedClock, SystemClock};
 
 /// A clock rate relative to real (simulated) time, in parts per million: 1_000_000 is normal,
 /// 500_000 runs at half speed, 1_010_000 is 1 % fast.

@@ -154,6 +154,12 @@ pub async fn run(v: Validated) -> Result<()> {
             if let Some(ttl) = section.lease_ttl {
                 config.lease.ttl = ttl;
             }
+            if let Some(max) = section.anti_flap_max_failovers.and_then(NonZeroU32::new) {
+                config.policy.anti_flap.max_failovers = max;
+            }
+            if let Some(window) = section.anti_flap_window {
+                config.policy.anti_flap.window = window;
+            }
             RoleSpec::new(name.clone(), config).with_hooks(Arc::new(CommandHooks::new(
                 section.clone(),
                 Duration::from_secs(10),

@@ -30,6 +30,8 @@
 //! name = "telegram-poller"
 //! on_promote = "systemctl start poller"  # run with sh -c; env QUORATE_ROLE, QUORATE_NODE,
 //! on_demote = "systemctl stop poller"    # QUORATE_FENCING_TOKEN, QUORATE_EVENT
+//! anti_flap_max_failovers = 3            # optional: automatic failovers per window
+//! anti_flap_window = "30m"               # optional
 //! ```
 
 use std::collections::BTreeMap;
@@ -162,6 +164,13 @@ pub struct RoleSection {
     /// Lease TTL override (default: the profile's).
     #[serde(default, with = "humantime_serde")]
     pub lease_ttl: Option<Duration>,
+    /// Anti-flap budget: automatic failovers allowed per `anti_flap_window`, after which only
+    /// manual operations move the role (default: the profile's, 3).
+    #[serde(default)]
+    pub anti_flap_max_failovers: Option<u32>,
+    /// The anti-flap window (default: the profile's, 30 minutes).
+    #[serde(default, with = "humantime_serde")]
+    pub anti_flap_window: Option<Duration>,
 }
 
 /// One problem in a config: the field and what is wrong with it.
@@ -367,6 +376,15 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             Ok(n) => roles.push(n),
             Err(e) => errs.push(format!("role[{i}].name"), e.to_string()),
         }
+        if r.anti_flap_max_failovers == Some(0) {
+            errs.push(
+                format!("role[{i}].anti_flap_max_failovers"),
+                "must be at least 1 (to stop automatic failovers, use maintenance mode)",
+            );
+        }
+        if r.anti_flap_window.is_some_and(|w| w.is_zero()) {
+            errs.push(format!("role[{i}].anti_flap_window"), "must be positive");
+        }
     }
     match (errs.0.is_empty(), node_id, key_hex) {
         (true, Some(node_id), Some(key_hex)) => Ok(Validated {
@@ -456,6 +474,28 @@ on_promote = "echo promoted"
         ))
         .unwrap_err();
         assert!(e.to_string().contains("keygen"), "{e}");
+    }
+
+    #[test]
+    fn anti_flap_budget_is_configurable_and_checked() {
+        let v = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "on_promote = \"echo promoted\"\nanti_flap_max_failovers = 50\nanti_flap_window = \"10m\"",
+        ))
+        .unwrap();
+        assert_eq!(v.raw.roles[0].anti_flap_max_failovers, Some(50));
+        assert_eq!(
+            v.raw.roles[0].anti_flap_window,
+            Some(Duration::from_secs(600))
+        );
+        let e = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "anti_flap_max_failovers = 0\nanti_flap_window = \"0s\"",
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"role[0].anti_flap_max_failovers"), "{e}");
+        assert!(fields.contains(&"role[0].anti_flap_window"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 )]
 
 pub mod agent;
+pub mod chaos;
 pub mod config;
+pub mod coord_bench;
 pub mod demo;
+pub mod hooklog;
 pub mod hooks;
 pub mod status;

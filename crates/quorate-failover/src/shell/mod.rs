@@ -49,12 +49,12 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quorate_clock::{Clock, SharedClock, SystemClock};
 use quorate_coord_api::Coord;
 use quorate_health_api::HealthView;
 use quorate_membership_api::Membership;
 use quorate_types::{FencingToken, NodeId, RoleName};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,11 +81,19 @@ pub struct ManagerConfig {
     pub history_max: NonZeroUsize,
     /// Manual operations queued per role before callers wait.
     pub command_queue_max: NonZeroUsize,
+    /// How long a primary whose renews go unanswered keeps its lease after its holder deadline
+    /// (not acting: the application's work is cancelled and `on_demote` runs at the deadline)
+    /// in case the coordination store answers again, e.g. after its own leader election. A
+    /// renew acknowledged in that time resumes the term with the same fencing token
+    /// (`on_promote` runs again) instead of a needless handover; otherwise the term ends.
+    /// Zero ends the term at the holder deadline.
+    pub lease_resume_window: Duration,
 }
 
 impl ManagerConfig {
     /// LAN profile: step every 100 ms, 500 ms per coordination call, 5 s per hook, 256
-    /// history entries, 16 queued commands.
+    /// history entries, 16 queued commands, a 1.5 s lease resume window (a quorate-raft `lan`
+    /// leader election takes about one second).
     pub fn lan(node: NodeId) -> Self {
         ManagerConfig {
             node,
@@ -95,6 +103,7 @@ impl ManagerConfig {
             hook_timeout: Duration::from_secs(5),
             history_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             command_queue_max: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
+            lease_resume_window: Duration::from_millis(1500),
         }
     }
 
@@ -164,7 +173,8 @@ pub struct PrimaryContext {
     node: NodeId,
     token: FencingToken,
     cancel: CancellationToken,
-    valid_until: watch::Receiver<Instant>,
+    valid_until: watch::Receiver<Duration>,
+    clock: SharedClock,
 }
 
 impl PrimaryContext {
@@ -185,12 +195,18 @@ impl PrimaryContext {
 
     /// Whether this node may still act as primary right now (not demoted, lease window open).
     pub fn is_valid(&self) -> bool {
-        !self.cancel.is_cancelled() && Instant::now() < *self.valid_until.borrow()
+        !self.cancel.is_cancelled() && self.clock.now() < *self.valid_until.borrow()
     }
 
-    /// The instant (tokio clock) at which the current lease window closes.
-    pub fn valid_until(&self) -> Instant {
+    /// When the current lease window closes, on the manager's clock (compare with
+    /// [`now`](Self::now)); renews push it forward.
+    pub fn valid_until(&self) -> Duration {
         *self.valid_until.borrow()
+    }
+
+    /// The manager's clock reading now (the time base of [`valid_until`](Self::valid_until)).
+    pub fn now(&self) -> Duration {
+        self.clock.now()
     }
 
     /// Resolves when this term ends (demotion, lease not renewed, shutdown).
@@ -262,9 +278,32 @@ pub struct FailoverManager {
 
 impl FailoverManager {
     /// Validates the config against itself and the backend's capabilities, then starts one
-    /// task per role (on the current tokio runtime). Reports every config problem at once.
+    /// task per role (on the current tokio runtime) on the [`SystemClock`]. Reports every
+    /// config problem at once.
     pub async fn start(
         config: ManagerConfig,
+        coord: Arc<dyn Coord>,
+        health: Arc<dyn HealthView>,
+        membership: Arc<dyn Membership>,
+        roles: Vec<RoleSpec>,
+    ) -> Result<Self, FailoverError> {
+        Self::start_with_clock(
+            config,
+            SystemClock::shared(),
+            coord,
+            health,
+            membership,
+            roles,
+        )
+        .await
+    }
+
+    /// As [`start`](Self::start), reading every time (lease deadline, renew schedule, policy
+    /// steps, timeouts, [`PrimaryContext::is_valid`], measured durations) through `clock`.
+    /// Simulations pass a clock with a skewed rate here.
+    pub async fn start_with_clock(
+        config: ManagerConfig,
+        clock: SharedClock,
         coord: Arc<dyn Coord>,
         health: Arc<dyn HealthView>,
         membership: Arc<dyn Membership>,
@@ -309,7 +348,6 @@ impl FailoverManager {
         let config = Arc::new(config);
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let base = Instant::now();
         let mut handles = BTreeMap::new();
         for spec in roles {
             let (commands, command_rx) = mpsc::channel(config.command_queue_max.get());
@@ -323,7 +361,7 @@ impl FailoverManager {
                 coord: coord.clone(),
                 health: health.clone(),
                 membership: membership.clone(),
-                base,
+                clock: clock.clone(),
                 cancel: cancel.child_token(),
                 tracker: tracker.clone(),
                 commands: command_rx,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quorate_clock::{Clock, SharedClock};
 use quorate_coord_api::{
     Coord, CoordError, ElectionLeader, LeaderKey, LeaseId, RangeRequest, Revision,
 };
@@ -12,7 +13,6 @@ use quorate_health_api::HealthView;
 use quorate_membership_api::Membership;
 use quorate_types::{FencingToken, NodeId};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +28,7 @@ pub(crate) struct RoleTaskParts {
     pub(crate) coord: Arc<dyn Coord>,
     pub(crate) health: Arc<dyn HealthView>,
     pub(crate) membership: Arc<dyn Membership>,
-    pub(crate) base: Instant,
+    pub(crate) clock: SharedClock,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) commands: mpsc::Receiver<Command>,
@@ -42,9 +42,20 @@ struct Term {
     lease: LeaseId,
     leader: LeaderKey,
     cancel: CancellationToken,
-    valid_until: watch::Receiver<Instant>,
+    valid_until: watch::Receiver<Duration>,
     /// Set by the lease keeper when it ends the term itself.
     lost: Arc<Mutex<Option<ChangeCause>>>,
+    /// `true` while the lease keeper has passed the holder deadline without a renew but keeps
+    /// the lease (see [`ManagerConfig::lease_resume_window`]).
+    suspended: watch::Receiver<bool>,
+    /// The application's work of the current stretch of acting (a child of `cancel`): cancelled
+    /// by the lease keeper itself at suspension, replaced at resumption (under the lock, so a
+    /// resumption never publishes a token the keeper has already moved past).
+    work: Arc<Mutex<CancellationToken>>,
+    /// Whether a `PrimaryContext` of this term is published (acting, or about to).
+    acting: bool,
+    /// Whether `on_demote` already ran for a suspension (not run again at the term's end).
+    demote_hook_ran: bool,
 }
 
 pub(crate) struct RoleTask {
@@ -63,6 +74,24 @@ pub(crate) struct RoleTask {
     last_obs: Option<Observations<NodeId>>,
     /// Promotion duration and token of this node's latest promotion, for the history entry.
     promoted: Option<(Duration, FencingToken)>,
+}
+
+/// A call that did not finish within its timeout (measured on the manager's clock).
+#[derive(Debug)]
+struct Elapsed;
+
+/// Runs `fut` for at most `limit` of `clock`'s time (a slow clock also times out late, as a
+/// process under `libfaketime` does).
+async fn within<T>(
+    clock: &SharedClock,
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, Elapsed> {
+    tokio::select! {
+        biased;
+        v = fut => Ok(v),
+        () = clock.sleep(limit) => Err(Elapsed),
+    }
 }
 
 /// Outcome of a hook call raced against the end of the term.
@@ -91,7 +120,7 @@ impl RoleTask {
     }
 
     fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.p.base)
+        self.p.clock.now()
     }
 
     fn timing(&self) -> LeaseConfig {
@@ -99,12 +128,23 @@ impl RoleTask {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut next_tick = Instant::now();
+        let mut next_tick = self.p.clock.now();
         loop {
             let term_end = self.term.as_ref().map(|t| t.cancel.clone());
             let term_ended = async move {
                 match term_end {
                     Some(c) => c.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let tenure = self.term.as_ref().map(|t| t.suspended.clone());
+            let tenure_changed = async move {
+                match tenure {
+                    Some(mut rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -119,14 +159,15 @@ impl RoleTask {
                         .unwrap_or(ChangeCause::LeaseExpired);
                     self.demote(cause).await;
                 }
+                () = tenure_changed => self.tenure_changed().await,
                 cmd = self.p.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd).await,
                     None => break,
                 },
-                () = sleep_until(next_tick) => {
+                () = self.p.clock.sleep_until(next_tick) => {
                     let wake = self.tick().await;
-                    let regular = Instant::now() + self.p.config.tick_interval;
-                    next_tick = wake.map_or(regular, |w| regular.min(self.p.base + w));
+                    let regular = self.p.clock.now() + self.p.config.tick_interval;
+                    next_tick = wake.map_or(regular, |w| regular.min(w));
                 }
             }
         }
@@ -136,7 +177,8 @@ impl RoleTask {
     /// Reads the leader; `None` when the store cannot be read (nothing is decided then; the
     /// lease keeper alone guards safety).
     async fn read_leader(&mut self) -> Result<Option<NodeId>, CoordError> {
-        let read = timeout(
+        let read = within(
+            &self.p.clock,
             self.p.config.coord_timeout,
             self.p.coord.leader(&self.election),
         )
@@ -208,7 +250,12 @@ impl RoleTask {
                     self.demote(cause).await;
                 } else if let Some(l) = self.leader.clone() {
                     // A leadership of an earlier incarnation of this node: give it back.
-                    let _ = timeout(self.p.config.coord_timeout, self.p.coord.resign(&l.key)).await;
+                    let _ = within(
+                        &self.p.clock,
+                        self.p.config.coord_timeout,
+                        self.p.coord.resign(&l.key),
+                    )
+                    .await;
                 }
             }
             _ => {}
@@ -289,7 +336,12 @@ impl RoleTask {
         }
         if involves_me {
             let hooks = self.p.spec.hooks.clone();
-            let _ = timeout(self.p.config.hook_timeout, hooks.on_role_change(&change)).await;
+            let _ = within(
+                &self.p.clock,
+                self.p.config.hook_timeout,
+                hooks.on_role_change(&change),
+            )
+            .await;
         }
     }
 
@@ -305,7 +357,7 @@ impl RoleTask {
         tokio::select! {
             biased;
             () = ended => HookOutcome::TermEnded,
-            r = timeout(self.p.config.hook_timeout, fut) => match r {
+            r = within(&self.p.clock, self.p.config.hook_timeout, fut) => match r {
                 Ok(v) => HookOutcome::Done(v),
                 Err(_) => HookOutcome::TimedOut,
             },
@@ -313,19 +365,20 @@ impl RoleTask {
     }
 
     async fn promote(&mut self, cause: crate::policy::Cause, obs: &Observations<NodeId>) {
-        let started = Instant::now();
+        let started = self.now();
         let timing = self.timing();
         let ct = self.p.config.coord_timeout;
         // Validity counts from when the granting request was sent.
-        let sent = Instant::now();
-        let grant = match timeout(ct, self.p.coord.lease_grant(timing.ttl)).await {
+        let sent = self.now();
+        let grant = match within(&self.p.clock, ct, self.p.coord.lease_grant(timing.ttl)).await {
             Ok(Ok(g)) => g,
             other => {
                 tracing::warn!(role = %self.p.spec.name, result = ?other.map(|r| r.err()), "failover: lease grant failed");
                 return;
             }
         };
-        let campaign = timeout(
+        let campaign = within(
+            &self.p.clock,
             ct,
             self.p.coord.campaign(
                 &self.election,
@@ -338,27 +391,33 @@ impl RoleTask {
             Ok(Ok(l)) => l,
             other => {
                 tracing::warn!(role = %self.p.spec.name, result = ?other.map(|r| r.err()), "failover: campaign failed");
-                let _ = timeout(ct, self.p.coord.lease_revoke(grant.id)).await;
+                let _ = within(&self.p.clock, ct, self.p.coord.lease_revoke(grant.id)).await;
                 return;
             }
         };
         let valid_until = sent + timing.window();
-        if Instant::now() >= valid_until {
-            let _ = timeout(ct, self.p.coord.resign(&leader)).await;
-            let _ = timeout(ct, self.p.coord.lease_revoke(grant.id)).await;
+        if self.now() >= valid_until {
+            let _ = within(&self.p.clock, ct, self.p.coord.resign(&leader)).await;
+            let _ = within(&self.p.clock, ct, self.p.coord.lease_revoke(grant.id)).await;
             return;
         }
         let cancel = self.p.cancel.child_token();
         let (valid_tx, valid_rx) = watch::channel(valid_until);
         let lost = Arc::new(Mutex::new(None));
-        self.p.tracker.spawn(Box::pin(keep_lease(
-            self.p.coord.clone(),
-            grant.id,
+        let (suspended_tx, suspended) = watch::channel(false);
+        let work = Arc::new(Mutex::new(cancel.child_token()));
+        self.p.tracker.spawn(Box::pin(keep_lease(Keeper {
+            clock: self.p.clock.clone(),
+            coord: self.p.coord.clone(),
+            lease: grant.id,
             timing,
-            valid_tx,
-            cancel.clone(),
-            lost.clone(),
-        )));
+            resume_window: self.p.config.lease_resume_window,
+            valid: valid_tx,
+            suspended: suspended_tx,
+            work: work.clone(),
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+        })));
         let token = leader.token;
         self.term = Some(Term {
             lease: grant.id,
@@ -366,6 +425,10 @@ impl RoleTask {
             cancel,
             valid_until: valid_rx,
             lost,
+            suspended,
+            work,
+            acting: false,
+            demote_hook_ran: false,
         });
         let ctx = HookContext {
             role: self.p.spec.name.clone(),
@@ -408,20 +471,124 @@ impl RoleTask {
         if let HookOutcome::TermEnded = self.hook(hooks.on_promote(&ctx)).await {
             return;
         }
-        let Some(term) = &self.term else { return };
+        if !self.publish_context() {
+            return;
+        }
+        if self.term.as_ref().is_some_and(|t| *t.suspended.borrow()) {
+            // The holder deadline passed during the hooks.
+            self.suspend().await;
+        }
+        self.promoted = Some((self.now().saturating_sub(started), token));
+        tracing::info!(role = %self.p.spec.name, %token, %cause, "promoted");
+    }
+
+    /// Publishes the current term's `PrimaryContext` (with its current work token); `false`
+    /// when there is no term.
+    fn publish_context(&mut self) -> bool {
+        let Some(term) = &mut self.term else {
+            return false;
+        };
+        term.acting = true;
+        let token = term.leader.token;
         self.p.primary.send_replace(Some(PrimaryContext {
             role: self.p.spec.name.clone(),
             node: self.node.clone(),
             token,
-            cancel: term.cancel.clone(),
+            cancel: term.work.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             valid_until: term.valid_until.clone(),
+            clock: self.p.clock.clone(),
         }));
         self.p.status.send_modify(|st| {
             st.acting = true;
             st.token = Some(token);
         });
-        self.promoted = Some((Instant::now().saturating_duration_since(started), token));
-        tracing::info!(role = %self.p.spec.name, %token, %cause, "promoted");
+        true
+    }
+
+    /// The lease keeper suspended the term (holder deadline passed, lease kept) or resumed it
+    /// (a renew succeeded while the lease was still alive): stop or restart acting under the
+    /// same token. Nobody else can have held the role in between: the election key stays ours
+    /// while the lease lives, and a renew succeeds only on a live lease.
+    ///
+    /// The role task may be busy while the keeper suspends and resumes (e.g. waiting on the
+    /// store during a partition) and then see only the final "not suspended": the keeper has
+    /// cancelled the application's work meanwhile, so the suspension is completed first (the
+    /// application learns of it through `on_demote`), then the term resumes. Found by the
+    /// failover simulation (`primary_clock_half_rate`, seed 10): the primary kept its lease but
+    /// never acted again.
+    async fn tenure_changed(&mut self) {
+        let Some(term) = &mut self.term else { return };
+        let suspended = *term.suspended.borrow_and_update();
+        let work_stopped = term
+            .work
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_cancelled();
+        if suspended || work_stopped {
+            self.suspend().await;
+        }
+        if !suspended {
+            self.resume().await;
+        }
+    }
+
+    /// Stops acting (if acting) while keeping the term.
+    async fn suspend(&mut self) {
+        let role = self.p.spec.name.clone();
+        let Some(term) = &mut self.term else { return };
+        let token = term.leader.token;
+        let ctx = HookContext {
+            role: role.clone(),
+            node: self.node.clone(),
+            token,
+        };
+        let hooks = self.p.spec.hooks.clone();
+        if term.acting {
+            term.acting = false;
+            // The keeper has cancelled it already; this covers a suspension seen by `promote`.
+            term.work.lock().unwrap_or_else(|e| e.into_inner()).cancel();
+            term.demote_hook_ran = true;
+            self.p.primary.send_replace(None);
+            self.p.status.send_modify(|st| {
+                st.acting = false;
+                st.token = None;
+            });
+            tracing::warn!(%role, %token, "failover: no renew acknowledged before the holder deadline; stopped acting, keeping the lease in case the coordination store comes back");
+            let _ = within(
+                &self.p.clock,
+                self.p.config.hook_timeout,
+                hooks.on_demote(&ctx),
+            )
+            .await;
+        }
+    }
+
+    /// Acts again under the same token after a suspension.
+    async fn resume(&mut self) {
+        let role = self.p.spec.name.clone();
+        let Some(term) = &mut self.term else { return };
+        let token = term.leader.token;
+        let ctx = HookContext {
+            role: role.clone(),
+            node: self.node.clone(),
+            token,
+        };
+        let hooks = self.p.spec.hooks.clone();
+        if !term.acting && term.demote_hook_ran {
+            {
+                let mut work = term.work.lock().unwrap_or_else(|e| e.into_inner());
+                if *term.suspended.borrow() {
+                    return; // suspended again meanwhile
+                }
+                *work = term.cancel.child_token();
+            }
+            term.demote_hook_ran = false;
+            tracing::info!(%role, %token, "failover: lease renewed in time; acting again with the same token");
+            if let HookOutcome::TermEnded = self.hook(hooks.on_promote(&ctx)).await {
+                return;
+            }
+            let _ = self.publish_context();
+        }
     }
 
     /// Ends the term: cancel the application's work first, then `on_demote` (if `hooks`),
@@ -429,6 +596,8 @@ impl RoleTask {
     async fn give_back(&mut self, hooks: bool, cause: Option<ChangeCause>) -> Option<FencingToken> {
         let term = self.term.take()?;
         term.cancel.cancel();
+        // A suspension already ran `on_demote`.
+        let hooks = hooks && !term.demote_hook_ran;
         self.p.primary.send_replace(None);
         self.p.status.send_modify(|st| {
             st.acting = false;
@@ -442,7 +611,7 @@ impl RoleTask {
                 token,
             };
             let h = self.p.spec.hooks.clone();
-            let _ = timeout(self.p.config.hook_timeout, h.on_demote(&ctx)).await;
+            let _ = within(&self.p.clock, self.p.config.hook_timeout, h.on_demote(&ctx)).await;
         }
         if let Some(cause) = cause {
             let change = RoleChange {
@@ -459,8 +628,8 @@ impl RoleTask {
             self.push_history(change).await;
         }
         let ct = self.p.config.coord_timeout;
-        let _ = timeout(ct, self.p.coord.resign(&term.leader)).await;
-        let _ = timeout(ct, self.p.coord.lease_revoke(term.lease)).await;
+        let _ = within(&self.p.clock, ct, self.p.coord.resign(&term.leader)).await;
+        let _ = within(&self.p.clock, ct, self.p.coord.lease_revoke(term.lease)).await;
         Some(token)
     }
 
@@ -470,7 +639,8 @@ impl RoleTask {
 
     /// Applies manual requests and vetoes other nodes published since the last look.
     async fn poll_ops(&mut self, obs: &Observations<NodeId>) {
-        let read = timeout(
+        let read = within(
+            &self.p.clock,
             self.p.config.coord_timeout,
             self.p
                 .coord
@@ -543,7 +713,12 @@ impl RoleTask {
             .policy
             .veto_backoff
             .max(self.p.coord.capabilities().lease_ttl_min);
-        let grant = match timeout(self.p.config.coord_timeout, self.p.coord.lease_grant(ttl)).await
+        let grant = match within(
+            &self.p.clock,
+            self.p.config.coord_timeout,
+            self.p.coord.lease_grant(ttl),
+        )
+        .await
         {
             Ok(r) => r?,
             Err(_) => {
@@ -565,7 +740,8 @@ impl RoleTask {
         lease: Option<LeaseId>,
     ) -> Result<(), CoordError> {
         let key = format!("{}{name}", self.ops_prefix);
-        let put = timeout(
+        let put = within(
+            &self.p.clock,
             self.p.config.coord_timeout,
             self.p.coord.put(&key, value, lease),
         )
@@ -727,37 +903,72 @@ fn decode_request(bytes: &[u8]) -> Option<(NodeId, ManualOp)> {
     Some((origin, op))
 }
 
-/// Keeps the lease alive and ends the term when it cannot: at the holder deadline
-/// `sent + ttl * (1 - drift) - margin` of the last acknowledged renew (whatever the main task
-/// is doing), or when the store says the lease is gone.
-async fn keep_lease(
+/// What the lease keeper of one term needs.
+struct Keeper {
+    clock: SharedClock,
     coord: Arc<dyn Coord>,
     lease: LeaseId,
     timing: LeaseConfig,
-    valid: watch::Sender<Instant>,
+    resume_window: Duration,
+    valid: watch::Sender<Duration>,
+    suspended: watch::Sender<bool>,
+    work: Arc<Mutex<CancellationToken>>,
     cancel: CancellationToken,
     lost: Arc<Mutex<Option<ChangeCause>>>,
-) {
+}
+
+/// Keeps the lease alive. At the holder deadline `sent + ttl * (1 - drift) - margin` of the last
+/// acknowledged renew (whatever the main task is doing) the application must stop: the keeper
+/// cancels the application's work and suspends the term, and keeps renewing for
+/// `resume_window`; a renew acknowledged in that time resumes the term with the same token (a
+/// coordination leader election is survived without a handover), otherwise the term ends. The
+/// term ends at once when the store says the lease is gone.
+async fn keep_lease(k: Keeper) {
+    let Keeper {
+        clock,
+        coord,
+        lease,
+        timing,
+        resume_window,
+        valid,
+        suspended,
+        work,
+        cancel,
+        lost,
+    } = k;
     let end = |cause: ChangeCause| {
         *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
         cancel.cancel();
     };
     // Renew at once: the campaign may have taken part of the first window.
-    let mut next_renew = Instant::now();
+    let mut next_renew = clock.now();
+    // When the holder deadline passed without a renew (the term is suspended).
+    let mut suspended_at: Option<Duration> = None;
     loop {
-        let deadline = *valid.borrow();
+        let give_up = match suspended_at {
+            None => *valid.borrow(),
+            Some(at) => at.saturating_add(resume_window),
+        };
         let renew = async {
-            sleep_until(next_renew).await;
-            let sent = Instant::now();
+            clock.sleep_until(next_renew).await;
+            let sent = clock.now();
             (
                 sent,
-                timeout(timing.renew_timeout, coord.lease_keep_alive(lease)).await,
+                within(&clock, timing.renew_timeout, coord.lease_keep_alive(lease)).await,
             )
         };
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
-            () = sleep_until(deadline) => {
+            () = clock.sleep_until(give_up) => {
+                if suspended_at.is_none() && !resume_window.is_zero() {
+                    suspended_at = Some(give_up);
+                    // Stop the application now, whatever the role task is doing.
+                    let work = work.lock().unwrap_or_else(|e| e.into_inner());
+                    work.cancel();
+                    suspended.send_replace(true);
+                    continue;
+                }
                 end(ChangeCause::LeaseExpired);
                 return;
             }
@@ -773,6 +984,11 @@ async fn keep_lease(
                             }
                             grow
                         });
+                        if suspended_at.is_some() && clock.now() < until {
+                            suspended_at = None;
+                            let _guard = work.lock().unwrap_or_else(|e| e.into_inner());
+                            suspended.send_replace(false);
+                        }
                     }
                     Ok(Err(CoordError::LeaseNotFound { .. } | CoordError::LeaseExpired { .. })) => {
                         end(ChangeCause::LeadershipLost);

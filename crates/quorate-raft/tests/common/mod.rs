@@ -114,6 +114,17 @@ impl Cluster {
         self.nodes[i] = Some(node);
     }
 
+    /// Starts one more node on a fresh store, not a member yet (add it as a learner); returns
+    /// its index.
+    pub(crate) async fn add_node(&mut self) -> usize {
+        let i = self.addrs.len();
+        self.addrs.push(free_addr());
+        self.nodes.push(None);
+        self.runtimes.push(None);
+        self.restart(i).await;
+        i
+    }
+
     /// Kills node `i`: drops its runtime (own runtimes) or shuts it down.
     pub(crate) async fn kill(&mut self, i: usize) {
         let node = self.nodes[i].take();

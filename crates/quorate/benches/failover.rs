@@ -1,0 +1,70 @@
+//! `cargo bench -p quorate --bench failover -- [--kill N] [--partition N] [--flap-secs S]`
+//! (what `cargo xtask bench failover` runs): three real `quorate agent` processes in network
+//! namespaces with flapping non-critical checks; N SIGKILLs and N partitions of the primary
+//! (default 20 each), each timed from the fault to the new primary's `on_promote`; then S
+//! seconds (default 600) without faults counting false failovers. Needs root, nftables and
+//! faketime (see `quorate::chaos`). Prints figures and never asserts them; also writes them to
+//! `$QUORATE_BENCH_OUT` when set.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark prints its figures"
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use quorate::chaos::{BenchOptions, bench};
+
+fn parse(args: &[String]) -> Result<BenchOptions> {
+    let mut o = BenchOptions {
+        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
+        kill_trials: 20,
+        partition_trials: 20,
+        flap: Duration::from_secs(600),
+        verbose: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |what: &str| -> Result<u64> {
+            it.next()
+                .with_context(|| format!("{what} needs a number"))?
+                .parse()
+                .with_context(|| format!("{what} needs a number"))
+        };
+        match a.as_str() {
+            "--kill" => o.kill_trials = u32::try_from(num("--kill")?)?,
+            "--partition" => o.partition_trials = u32::try_from(num("--partition")?)?,
+            "--flap-secs" => o.flap = Duration::from_secs(num("--flap-secs")?),
+            "--quiet" => o.verbose = false,
+            // `cargo bench` passes `--bench` to every bench target.
+            "--bench" => {}
+            other => bail!(
+                "unknown argument {other:?}; use --kill N --partition N --flap-secs S [--quiet]"
+            ),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = parse(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "failover bench: {} kill + {} partition trials, {} s flapping run, 3 agents in network namespaces (lan profile)",
+        opts.kill_trials,
+        opts.partition_trials,
+        opts.flap.as_secs()
+    );
+    let report = rt.block_on(bench(&opts))?;
+    let text = format!("{report}");
+    println!("\n{text}");
+    if let Ok(out) = std::env::var("QUORATE_BENCH_OUT") {
+        std::fs::write(&out, format!("{text}\n")).with_context(|| format!("writing {out}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `cargo run --release -p quorate --example bench_coord_vs_etcd -- [--tiny] [--trials N]
+//! [--out PATH]`: the coordination benchmark through the `Coord` trait, side by side, on
+//! loopback: a 3-member etcd cluster (Debian's `etcd`, or `QUORATE_ETCD_BIN`) and a 3-process
+//! quorate cluster, interleaved phase by phase (see `quorate_etcd::bench`). Prints the table
+//! and writes it to `target/bench-coord-vs-etcd.txt`.
+//!
+//! The quorate agents are this executable re-run as `<exe> agent --config <file>`, which runs
+//! exactly what `quorate agent` runs (`quorate::agent::run`), so the agents always match the
+//! source being benchmarked. Set `QUORATE_BIN=/path/to/quorate` to run a built `quorate`
+//! binary instead.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program"
+)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use quorate::coord_bench::{QUORATE_BIN_ENV, QuorateClusterConfig, QuorateTarget};
+use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+
+/// `<exe> agent --config <file>`: one quorate agent, as `quorate agent` runs it.
+fn agent(config: &str) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        let v = quorate::config::load(std::path::Path::new(config))?;
+        quorate::agent::run(v).await
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(String::new, |kib| {
+            format!(", {} GiB RAM", kib / 1024 / 1024)
+        });
+    let etcd = std::process::Command::new(
+        std::env::var_os(quorate_etcd::testkit::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
+    )
+    .arg("--version")
+    .output()
+    .ok()
+    .and_then(|o| String::from_utf8(o.stdout).ok())
+    .and_then(|s| s.lines().next().map(str::to_owned))
+    .unwrap_or_else(|| "etcd version unknown".into());
+    format!("{cpus} CPU(s) ({model}){mem}; {etcd}")
+}
+
+async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), String> {
+    let started = Instant::now();
+    let (program, agents_from) = match std::env::var_os(QUORATE_BIN_ENV) {
+        Some(_) => {
+            let p = quorate::coord_bench::locate_quorate_binary().map_err(|e| e.to_string())?;
+            let from = format!("{} agent ({QUORATE_BIN_ENV})", p.display());
+            (p, from)
+        }
+        None => {
+            let p = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            (
+                p,
+                "this example re-run as `agent` (quorate::agent::run, as `quorate agent`)"
+                    .to_owned(),
+            )
+        }
+    };
+    let etcd = EtcdTarget::start(3)
+        .await
+        .map_err(|e| format!("etcd: {e}"))?;
+    let quorate = QuorateTarget::start(QuorateClusterConfig::new(program))
+        .await
+        .map_err(|e| format!("quorate: {e}"))?;
+    // etcd first, quorate second: the ratio column reads quorate/etcd.
+    let mut targets: Vec<Box<dyn BenchTarget>> = vec![Box::new(etcd), Box::new(quorate)];
+    let report = bench::run(&mut targets, &cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(targets);
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned());
+    let text = format!(
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate --example bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate::coord_bench::RemoteCoord\nwall time: {:.0} s\n\n{}",
+        machine(),
+        started.elapsed().as_secs_f64(),
+        report.table()
+    );
+    println!("{text}");
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&out, &text) {
+        Ok(()) => println!("written to {}", out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", out.display()),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("agent") {
+        return match argv.get(1..) {
+            Some([flag, path]) if flag == "--config" => agent(path),
+            _ => {
+                eprintln!("usage: bench_coord_vs_etcd agent --config FILE");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let mut cfg = BenchConfig::full();
+    let mut out =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt");
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tiny" => cfg = BenchConfig::tiny(),
+            "--trials" => {
+                cfg.failover_trials = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(cfg.failover_trials);
+            }
+            "--out" => {
+                if let Some(p) = it.next() {
+                    out = PathBuf::from(p);
+                }
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; use --tiny, --trials N, --out PATH");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let args: String = argv.iter().map(|a| format!(" {a}")).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench_coord_vs_etcd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bench(cfg, out, args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_coord_vs_etcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1372 @@
+//! Real `quorate agent` processes on a private network, and the faults the chaos acceptance
+//! test (`tests/chaos.rs`, `cargo xtask chaos`) and the failover benchmark
+//! (`benches/failover.rs`, `cargo xtask bench failover`) inject.
+//!
+//! - [`World`]: a private network world. One holder process runs in a fresh network and mount
+//!   namespace (`unshare --net --mount --propagation private`) with a tmpfs on `/run/netns`;
+//!   inside it, a bridge and one named network namespace per node (`q1`, `q2`, ...) joined by a
+//!   veth pair, node `i` at `10.77.0.i`. Every command enters it with `nsenter`, so nothing
+//!   touches the host's network, and it all vanishes when the holder and the agents exit.
+//!   A partition is an nftables table in the node's namespace that drops, at the input hook,
+//!   every packet from the peers' addresses (as Jepsen does; dropping at the sender's output
+//!   would make `sendto` fail at once, which a real partition does not).
+//! - [`Cluster`]: the agents. Each runs in its own process group (agent, hooks and the role's
+//!   application), so a crash (SIGKILL) and a pause (SIGSTOP) hit the whole node. A slow node
+//!   runs with `LD_PRELOAD=libfaketime.so.1 FAKETIME="+0 x0.5"`: all its clocks, tokio timers
+//!   included, run at half speed.
+//! - The role's hooks (`role.sh`) write the hook log that [`crate::hooklog`] checks: `promote`,
+//!   an `act` line every 50 ms from a small application loop while primary, and `demote` once
+//!   the application has stopped. Every stamp comes from `date +%s%N` run with libfaketime
+//!   removed from its environment, so all nodes' lines share the machine's wall clock even when a
+//!   node's own clock is slowed.
+//!
+//! Every wait polls a file (hook log, `status.json`, agent stdout) until a deadline; nothing
+//! sleeps for synchronisation and nothing asserts a timing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::hooklog::{self, Entry, Fault, FaultKind, Kind};
+
+/// The role every chaos node can hold.
+pub const ROLE: &str = "chaos-primary";
+/// libfaketime, from the Debian package `faketime`.
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// The clock of a slow node: runs at half speed, starting 1.9 s ahead of the real time.
+///
+/// libfaketime slows the wall clock too, and the wire's replay protection refuses frames
+/// stamped more than `clock_skew_max` (2 s) in the future: a node whose wall clock runs at 0.5x
+/// is cut off from every peer once it lags by 2 s. Starting 1.9 s ahead doubles the time it
+/// can talk (ahead by < 2 s, then behind by < 2 s): about 7.8 s after its start.
+pub const SLOW_CLOCK: &str = "+1.9 x0.5";
+/// The nftables table a partition installs.
+const NFT_TABLE: &str = "quorate_chaos";
+
+/// Wall-clock nanoseconds since the Unix epoch: the clock the hook log is stamped with.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn effective_uid() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Checks that this process can build a [`World`]: root, and the tools. The error lists every
+/// missing piece and how to get it.
+pub fn preflight() -> Result<()> {
+    let mut missing = Vec::new();
+    if effective_uid() != Some(0) {
+        missing.push(
+            "root: network namespaces and nftables need uid 0 (CI runs as root; locally use sudo)"
+                .to_owned(),
+        );
+    }
+    for (tool, pkg) in [
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("date", "coreutils"),
+    ] {
+        if !on_path(tool) {
+            missing.push(format!("`{tool}` (Debian package {pkg})"));
+        }
+    }
+    if !Path::new(FAKETIME_LIB).is_file() {
+        missing.push(format!("{FAKETIME_LIB} (Debian package faketime)"));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the chaos harness cannot run here; missing:\n  - {}",
+            missing.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+/// A private network: a bridge and one network namespace per node, inside a holder process's
+/// own network and mount namespaces.
+pub struct World {
+    holder: Child,
+    /// Keeps the holder alive: it exits when this pipe closes (also if the harness dies).
+    _holder_stdin: ChildStdin,
+    holder_pid: u32,
+    size: usize,
+    dir: PathBuf,
+}
+
+impl World {
+    /// Builds a world of `size` nodes; `dir` holds the partition rule files.
+    pub async fn create(size: usize, dir: &Path) -> Result<World> {
+        preflight()?;
+        if !(1..=200).contains(&size) {
+            bail!("a world has 1 to 200 nodes, not {size}");
+        }
+        let mut holder = Command::new("unshare")
+            .args(["--net", "--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "mkdir -p /run/netns && mount -t tmpfs quorate-chaos /run/netns && ip link set lo up \
+                 && echo ready && exec cat >/dev/null",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `unshare --net --mount` (util-linux)")?;
+        let holder_pid = holder.id().context("holder pid")?;
+        let stdin = holder.stdin.take().context("holder stdin")?;
+        let stdout = holder.stdout.take().context("holder stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        if !matches!(&ready, Ok(Ok(Some(l))) if l == "ready") {
+            let _ = holder.start_kill();
+            let mut err = String::new();
+            if let Some(mut e) = holder.stderr.take() {
+                use tokio::io::AsyncReadExt as _;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
+            }
+            bail!(
+                "the namespace holder did not start (needs root and unshare): {}",
+                err.trim()
+            );
+        }
+        let world = World {
+            holder,
+            _holder_stdin: stdin,
+            holder_pid,
+            size,
+            dir: dir.to_path_buf(),
+        };
+        let mut script =
+            String::from("set -e\nip link add qbr0 type bridge\nip link set qbr0 up\n");
+        for i in 1..=size {
+            script.push_str(&format!(
+                "ip netns add q{i}\n\
+                 ip link add qv{i} type veth peer name eth0 netns q{i}\n\
+                 ip link set qv{i} master qbr0 up\n\
+                 ip -n q{i} addr add 10.77.0.{i}/24 dev eth0\n\
+                 ip -n q{i} link set eth0 up\n\
+                 ip -n q{i} link set lo up\n"
+            ));
+        }
+        world
+            .run(&["sh", "-c", &script])
+            .await
+            .context("building the bridge and namespaces")?;
+        Ok(world)
+    }
+
+    /// Node `i`'s address (0-based index).
+    pub fn addr(i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    /// Node `i`'s namespace name.
+    pub fn ns(i: usize) -> String {
+        format!("q{}", i + 1)
+    }
+
+    /// A command that runs `program` in the world (the bridge's namespace).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder_pid.to_string())
+            .args(["-n", "-m", "--", program]);
+        c
+    }
+
+    /// A command that runs `program` in node `i`'s namespace. No process in the chain forks, so
+    /// the child's pid is `program`'s.
+    pub fn node_command(&self, i: usize, program: &str) -> Command {
+        let mut c = self.command("ip");
+        c.args(["netns", "exec", &Self::ns(i), program]);
+        c
+    }
+
+    async fn run(&self, argv: &[&str]) -> Result<()> {
+        let mut c = self.command(argv[0]);
+        c.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
+        Self::output(c, argv.join(" ")).await
+    }
+
+    async fn output(mut c: Command, what: String) -> Result<()> {
+        let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+            .await
+            .with_context(|| format!("{what}: timed out after 30 s"))?
+            .with_context(|| format!("{what}: cannot start"))?;
+        if !out.status.success() {
+            bail!(
+                "{what}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Partitions node `i` from every peer (`on`) or heals it: an nftables input-hook drop of
+    /// the peers' source addresses in node `i`'s namespace. Dropping inbound only still breaks
+    /// TCP both ways (the SYN-ACK is lost).
+    pub async fn partition(&self, i: usize, on: bool) -> Result<()> {
+        if on {
+            let peers: Vec<String> = (0..self.size).filter(|j| *j != i).map(Self::addr).collect();
+            let rules = format!(
+                "table inet {NFT_TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {{ {} }} drop\n  }}\n}}\n",
+                peers.join(", ")
+            );
+            let file = self.dir.join(format!("partition-{}.nft", Self::ns(i)));
+            std::fs::write(&file, rules).context("writing the nftables rules")?;
+            let mut c = self.node_command(i, "nft");
+            c.arg("-f")
+                .arg(&file)
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
+            Self::output(c, format!("nft -f {} in {}", file.display(), Self::ns(i))).await
+        } else {
+            let mut c = self.node_command(i, "nft");
+            c.args(["delete", "table", "inet", NFT_TABLE])
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
+            Self::output(c, format!("nft delete table in {}", Self::ns(i))).await
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.holder.start_kill();
+    }
+}
+
+/// What a chaos cluster runs.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The `quorate` executable.
+    pub agent_exe: PathBuf,
+    /// Number of agents (3 for the acceptance test and the benchmark).
+    pub size: usize,
+    /// Give every node a flapping non-critical check (fails for `2 + i` s, passes for `2 + i` s).
+    pub flapping: bool,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+struct Node {
+    name: String,
+    child: Option<Child>,
+    pid: Option<u32>,
+    started_ns: u64,
+    slow: bool,
+}
+
+/// A node's last `status.json`, the fields the harness reads.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// The agent's pid.
+    pub pid: u64,
+    /// The Raft leader it sees.
+    pub raft_leader: Option<String>,
+    /// It is the Raft leader.
+    pub raft_is_leader: bool,
+    /// The role's primary it sees.
+    pub primary: Option<String>,
+    /// It acts as the role's primary.
+    pub acting: bool,
+    /// Members it sees as `Alive`.
+    pub alive: usize,
+    /// Its own health.
+    pub health: String,
+}
+
+/// Agents in a [`World`], their hook log and the faults injected so far.
+pub struct Cluster {
+    spec: ClusterSpec,
+    /// Removed on drop unless [`Cluster::keep`] took it.
+    tmp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    key: String,
+    nodes: Vec<Node>,
+    /// Every fault injected, for [`hooklog::check`].
+    pub faults: Vec<Fault>,
+    world: World,
+}
+
+impl Cluster {
+    /// Builds the world and starts every agent (one after another, each once its failover
+    /// manager is up, so they do not campaign in the same millisecond).
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("quorate-chaos-")
+            .tempdir()?;
+        let world = World::create(spec.size, dir.path()).await?;
+        let key = quorate_wire::ClusterKey::generate()?.to_hex();
+        std::fs::write(dir.path().join("role.sh"), role_script(dir.path()))?;
+        std::fs::write(dir.path().join("actions.log"), "")?;
+        let nodes = (0..spec.size)
+            .map(|i| Node {
+                name: format!("n{}", i + 1),
+                child: None,
+                pid: None,
+                started_ns: 0,
+                slow: false,
+            })
+            .collect();
+        let mut c = Cluster {
+            spec,
+            dir: dir.path().to_path_buf(),
+            tmp: Some(dir),
+            key,
+            nodes,
+            faults: Vec::new(),
+            world,
+        };
+        for i in 0..c.spec.size {
+            c.spawn(i, false, 100 - i as u32).await?;
+        }
+        Ok(c)
+    }
+
+    /// The run's directory (configs, data, hook log, agent output).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the directory after the cluster is dropped; returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.tmp
+            .take()
+            .map_or_else(|| self.dir.clone(), tempfile::TempDir::keep)
+    }
+
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node called `name`.
+    pub fn index(&self, name: &str) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("{name} is not a node of this cluster"))
+    }
+
+    fn say(&self, msg: &str) {
+        if self.spec.verbose {
+            println!("[chaos {:>8.3}] {msg}", now_ns() as f64 / 1e9 % 1000.0);
+        }
+    }
+
+    fn config(&self, i: usize, priority: u32) -> String {
+        let dir = self.dir.as_path();
+        let name = &self.nodes[i].name;
+        let voters: Vec<String> = (0..self.spec.size)
+            .map(|j| format!("n{} = \"{}:7201\"", j + 1, World::addr(j)))
+            .collect();
+        let seeds: Vec<String> = (0..self.spec.size)
+            .filter(|j| *j != i)
+            .map(|j| format!("\"{}:7101\"", World::addr(j)))
+            .collect();
+        let mut text = format!(
+            r#"cluster_name = "quorate-chaos"
+cluster_key = "{key}"
+node_id = "{name}"
+data_dir = "{data}"
+profile = "lan"
+
+[raft]
+listen = "{addr}:7201"
+voters = {{ {voters} }}
+
+[gossip]
+listen = "{addr}:7101"
+seeds = [{seeds}]
+bootstrap = {bootstrap}
+tags = {{ failover-priority = "{priority}" }}
+
+[[check]]
+id = "alive"
+kind = "command"
+target = "true"
+interval = "1s"
+timeout = "500ms"
+"#,
+            key = self.key,
+            data = dir.join(name).display(),
+            addr = World::addr(i),
+            voters = voters.join(", "),
+            seeds = seeds.join(", "),
+            bootstrap = i == 0,
+        );
+        if self.spec.flapping {
+            let period = 2 + i;
+            text.push_str(&format!(
+                r#"
+[[check]]
+id = "flapping"
+kind = "command"
+target = "test $(( $(date +%s) / {period} % 2 )) -eq 0"
+interval = "1s"
+timeout = "500ms"
+critical = false
+"#
+            ));
+        }
+        text.push_str(&format!(
+            r#"
+[[role]]
+name = "{ROLE}"
+on_promote = "sh {script} promote"
+on_demote = "sh {script} demote"
+anti_flap_max_failovers = 100000
+"#,
+            script = dir.join("role.sh").display(),
+        ));
+        text
+    }
+
+    /// Starts node `i` (again), on a slowed clock when `slow`, with this failover priority;
+    /// returns once its failover manager is up.
+    pub async fn spawn(&mut self, i: usize, slow: bool, priority: u32) -> Result<()> {
+        let dir = self.dir.as_path().to_path_buf();
+        let name = self.nodes[i].name.clone();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, self.config(i, priority))?;
+        // A crashed node's application died with it; drop its stale marker files.
+        let _ = std::fs::remove_file(dir.join(format!("{name}.run")));
+        let _ = std::fs::remove_file(dir.join(format!("{name}.done")));
+        let out_path = dir.join(format!("{name}.out"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.err")))?;
+        let seen_before = count_started(&out_path);
+        let mut c = self.world.node_command(i, "env");
+        if slow {
+            c.arg(format!("LD_PRELOAD={FAKETIME_LIB}"))
+                .arg(format!("FAKETIME={SLOW_CLOCK}"));
+        }
+        c.arg(&self.spec.agent_exe)
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("QUORATE_CHAOS_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting agent {name}"))?;
+        let n = &mut self.nodes[i];
+        n.pid = child.id();
+        n.child = Some(child);
+        n.started_ns = now_ns();
+        n.slow = slow;
+        if slow {
+            self.faults.push(Fault {
+                node: name.clone(),
+                kind: FaultKind::SlowClock,
+                from_ns: now_ns(),
+                to_ns: None,
+            });
+        }
+        self.say(&format!(
+            "started {name} (pid {:?}{}, priority {priority})",
+            self.nodes[i].pid,
+            if slow { ", clock x0.5" } else { "" }
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if count_started(&out_path) > seen_before {
+                return Ok(());
+            }
+            if let Some(c) = self.nodes[i].child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "agent {name} exited with {status} while starting; see {}",
+                    dir.join(format!("{name}.err")).display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("agent {name} did not start its failover manager within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Is node `i` running?
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Node `i` runs on a slowed clock.
+    pub fn slow(&self, i: usize) -> bool {
+        self.nodes[i].slow
+    }
+
+    async fn signal_group(&self, i: usize, sig: &str) -> Result<()> {
+        let pid = self.nodes[i].pid.context("node has no pid")?;
+        let st = Command::new("kill")
+            .args(["-s", sig, "--", &format!("-{pid}")])
+            .status()
+            .await?;
+        if !st.success() {
+            bail!("kill -s {sig} -{pid} failed: {st}");
+        }
+        Ok(())
+    }
+
+    fn end_slow(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        let now = now_ns();
+        for f in &mut self.faults {
+            if f.node == name && f.kind == FaultKind::SlowClock && f.to_ns.is_none() {
+                f.to_ns = Some(now);
+            }
+        }
+        self.nodes[i].slow = false;
+    }
+
+    /// SIGKILL of node `i`'s process group (agent, hooks, application); returns the stamp.
+    pub async fn kill(&mut self, i: usize) -> Result<u64> {
+        let at = now_ns();
+        self.signal_group(i, "KILL").await?;
+        self.faults.push(Fault {
+            node: self.nodes[i].name.clone(),
+            kind: FaultKind::Kill,
+            from_ns: at,
+            to_ns: Some(now_ns()),
+        });
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+        }
+        self.end_slow(i);
+        self.say(&format!("SIGKILL {}", self.nodes[i].name));
+        Ok(at)
+    }
+
+    /// SIGSTOP of node `i`'s process group; returns the stamp. [`Cluster::resume`] ends it.
+    pub async fn pause(&mut self, i: usize) -> Result<u64> {
+        let at = now_ns();
+        self.signal_group(i, "STOP").await?;
+        self.faults.push(Fault {
+            node: self.nodes[i].name.clone(),
+            kind: FaultKind::Pause,
+            from_ns: at,
+            to_ns: None,
+        });
+        self.say(&format!("SIGSTOP {}", self.nodes[i].name));
+        Ok(at)
+    }
+
+    /// SIGCONT of node `i`'s process group.
+    pub async fn resume(&mut self, i: usize) -> Result<()> {
+        self.signal_group(i, "CONT").await?;
+        self.close_fault(i, FaultKind::Pause);
+        self.say(&format!("SIGCONT {}", self.nodes[i].name));
+        Ok(())
+    }
+
+    fn close_fault(&mut self, i: usize, kind: FaultKind) {
+        let now = now_ns();
+        let name = &self.nodes[i].name;
+        for f in &mut self.faults {
+            if &f.node == name && f.kind == kind && f.to_ns.is_none() {
+                f.to_ns = Some(now);
+            }
+        }
+    }
+
+    /// Partitions node `i` from its peers; returns the stamp taken once the rule is in place.
+    pub async fn isolate(&mut self, i: usize) -> Result<u64> {
+        let from = now_ns();
+        self.world.partition(i, true).await?;
+        let at = now_ns();
+        self.faults.push(Fault {
+            node: self.nodes[i].name.clone(),
+            kind: FaultKind::Partition,
+            from_ns: from,
+            to_ns: None,
+        });
+        self.say(&format!("partitioned {}", self.nodes[i].name));
+        Ok(at)
+    }
+
+    /// Heals node `i`'s partition.
+    pub async fn heal(&mut self, i: usize) -> Result<()> {
+        self.world.partition(i, false).await?;
+        self.close_fault(i, FaultKind::Partition);
+        self.say(&format!("healed {}", self.nodes[i].name));
+        Ok(())
+    }
+
+    /// SIGTERM of node `i`'s agent (it demotes, leaves and stops); waits for it to exit.
+    pub async fn terminate(&mut self, i: usize) -> Result<()> {
+        let pid = self.nodes[i].pid.context("node has no pid")?;
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &pid.to_string()])
+            .status()
+            .await;
+        if let Some(mut c) = self.nodes[i].child.take()
+            && tokio::time::timeout(Duration::from_secs(30), c.wait())
+                .await
+                .is_err()
+        {
+            {
+                let _ = self.signal_group(i, "KILL").await;
+                let _ = c.wait().await;
+                bail!(
+                    "agent {} did not stop within 30 s of SIGTERM",
+                    self.nodes[i].name
+                );
+            }
+        }
+        self.end_slow(i);
+        self.say(&format!("stopped {}", self.nodes[i].name));
+        Ok(())
+    }
+
+    /// SIGTERM to every running agent at once; waits for all.
+    pub async fn shutdown(&mut self) -> Result<()> {
+        for n in &self.nodes {
+            if let (Some(pid), Some(_)) = (n.pid, &n.child) {
+                let _ = Command::new("kill")
+                    .args(["-s", "TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+        }
+        let mut stuck = Vec::new();
+        for i in 0..self.nodes.len() {
+            if let Some(mut c) = self.nodes[i].child.take() {
+                if tokio::time::timeout(Duration::from_secs(30), c.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = self.signal_group(i, "KILL").await;
+                    let _ = c.wait().await;
+                    stuck.push(self.nodes[i].name.clone());
+                }
+                self.end_slow(i);
+            }
+        }
+        if !stuck.is_empty() {
+            bail!("agents {stuck:?} did not stop within 30 s of SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// The hook log so far.
+    pub fn log(&self) -> Result<Vec<Entry>> {
+        let text = std::fs::read_to_string(self.dir.as_path().join("actions.log"))?;
+        // A line being appended may be cut; only whole lines count.
+        let whole = match text.rfind('\n') {
+            Some(n) => &text[..=n],
+            None => "",
+        };
+        hooklog::parse(whole).map_err(anyhow::Error::msg)
+    }
+
+    /// The highest fencing token promoted so far (0: none).
+    pub fn max_token(&self) -> Result<u64> {
+        Ok(self
+            .log()?
+            .iter()
+            .filter(|e| e.kind == Kind::Promote)
+            .map(|e| e.token)
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// Node `i`'s last `status.json`, if it is from its current process.
+    pub fn status(&self, i: usize) -> Option<NodeStatus> {
+        let n = &self.nodes[i];
+        let text =
+            std::fs::read_to_string(self.dir.as_path().join(&n.name).join("status.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let pid = v["pid"].as_u64()?;
+        if Some(pid) != n.pid.map(u64::from) {
+            return None;
+        }
+        let role = v["roles"]
+            .as_array()?
+            .iter()
+            .find(|r| r["role"] == ROLE)?
+            .clone();
+        Some(NodeStatus {
+            pid,
+            raft_leader: v["raft"]["leader"].as_str().map(str::to_owned),
+            raft_is_leader: v["raft"]["is_leader"].as_bool().unwrap_or(false),
+            primary: role["primary"].as_str().map(str::to_owned),
+            acting: role["acting_here"].as_bool().unwrap_or(false),
+            alive: v["membership"]["members"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["state"] == "Alive").count()),
+            health: v["health"]["status"].as_str().unwrap_or("-").to_owned(),
+        })
+    }
+
+    /// Waits until every node runs and agrees: one Raft leader, every member alive, one primary
+    /// acting, no node critical, and the primary's last promote in the hook log is its own and
+    /// not demoted. Returns the primary's index.
+    pub async fn wait_stable(&self, within: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let statuses: Vec<Option<NodeStatus>> =
+                (0..self.nodes.len()).map(|i| self.status(i)).collect();
+            if let Some(p) = self.stable(&statuses)? {
+                return Ok(p);
+            }
+            if tokio::time::Instant::now() > deadline {
+                let mut why = String::new();
+                for (i, s) in statuses.iter().enumerate() {
+                    why.push_str(&format!("\n  {}: {s:?}", self.nodes[i].name));
+                }
+                bail!("the cluster did not settle within {within:?}; last views:{why}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stable(&self, statuses: &[Option<NodeStatus>]) -> Result<Option<usize>> {
+        let size = self.nodes.len();
+        let mut leader = None;
+        let mut primary = None;
+        for (i, s) in statuses.iter().enumerate() {
+            let Some(s) = s else { return Ok(None) };
+            if !self.running(i) || s.alive != size || s.health == "critical" {
+                return Ok(None);
+            }
+            let (Some(l), Some(p)) = (&s.raft_leader, &s.primary) else {
+                return Ok(None);
+            };
+            if leader.get_or_insert(l) != &l || primary.get_or_insert(p) != &p {
+                return Ok(None);
+            }
+        }
+        let Some(primary) = primary else {
+            return Ok(None);
+        };
+        let p = self.index(primary)?;
+        if !statuses[p].as_ref().is_some_and(|s| s.acting) {
+            return Ok(None);
+        }
+        let log = self.log()?;
+        // The newest token's last line must be a promote by the primary (a term can be
+        // suspended and resumed under the same token).
+        let top = log
+            .iter()
+            .filter(|e| e.kind == Kind::Promote)
+            .map(|e| e.token)
+            .max();
+        let last = log
+            .iter()
+            .filter(|e| Some(e.token) == top && e.kind != Kind::Act)
+            .max_by_key(|e| (e.at_ns, e.kind));
+        match last {
+            Some(e) if e.node == *primary && e.kind == Kind::Promote => Ok(Some(p)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits for a promote with a token above `above` by a node other than `not`.
+    pub async fn wait_promote(
+        &self,
+        above: u64,
+        not: Option<usize>,
+        within: Duration,
+    ) -> Result<Entry> {
+        let not = not.map(|i| self.nodes[i].name.clone());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(e) = self.log()?.into_iter().find(|e| {
+                e.kind == Kind::Promote && e.token > above && Some(&e.node) != not.as_ref()
+            }) {
+                self.say(&format!("{} promoted with token {}", e.node, e.token));
+                return Ok(e);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "no node other than {not:?} was promoted with a token above {above} within {within:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for the demote of `token` in the hook log.
+    pub async fn wait_demote(&self, token: u64, within: Duration) -> Result<Entry> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(e) = self
+                .log()?
+                .into_iter()
+                .find(|e| e.kind == Kind::Demote && e.token == token)
+            {
+                self.say(&format!("{} demoted token {}", e.node, e.token));
+                return Ok(e);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the term with token {token} did not end (no on_demote) within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The token of the term node `i` holds now (its last promote), if any.
+    pub fn term_of(&self, i: usize) -> Result<Option<u64>> {
+        let name = &self.nodes[i].name;
+        Ok(self
+            .log()?
+            .iter()
+            .filter(|e| e.kind == Kind::Promote && &e.node == name)
+            .map(|e| e.token)
+            .max())
+    }
+
+    /// The `role_change` events the agents printed for `token` (detection and promotion
+    /// durations as the new primary measured them).
+    /// The event printed by `node` itself is preferred (the others print what they observed).
+    pub fn role_change(&self, token: u64, node: &str) -> Option<Value> {
+        let mut order: Vec<&Node> = self.nodes.iter().filter(|n| n.name == node).collect();
+        order.extend(self.nodes.iter().filter(|n| n.name != node));
+        for n in order {
+            let Ok(text) =
+                std::fs::read_to_string(self.dir.as_path().join(format!("{}.out", n.name)))
+            else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line)
+                    && v["event"] == "role_change"
+                    && v["token"].as_u64() == Some(token)
+                {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// Judges the whole hook log against the faults injected (call after [`Cluster::shutdown`]).
+    pub fn check(&self) -> Result<hooklog::Report> {
+        Ok(hooklog::check(&self.log()?, &self.faults, now_ns()))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Kill every node's whole group (its application too), synchronously.
+        for n in &mut self.nodes {
+            if let (Some(pid), Some(c)) = (n.pid, n.child.as_mut()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-s", "KILL", "--", &format!("-{pid}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = c.start_kill();
+            }
+        }
+    }
+}
+
+fn count_started(out: &Path) -> usize {
+    std::fs::read_to_string(out).map_or(0, |t| {
+        t.lines()
+            .filter(|l| l.contains("\"component\":\"failover\"") && l.contains("\"started\""))
+            .count()
+    })
+}
+
+/// The role's hooks and its application: see the module documentation.
+fn role_script(dir: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+# quorate chaos harness: role hooks. $1 = promote | demote; env QUORATE_NODE, QUORATE_FENCING_TOKEN.
+# Stamps come from `date` run without libfaketime, so every node shares the wall clock.
+dir={dir}
+log="$dir/actions.log"
+run="$dir/$QUORATE_NODE.run"
+done_="$dir/$QUORATE_NODE.done"
+stamp() {{ env -u LD_PRELOAD -u FAKETIME date +%s%N; }}
+case "$1" in
+promote)
+  rm -f "$done_"
+  : > "$run"
+  echo "$(stamp) $QUORATE_NODE promote $QUORATE_FENCING_TOKEN" >> "$log"
+  (
+    # The application: one action every 50 ms while the run file exists. The stamp is taken
+    # before the check, so an action is never stamped after the demote removed the file.
+    while :; do
+      s=$(stamp)
+      [ -e "$run" ] || break
+      echo "$s $QUORATE_NODE act $QUORATE_FENCING_TOKEN" >> "$log"
+      sleep 0.05
+    done
+    : > "$done_"
+  ) </dev/null >/dev/null 2>&1 &
+  ;;
+demote)
+  rm -f "$run"
+  i=0
+  while [ ! -e "$done_" ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i+1)); done
+  echo "$(stamp) $QUORATE_NODE demote $QUORATE_FENCING_TOKEN" >> "$log"
+  ;;
+esac
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Bound on a cluster settling after a fault is healed or a node restarted.
+const SETTLE: Duration = Duration::from_secs(90);
+/// Bound on a failover or a demotion.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+/// The acceptance scenario of issue 8 on three agents, one fault at a time, each followed by a
+/// check that another node was promoted:
+/// 1. SIGKILL of the primary's group, then restart it;
+/// 2. SIGSTOP of the primary's group until another node is promoted, then SIGCONT; the paused
+///    node must end its term by itself;
+/// 3. nftables input drop at the primary of every peer; it must demote by itself while cut
+///    off, and another node must be promoted; then heal;
+/// 4. clock at 0.5x: the primary is stopped (SIGTERM) and restarted under libfaketime with the
+///    highest priority; the next primary is killed so the slow node is promoted; then the slow
+///    primary is partitioned (its slow clock keeps it acting past its lease: those stale
+///    actions must be fenced); heal, restart it on a normal clock.
+///
+/// Then every agent is stopped and the hook log is judged by [`hooklog::check`]. Returns the
+/// report and the run directory (kept when `keep`).
+pub async fn acceptance(
+    agent_exe: &Path,
+    verbose: bool,
+    keep: bool,
+) -> Result<(hooklog::Report, Option<PathBuf>)> {
+    let mut c = Cluster::start(ClusterSpec {
+        agent_exe: agent_exe.to_path_buf(),
+        size: 3,
+        flapping: false,
+        verbose,
+    })
+    .await?;
+    let r = acceptance_steps(&mut c).await;
+    let stopped = c.shutdown().await;
+    let report = c.check()?;
+    if verbose {
+        println!("{report}");
+    }
+    let kept =
+        (keep || r.is_err() || stopped.is_err() || !report.violations.is_empty()).then(|| c.keep());
+    let at = kept
+        .as_ref()
+        .map_or(String::new(), |d| format!(" (files in {})", d.display()));
+    r.with_context(|| format!("chaos scenario failed{at}"))?;
+    stopped.with_context(|| format!("stopping the agents{at}"))?;
+    Ok((report, kept))
+}
+
+async fn acceptance_steps(c: &mut Cluster) -> Result<()> {
+    // 1. Crash.
+    let p = c.wait_stable(SETTLE).await?;
+    let t = c.max_token()?;
+    c.say(&format!("--- fault 1: SIGKILL of primary {}", c.name(p)));
+    c.kill(p).await?;
+    c.wait_promote(t, Some(p), FAILOVER)
+        .await
+        .context("after SIGKILL")?;
+    c.spawn(p, false, 100 - p as u32).await?;
+
+    // 2. Pause.
+    let p = c.wait_stable(SETTLE).await?;
+    let t = c.max_token()?;
+    c.say(&format!("--- fault 2: SIGSTOP of primary {}", c.name(p)));
+    c.pause(p).await?;
+    let promoted = c
+        .wait_promote(t, Some(p), FAILOVER)
+        .await
+        .context("after SIGSTOP");
+    c.resume(p).await?;
+    promoted?;
+    c.wait_demote(t, FAILOVER)
+        .await
+        .context("the resumed primary must end its stale term")?;
+
+    // 3. Partition.
+    let p = c.wait_stable(SETTLE).await?;
+    let t = c.max_token()?;
+    c.say(&format!("--- fault 3: partition of primary {}", c.name(p)));
+    c.isolate(p).await?;
+    let promoted = c
+        .wait_promote(t, Some(p), FAILOVER)
+        .await
+        .context("after the partition");
+    let demoted = c
+        .wait_demote(t, FAILOVER)
+        .await
+        .context("the cut-off primary must demote by itself");
+    c.heal(p).await?;
+    promoted?;
+    demoted?;
+
+    // 4. Slow clock.
+    let p = c.wait_stable(SETTLE).await?;
+    let t = c.max_token()?;
+    c.say(&format!(
+        "--- fault 4: {} restarted with its clock at 0.5x",
+        c.name(p)
+    ));
+    c.terminate(p).await?;
+    let q = c
+        .wait_promote(t, Some(p), FAILOVER)
+        .await
+        .context("after SIGTERM")?;
+    c.spawn(p, true, 1000).await?;
+    let q = c.index(&q.node)?;
+    let primary = c.wait_stable(SETTLE).await?;
+    let q = if primary == q { q } else { primary };
+    let t = c.max_token()?;
+    c.say(&format!(
+        "kill {} so that the slow {} (priority 1000) is promoted",
+        c.name(q),
+        c.name(p)
+    ));
+    c.kill(q).await?;
+    let e = c
+        .wait_promote(t, Some(q), FAILOVER)
+        .await
+        .context("after SIGKILL, slow clock")?;
+    if e.node != c.name(p) {
+        bail!(
+            "{} was promoted instead of the slow {} (failover-priority 1000): the slow-primary \
+             case was not exercised (did the slow node's wall clock drift past the wire's \
+             clock_skew_max before it was promoted?)",
+            e.node,
+            c.name(p)
+        );
+    }
+    c.spawn(q, false, 100 - q as u32).await?;
+    let t = c.max_token()?;
+    // The slow primary's wall clock drifts; the wire cuts it off after about 7.8 s (see
+    // SLOW_CLOCK). Partition it as soon as the restarted node is a member again.
+    let p2 = c.wait_stable(SETTLE).await;
+    match p2 {
+        Ok(p2) if p2 == p => {
+            c.say(&format!(
+                "--- fault 4b: partition of the slow primary {}",
+                c.name(p)
+            ));
+            c.isolate(p).await?;
+            let promoted = c
+                .wait_promote(t, Some(p), FAILOVER)
+                .await
+                .context("after partitioning the slow primary");
+            let demoted = c
+                .wait_demote(t, FAILOVER)
+                .await
+                .context("the slow cut-off primary must demote by itself");
+            c.heal(p).await?;
+            promoted?;
+            demoted?;
+        }
+        _ => {
+            // The wire's clock-skew check cut the slow primary off before the partition: the
+            // same hazard (a slow primary cut off from its peers), so the checks still apply.
+            c.say(&format!(
+                "the slow {} was cut off by the wire's clock-skew check before the partition",
+                c.name(p)
+            ));
+            c.wait_promote(t, Some(p), FAILOVER)
+                .await
+                .context("after the slow primary was cut off")?;
+            c.wait_demote(t, FAILOVER)
+                .await
+                .context("the slow cut-off primary must demote by itself")?;
+        }
+    }
+    // Back to a normal clock (a slow node cannot rejoin: the wire refuses its stale stamps).
+    c.terminate(p).await?;
+    c.spawn(p, false, 100 - p as u32).await?;
+    c.wait_stable(SETTLE).await?;
+    Ok(())
+}
+
+/// Options of the failover benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The `quorate` executable.
+    pub agent_exe: PathBuf,
+    /// SIGKILL trials.
+    pub kill_trials: u32,
+    /// Partition trials.
+    pub partition_trials: u32,
+    /// Length of the run with flapping non-critical checks and no faults.
+    pub flap: Duration,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+/// One failover trial.
+#[derive(Clone, Debug)]
+pub struct Trial {
+    /// `kill` or `partition`.
+    pub fault: &'static str,
+    /// The old primary was also the Raft leader.
+    pub primary_was_raft_leader: bool,
+    /// Fault to the new primary's `on_promote`, in milliseconds.
+    pub to_promote_ms: f64,
+    /// Detection and promotion as the new primary measured them (ms), from its role-change event.
+    pub detection_ms: Option<u64>,
+    /// See `detection_ms`.
+    pub promotion_ms: Option<u64>,
+    /// Fault to the old primary's last action (partition: how long the cut-off primary's
+    /// application went on; its lease window is 544 ms in the `lan` profile).
+    pub old_last_action_ms: Option<f64>,
+}
+
+/// What the failover benchmark measured.
+#[derive(Clone, Debug, Default)]
+pub struct BenchReport {
+    /// Every trial.
+    pub trials: Vec<Trial>,
+    /// New primaries (new tokens) during the flapping run (all false: nothing failed).
+    pub false_failovers: usize,
+    /// Times the primary stopped and resumed under the same token during the flapping run
+    /// (no renew acknowledged by its holder deadline, then a renew succeeded).
+    pub suspensions: usize,
+    /// How long the flapping run lasted.
+    pub flap: Duration,
+    /// The hook-log checker's report over the whole run.
+    pub check: hooklog::Report,
+}
+
+/// Nearest-rank percentile of `v` (`q` in 0..=1).
+pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return None;
+    }
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    Some(s[rank - 1])
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for fault in ["kill", "partition"] {
+            let t: Vec<&Trial> = self.trials.iter().filter(|t| t.fault == fault).collect();
+            if t.is_empty() {
+                continue;
+            }
+            let ms: Vec<f64> = t.iter().map(|t| t.to_promote_ms).collect();
+            let lead: Vec<f64> = t
+                .iter()
+                .filter(|t| t.primary_was_raft_leader)
+                .map(|t| t.to_promote_ms)
+                .collect();
+            let follow: Vec<f64> = t
+                .iter()
+                .filter(|t| !t.primary_was_raft_leader)
+                .map(|t| t.to_promote_ms)
+                .collect();
+            let p =
+                |v: &[f64], q| percentile(v, q).map_or("-".to_owned(), |x| format!("{x:.0} ms"));
+            writeln!(
+                f,
+                "{fault:<9} trials {:>3}  to on_promote: median {}  p99 {}  min {}  max {}",
+                ms.len(),
+                p(&ms, 0.5),
+                p(&ms, 0.99),
+                p(&ms, 0.0),
+                p(&ms, 1.0)
+            )?;
+            writeln!(
+                f,
+                "          primary was Raft leader: {} trials, median {}; was not: {} trials, median {}",
+                lead.len(),
+                p(&lead, 0.5),
+                follow.len(),
+                p(&follow, 0.5)
+            )?;
+            let det: Vec<f64> = t
+                .iter()
+                .filter_map(|t| t.detection_ms)
+                .map(|x| x as f64)
+                .collect();
+            let pro: Vec<f64> = t
+                .iter()
+                .filter_map(|t| t.promotion_ms)
+                .map(|x| x as f64)
+                .collect();
+            writeln!(
+                f,
+                "          new primary's own measure: detection median {}, promotion median {}",
+                p(&det, 0.5),
+                p(&pro, 0.5)
+            )?;
+            let stop: Vec<f64> = t.iter().filter_map(|t| t.old_last_action_ms).collect();
+            if fault == "partition" {
+                writeln!(
+                    f,
+                    "          cut-off primary's last action after the partition: median {}, max {} (lease window 544 ms)",
+                    p(&stop, 0.5),
+                    p(&stop, 1.0)
+                )?;
+            }
+            let all: Vec<String> = ms.iter().map(|m| format!("{m:.0}")).collect();
+            writeln!(f, "          all (ms): {}", all.join(" "))?;
+        }
+        writeln!(
+            f,
+            "flapping non-critical checks, no faults, {:.0} s: {} false failovers (new primary), \
+             {} suspensions (primary stopped and resumed under the same token)",
+            self.flap.as_secs_f64(),
+            self.false_failovers,
+            self.suspensions
+        )?;
+        write!(f, "hook-log check over the whole run: {}", self.check)
+    }
+}
+
+/// The failover benchmark: `kill_trials` SIGKILLs and `partition_trials` partitions of the
+/// primary of three agents (with flapping non-critical checks on every node), each measured
+/// from the fault to the new primary's `on_promote` stamp, then a run of `flap` with no faults
+/// that counts promotions (false failovers). Timings are reported, never asserted.
+pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
+    let mut c = Cluster::start(ClusterSpec {
+        agent_exe: opts.agent_exe.clone(),
+        size: 3,
+        flapping: true,
+        verbose: opts.verbose,
+    })
+    .await?;
+    let mut report = BenchReport::default();
+    let r = bench_steps(&mut c, opts, &mut report).await;
+    let stopped = c.shutdown().await;
+    report.check = c.check()?;
+    if r.is_err() || stopped.is_err() {
+        let kept = c.keep();
+        r.with_context(|| format!("failover bench failed (files in {})", kept.display()))?;
+        stopped.with_context(|| format!("stopping the agents (files in {})", kept.display()))?;
+    }
+    Ok(report)
+}
+
+async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchReport) -> Result<()> {
+    let plan = std::iter::repeat_n("kill", opts.kill_trials as usize).chain(std::iter::repeat_n(
+        "partition",
+        opts.partition_trials as usize,
+    ));
+    for (n, fault) in plan.enumerate() {
+        let p = c.wait_stable(SETTLE).await?;
+        let was_leader = c.status(p).is_some_and(|s| s.raft_is_leader);
+        let t = c.max_token()?;
+        let at = if fault == "kill" {
+            c.kill(p).await?
+        } else {
+            c.isolate(p).await?
+        };
+        let e = c
+            .wait_promote(t, Some(p), FAILOVER)
+            .await
+            .with_context(|| format!("trial {} ({fault})", n + 1))?;
+        let mut trial = Trial {
+            fault,
+            primary_was_raft_leader: was_leader,
+            to_promote_ms: e.at_ns.saturating_sub(at) as f64 / 1e6,
+            detection_ms: None,
+            promotion_ms: None,
+            old_last_action_ms: None,
+        };
+        if fault == "kill" {
+            c.spawn(p, false, 100 - p as u32).await?;
+        } else {
+            c.wait_demote(t, FAILOVER).await?;
+            c.heal(p).await?;
+        }
+        // The new primary prints its role change after `on_promote`: read it once the old
+        // primary is back (or the next settle, below, has waited for it).
+        c.wait_stable(SETTLE).await?;
+        let rc = c.role_change(e.token, &e.node);
+        trial.detection_ms = rc.as_ref().and_then(|v| v["detection_ms"].as_u64());
+        trial.promotion_ms = rc.as_ref().and_then(|v| v["promotion_ms"].as_u64());
+        trial.old_last_action_ms = c
+            .log()?
+            .iter()
+            .filter(|x| x.token == t && x.kind != Kind::Demote)
+            .map(|x| x.at_ns)
+            .max()
+            .map(|last| (i128::from(last) - i128::from(at)) as f64 / 1e6);
+        if opts.verbose {
+            println!(
+                "trial {:>2} {fault:<9} {} -> {}: {:.0} ms (old primary raft leader: {was_leader}; \
+                 its last action {:.0} ms after the fault; new primary's detection {:?} ms, \
+                 promotion {:?} ms)",
+                n + 1,
+                c.name(p),
+                e.node,
+                trial.to_promote_ms,
+                trial.old_last_action_ms.unwrap_or(f64::NAN),
+                trial.detection_ms,
+                trial.promotion_ms
+            );
+        }
+        report.trials.push(trial);
+    }
+    let p = c.wait_stable(SETTLE).await?;
+    let before = c.log()?;
+    let top = before
+        .iter()
+        .filter(|e| e.kind == Kind::Promote)
+        .map(|e| e.token)
+        .max()
+        .unwrap_or(0);
+    let promotes_before = before.iter().filter(|e| e.kind == Kind::Promote).count();
+    c.say(&format!(
+        "flapping run of {:?} with {} primary",
+        opts.flap,
+        c.name(p)
+    ));
+    let start = tokio::time::Instant::now();
+    // Not a synchronisation sleep: the run's length is what is measured over.
+    tokio::time::sleep(opts.flap).await;
+    report.flap = start.elapsed();
+    let after = c.log()?;
+    let promotes: Vec<&Entry> = after.iter().filter(|e| e.kind == Kind::Promote).collect();
+    let mut new_tokens: Vec<u64> = promotes
+        .iter()
+        .filter(|e| e.token > top)
+        .map(|e| e.token)
+        .collect();
+    new_tokens.dedup();
+    report.false_failovers = new_tokens.len();
+    report.suspensions =
+        promotes.len() - promotes_before - promotes.iter().filter(|e| e.token > top).count();
+    Ok(())
+}
