@@ -233,14 +233,17 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         assert!(matches!(r.1, Outcome::Put(_)), "{r:?}");
         acked.insert(key, value);
     }
-    // The log it needs is gone from the leader.
-    let purged = {
-        let m = c.node(leader).metrics();
-        let m = m.borrow();
-        m.purged.map_or(0, |p| p.index)
-    };
+    // The log it needs is gone from the leader (snapshots and purges run in the background
+    // after the writes are applied: wait for the purge, bounded).
+    let mut metrics = c.node(leader).metrics();
+    let purged_past = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        metrics.wait_for(|m| m.purged.map_or(0, |p| p.index) > stopped_at),
+    )
+    .await;
+    let purged = metrics.borrow().purged.map_or(0, |p| p.index);
     assert!(
-        purged > stopped_at,
+        matches!(purged_past, Ok(Ok(_))),
         "the leader purged its log only up to {purged}; the follower stopped at {stopped_at}"
     );
 
