@@ -161,6 +161,8 @@ impl Coord for Cuttable {
 struct Recorder {
     calls: Mutex<Vec<String>>,
     veto: Mutex<Option<String>>,
+    /// When each `on_demote` ran (tokio time: global in these paused tests).
+    demoted_at: Mutex<Vec<Instant>>,
 }
 
 impl Recorder {
@@ -186,6 +188,7 @@ impl RoleHooks for Recorder {
     }
     async fn on_demote(&self, _ctx: &HookContext) {
         self.calls.lock().unwrap().push("on_demote".to_owned());
+        self.demoted_at.lock().unwrap().push(Instant::now());
     }
     async fn on_role_change(&self, change: &RoleChange) {
         self.calls
@@ -455,6 +458,17 @@ async fn partitioned_primary_stops_before_its_lease_can_expire() {
     assert!(
         stopped_at < promoted_at,
         "old primary still acting when the new one started"
+    );
+    // A shell-command application stops only through `on_demote`: it must have run before the
+    // new primary acted, although n1's role task was blocked in a coordination call that never
+    // answers (the lease keeper runs it at the holder deadline).
+    let demoted = c.nodes[0].hooks.demoted_at.lock().unwrap().first().copied();
+    assert!(
+        demoted.is_some_and(|d| d <= stopped_at.max(cut_at) && d < promoted_at),
+        "on_demote at {:?} after the cut, application stopped at {:?}, new primary at {:?}",
+        demoted.map(|d| d - cut_at),
+        stopped_at - cut_at,
+        took
     );
     let new = c.nodes[1].token().unwrap();
     assert!(new > old, "fencing token must increase: {new} after {old}");

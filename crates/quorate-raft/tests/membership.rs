@@ -236,14 +236,17 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     // The log it needs is gone from the leader (snapshots and purges run in the background
     // after the writes are applied: wait for the purge, bounded).
     let mut metrics = c.node(leader).metrics();
-    let purged_past = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        metrics.wait_for(|m| m.purged.map_or(0, |p| p.index) > stopped_at),
-    )
-    .await;
+    let purged_past = matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            metrics.wait_for(|m| m.purged.map_or(0, |p| p.index) > stopped_at),
+        )
+        .await,
+        Ok(Ok(_))
+    );
     let purged = metrics.borrow().purged.map_or(0, |p| p.index);
     assert!(
-        matches!(purged_past, Ok(Ok(_))),
+        purged_past,
         "the leader purged its log only up to {purged}; the follower stopped at {stopped_at}"
     );
 

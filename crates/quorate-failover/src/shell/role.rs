@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::hooks::{ChangeCause, HookContext, RoleChange};
+use super::hooks::{ChangeCause, HookContext, RoleChange, RoleHooks};
 use super::{Command, ManagerConfig, ManualOp, PrimaryContext, RoleSpec, RoleStatus, observe};
 use crate::error::FailoverError;
 use crate::policy::lease::LeaseConfig;
@@ -56,6 +57,36 @@ struct Term {
     acting: bool,
     /// Whether `on_demote` already ran for a suspension (not run again at the term's end).
     demote_hook_ran: bool,
+    /// Serialises this term's `on_promote`/`on_demote` between the role task and the keeper.
+    gate: Arc<HookGate>,
+}
+
+/// Serialises a term's `on_promote` and `on_demote` between the role task and the lease keeper
+/// and records whether the application was started (an `on_promote` began) and not yet
+/// stopped, so `on_demote` runs exactly once per start, by whichever gets there first.
+///
+/// Why the keeper runs it: a shell-command application stops only through `on_demote`, and the
+/// role task can be busy for a whole coordination timeout (the chaos run measured a cut-off
+/// primary's application acting 964 ms after the partition against a 544 ms holder window).
+/// The keeper runs `on_demote` at the holder deadline itself, as it cancels in-process work.
+#[derive(Debug, Default)]
+struct HookGate {
+    lock: tokio::sync::Mutex<()>,
+    started: AtomicBool,
+}
+
+/// Runs `on_demote` under the gate if the application was started and not yet stopped.
+async fn demote_hook(
+    gate: &HookGate,
+    clock: &SharedClock,
+    limit: Duration,
+    hooks: &Arc<dyn RoleHooks>,
+    ctx: &HookContext,
+) {
+    let _serial = gate.lock.lock().await;
+    if gate.started.swap(false, Ordering::SeqCst) {
+        let _ = within(clock, limit, hooks.on_demote(ctx)).await;
+    }
 }
 
 pub(crate) struct RoleTask {
@@ -364,6 +395,17 @@ impl RoleTask {
         }
     }
 
+    /// `on_promote` under the term's gate (so the keeper's `on_demote` cannot overtake it),
+    /// marking the application started first.
+    async fn promote_hook(&self, hooks: &Arc<dyn RoleHooks>, ctx: &HookContext) -> HookOutcome<()> {
+        let Some(gate) = self.term.as_ref().map(|t| t.gate.clone()) else {
+            return HookOutcome::TermEnded;
+        };
+        let _serial = gate.lock.lock().await;
+        gate.started.store(true, Ordering::SeqCst);
+        self.hook(hooks.on_promote(ctx)).await
+    }
+
     async fn promote(&mut self, cause: crate::policy::Cause, obs: &Observations<NodeId>) {
         let started = self.now();
         let timing = self.timing();
@@ -406,7 +448,16 @@ impl RoleTask {
         let lost = Arc::new(Mutex::new(None));
         let (suspended_tx, suspended) = watch::channel(false);
         let work = Arc::new(Mutex::new(cancel.child_token()));
+        let gate = Arc::new(HookGate::default());
         self.p.tracker.spawn(Box::pin(keep_lease(Keeper {
+            hooks: self.p.spec.hooks.clone(),
+            hook_ctx: HookContext {
+                role: self.p.spec.name.clone(),
+                node: self.node.clone(),
+                token: leader.token,
+            },
+            hook_timeout: self.p.config.hook_timeout,
+            gate: gate.clone(),
             clock: self.p.clock.clone(),
             coord: self.p.coord.clone(),
             lease: grant.id,
@@ -429,6 +480,7 @@ impl RoleTask {
             work,
             acting: false,
             demote_hook_ran: false,
+            gate,
         });
         let ctx = HookContext {
             role: self.p.spec.name.clone(),
@@ -468,7 +520,7 @@ impl RoleTask {
             .await;
             return;
         }
-        if let HookOutcome::TermEnded = self.hook(hooks.on_promote(&ctx)).await {
+        if let HookOutcome::TermEnded = self.promote_hook(&hooks, &ctx).await {
             return;
         }
         if !self.publish_context() {
@@ -554,10 +606,12 @@ impl RoleTask {
                 st.token = None;
             });
             tracing::warn!(%role, %token, "failover: no renew acknowledged before the holder deadline; stopped acting, keeping the lease in case the coordination store comes back");
-            let _ = within(
+            demote_hook(
+                &term.gate,
                 &self.p.clock,
                 self.p.config.hook_timeout,
-                hooks.on_demote(&ctx),
+                &hooks,
+                &ctx,
             )
             .await;
         }
@@ -584,7 +638,7 @@ impl RoleTask {
             }
             term.demote_hook_ran = false;
             tracing::info!(%role, %token, "failover: lease renewed in time; acting again with the same token");
-            if let HookOutcome::TermEnded = self.hook(hooks.on_promote(&ctx)).await {
+            if let HookOutcome::TermEnded = self.promote_hook(&hooks, &ctx).await {
                 return;
             }
             let _ = self.publish_context();
@@ -611,7 +665,14 @@ impl RoleTask {
                 token,
             };
             let h = self.p.spec.hooks.clone();
-            let _ = within(&self.p.clock, self.p.config.hook_timeout, h.on_demote(&ctx)).await;
+            demote_hook(
+                &term.gate,
+                &self.p.clock,
+                self.p.config.hook_timeout,
+                &h,
+                &ctx,
+            )
+            .await;
         }
         if let Some(cause) = cause {
             let change = RoleChange {
@@ -915,6 +976,10 @@ struct Keeper {
     work: Arc<Mutex<CancellationToken>>,
     cancel: CancellationToken,
     lost: Arc<Mutex<Option<ChangeCause>>>,
+    hooks: Arc<dyn RoleHooks>,
+    hook_ctx: HookContext,
+    hook_timeout: Duration,
+    gate: Arc<HookGate>,
 }
 
 /// Keeps the lease alive. At the holder deadline `sent + ttl * (1 - drift) - margin` of the last
@@ -935,6 +1000,10 @@ async fn keep_lease(k: Keeper) {
         work,
         cancel,
         lost,
+        hooks,
+        hook_ctx,
+        hook_timeout,
+        gate,
     } = k;
     let end = |cause: ChangeCause| {
         *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
@@ -961,13 +1030,18 @@ async fn keep_lease(k: Keeper) {
             biased;
             () = cancel.cancelled() => return,
             () = clock.sleep_until(give_up) => {
-                if suspended_at.is_none() && !resume_window.is_zero() {
-                    suspended_at = Some(give_up);
-                    // Stop the application now, whatever the role task is doing.
-                    let work = work.lock().unwrap_or_else(|e| e.into_inner());
-                    work.cancel();
-                    suspended.send_replace(true);
-                    continue;
+                if suspended_at.is_none() {
+                    // Stop the application now, whatever the role task is doing: in-process
+                    // work by cancellation, a shell-command application by `on_demote`.
+                    work.lock().unwrap_or_else(|e| e.into_inner()).cancel();
+                    if !resume_window.is_zero() {
+                        suspended_at = Some(give_up);
+                        suspended.send_replace(true);
+                    }
+                    demote_hook(&gate, &clock, hook_timeout, &hooks, &hook_ctx).await;
+                    if !resume_window.is_zero() {
+                        continue;
+                    }
                 }
                 end(ChangeCause::LeaseExpired);
                 return;
