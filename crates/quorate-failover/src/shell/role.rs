@@ -59,6 +59,8 @@ struct Term {
     demote_hook_ran: bool,
     /// Serialises this term's `on_promote`/`on_demote` between the role task and the keeper.
     gate: Arc<HookGate>,
+    /// What every hook of this term is called with (role, node, token).
+    ctx: HookContext,
 }
 
 /// Serialises a term's `on_promote` and `on_demote` between the role task and the lease keeper
@@ -449,13 +451,14 @@ impl RoleTask {
         let (suspended_tx, suspended) = watch::channel(false);
         let work = Arc::new(Mutex::new(cancel.child_token()));
         let gate = Arc::new(HookGate::default());
+        let ctx = HookContext {
+            role: self.p.spec.name.clone(),
+            node: self.node.clone(),
+            token: leader.token,
+        };
         self.p.tracker.spawn(Box::pin(keep_lease(Keeper {
             hooks: self.p.spec.hooks.clone(),
-            hook_ctx: HookContext {
-                role: self.p.spec.name.clone(),
-                node: self.node.clone(),
-                token: leader.token,
-            },
+            hook_ctx: ctx.clone(),
             hook_timeout: self.p.config.hook_timeout,
             gate: gate.clone(),
             clock: self.p.clock.clone(),
@@ -481,12 +484,8 @@ impl RoleTask {
             acting: false,
             demote_hook_ran: false,
             gate,
+            ctx: ctx.clone(),
         });
-        let ctx = HookContext {
-            role: self.p.spec.name.clone(),
-            node: self.node.clone(),
-            token,
-        };
         let hooks = self.p.spec.hooks.clone();
         let veto = match self.hook(hooks.before_promote(&ctx)).await {
             HookOutcome::Done(Ok(())) => None,
@@ -586,14 +585,8 @@ impl RoleTask {
 
     /// Stops acting (if acting) while keeping the term.
     async fn suspend(&mut self) {
-        let role = self.p.spec.name.clone();
         let Some(term) = &mut self.term else { return };
-        let token = term.leader.token;
-        let ctx = HookContext {
-            role: role.clone(),
-            node: self.node.clone(),
-            token,
-        };
+        let (role, token) = (&term.ctx.role, term.ctx.token);
         let hooks = self.p.spec.hooks.clone();
         if term.acting {
             term.acting = false;
@@ -611,7 +604,7 @@ impl RoleTask {
                 &self.p.clock,
                 self.p.config.hook_timeout,
                 &hooks,
-                &ctx,
+                &term.ctx,
             )
             .await;
         }
@@ -619,14 +612,9 @@ impl RoleTask {
 
     /// Acts again under the same token after a suspension.
     async fn resume(&mut self) {
-        let role = self.p.spec.name.clone();
         let Some(term) = &mut self.term else { return };
-        let token = term.leader.token;
-        let ctx = HookContext {
-            role: role.clone(),
-            node: self.node.clone(),
-            token,
-        };
+        let ctx = term.ctx.clone();
+        let (role, token) = (&ctx.role, ctx.token);
         let hooks = self.p.spec.hooks.clone();
         if !term.acting && term.demote_hook_ran {
             {
@@ -659,18 +647,13 @@ impl RoleTask {
         });
         let token = term.leader.token;
         if hooks {
-            let ctx = HookContext {
-                role: self.p.spec.name.clone(),
-                node: self.node.clone(),
-                token,
-            };
             let h = self.p.spec.hooks.clone();
             demote_hook(
                 &term.gate,
                 &self.p.clock,
                 self.p.config.hook_timeout,
                 &h,
-                &ctx,
+                &term.ctx,
             )
             .await;
         }
