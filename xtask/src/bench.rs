@@ -52,7 +52,7 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "failover",
         "quorate",
         "bench:failover",
-        "3 agents in network namespaces (root): 20 kill -9 and 20 partition trials, 10 min of flapping checks",
+        "3 agents in network namespaces (root): 20 kill -9, 20 partition, 10 kill -9 of primary+Raft leader, 10 min of flapping checks",
     ),
     (
         "etcd",

@@ -48,6 +48,9 @@ trait Mods: Sized {
     fn maint(self) -> Self {
         self.map(|v| v.maintenance = true)
     }
+    fn leads(self) -> Self {
+        self.map(|v| v.coord_leader = true)
+    }
 }
 
 impl Mods for NodeView<N> {
@@ -172,6 +175,13 @@ fn preference_order() {
         "b c a",
     );
     check_order(false, vec![n("a").lag(7), n("b").lag(3)], "a b");
+    // The coordination leader goes after equal nodes, but priority and lag come first, and
+    // it stays a candidate when it is the only one.
+    check_order(false, vec![n("a").leads(), n("b"), n("c")], "b c a");
+    check_order(false, vec![n("a").prio(2).leads(), n("b")], "a b");
+    check_order(true, vec![n("a").lag(1).leads(), n("b").lag(2)], "a b");
+    check_order(true, vec![n("a").lag(2).leads(), n("b").lag(2)], "b a");
+    check_order(false, vec![n("a").leads(), n("b").sick()], "a");
     // Ineligible nodes are not ranked; duplicates count once (the first view).
     check_order(false, vec![n("a").sick(), n("b"), n("b").prio(9)], "b");
     check_order(false, vec![n("a").prio(0), n("b").nofailover()], "");
@@ -187,6 +197,8 @@ enum Ev {
     Holder(Option<N>),
     /// Set whether a lag source exists.
     LagTracked(bool),
+    /// Set whether the coordination store reports no leader.
+    Leaderless(bool),
     /// Run a step; expect its action and notices.
     Step,
     /// `before_promote` of the node vetoed.
@@ -281,6 +293,10 @@ fn check_scenario(config: PolicyConfig, nodes: Vec<NodeView<N>>, script: &[(u64,
                 obs.lag_tracked = *t;
                 String::new()
             }
+            Ev::Leaderless(l) => {
+                obs.coord_leaderless = *l;
+                String::new()
+            }
             Ev::Step => {
                 let d = policy.step(&obs, now);
                 with_notices(d.action.to_string(), &d.notices)
@@ -354,6 +370,48 @@ fn failover_triggers() {
                 Step,
                 "hold: primary healthy [handover to c (manual failover) abandoned: another node became primary] [regained b]",
             ),
+        ],
+    );
+    // The coordination leader is passed over while an equal node is fit, but a primary that
+    // becomes coordination leader is not moved for it, and it is picked when it is the only
+    // candidate left.
+    check_scenario(
+        cfg(),
+        vec![n("a").leads(), n("b"), n("c")],
+        &[
+            // No coordination leader yet: the vacancy waits (and it is not a failover).
+            (0, Leaderless(true), ""),
+            (
+                0,
+                Step,
+                "hold: initial election, waiting for a coordination leader",
+            ),
+            (0, Leaderless(false), ""),
+            (
+                0,
+                Explain,
+                "primary: none; automatic failover on (0/2 automatic failovers in window)\n  a: candidate #3 (priority 1, coordination leader)\n  b: candidate #1 (priority 1)\n  c: candidate #2 (priority 1)",
+            ),
+            (0, Step, "promote b: initial election"),
+            (10, Holder(Some("b")), ""),
+            (
+                10,
+                Step,
+                "hold: primary healthy [changed -->b (initial election)]",
+            ),
+            (20, Set(n("a")), ""),
+            (20, Set(n("b").leads()), ""),
+            (20, Step, "hold: primary healthy"),
+            (30, Holder(None), ""),
+            (
+                30,
+                Set(n("b").unreachable().health(NodeHealth::Unknown)),
+                "",
+            ),
+            (30, Set(n("c").leads()), ""),
+            (30, Step, "promote a: primary lease lost [lost b]"),
+            (40, Set(n("a").sick()), ""),
+            (40, Step, "promote c: primary lease lost"),
         ],
     );
     // An unhealthy primary is replaced after the grace, through a handover.

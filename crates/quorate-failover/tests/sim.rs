@@ -23,7 +23,9 @@
 //! only fencing stands between it and the resource; the run must see stale actions rejected),
 //! `flapping_health` (the primary's health flips faster, then slower, than `unhealthy_grace`),
 //! `raft_leader_crash_not_primary` (the raft leader, when it is not the primary, crashes; role
-//! handovers are counted).
+//! handovers are counted), `primary_that_leads_raft_crashes` (the others are kept unfit for the
+//! first role election so that the raft leader becomes primary, then it crashes: the policy
+//! keeps the role off the raft leader when it can, so `primary_crash` rarely covers this case).
 //!
 //! `raft_leader_crash_not_primary` requires that the role does not move at all: the primary
 //! never failed. (It used to move in 99 of 100 seeds: the new raft leader expired the 600 ms
@@ -380,6 +382,7 @@ enum Kind {
     PrimaryTenthRate,
     FlappingHealth,
     RaftLeaderCrash,
+    LeaderPrimaryCrash,
 }
 
 /// What one seed measured (summed per scenario).
@@ -569,7 +572,9 @@ fn plan(
     let hold = ms(rng.range(1200, 2500));
     let mut ev = Vec::new();
     match kind {
-        Kind::PrimaryCrash => ev.push((t0, Ev::Fault(Fault::Crash { node: p.to_owned() }))),
+        Kind::PrimaryCrash | Kind::LeaderPrimaryCrash => {
+            ev.push((t0, Ev::Fault(Fault::Crash { node: p.to_owned() })));
+        }
         Kind::PrimaryPause => ev.push((t0, Ev::Fault(Fault::Pause { node: p.to_owned() }))),
         Kind::IsolatePrimary => ev.push((t0, Ev::Fault(isolate(p)))),
         Kind::IsolateSecondary => {
@@ -644,12 +649,39 @@ fn scenario(kind: Kind, seed: u64, role_config: RoleConfig) -> Result<Stats, Sce
         // that the raft leader is not the primary.
         run.apply(&Ev::Health(names[0].clone(), HealthStatus::Critical))?;
     }
+    // The policy keeps the role off the raft leader when it can: to crash a primary that leads
+    // raft too, make the others unfit for the first role election.
+    let mut unfit = Vec::new();
+    if kind == Kind::LeaderPrimaryCrash {
+        let end = run.c.elapsed() + Duration::from_secs(8);
+        let leader = loop {
+            if let Some(l) = run.raft_leader() {
+                break l;
+            }
+            if run.c.elapsed() >= end {
+                return Err(ScenarioFailure::new("no raft leader within 8 s".to_owned()));
+            }
+            run.step()?;
+        };
+        unfit = names.iter().filter(|n| **n != leader).cloned().collect();
+        for n in &unfit {
+            run.apply(&Ev::Health(n.clone(), HealthStatus::Critical))?;
+        }
+    }
     let p = run.until_agreed(Duration::from_secs(8))?;
     let settled = run.c.elapsed();
     if kind == Kind::RaftLeaderCrash {
         run.apply(&Ev::Health(names[0].clone(), HealthStatus::Passing))?;
     }
+    for n in &unfit {
+        run.apply(&Ev::Health(n.clone(), HealthStatus::Passing))?;
+    }
     let leader = run.raft_leader().unwrap_or_else(|| p.clone());
+    if kind == Kind::LeaderPrimaryCrash && leader != p {
+        return Err(ScenarioFailure::new(format!(
+            "setup: the primary {p} is not the raft leader {leader}"
+        )));
+    }
     let t0 = run.c.elapsed() + ms(rng.range(50, 400));
     let events = plan(kind, &p, &leader, &names, t0, &mut rng);
     let schedule = Schedule::fixed(
@@ -833,6 +865,11 @@ fn primary_clock_tenth_rate() {
 #[test]
 fn flapping_health() {
     run_kind("flapping_health", Kind::FlappingHealth);
+}
+
+#[test]
+fn primary_that_leads_raft_crashes() {
+    run_kind("primary_that_leads_raft_crashes", Kind::LeaderPrimaryCrash);
 }
 
 #[test]

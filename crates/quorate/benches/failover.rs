@@ -1,8 +1,11 @@
-//! `cargo bench -p quorate --bench failover -- [--kill N] [--partition N] [--flap-secs S]`
-//! (what `cargo xtask bench failover` runs): three real `quorate agent` processes in network
-//! namespaces with flapping non-critical checks; N SIGKILLs and N partitions of the primary
-//! (default 20 each), each timed from the fault to the new primary's `on_promote`; then S
-//! seconds (default 600) without faults counting false failovers. Needs root, nftables and
+//! `cargo bench -p quorate --bench failover -- [--kill N] [--partition N] [--kill-both N]
+//! [--flap-secs S]` (what `cargo xtask bench failover` runs): three real `quorate agent`
+//! processes in network namespaces with flapping non-critical checks and equal failover
+//! priorities; N SIGKILLs and N partitions of the primary (default 20 each), each timed from
+//! the fault to the new primary's `on_promote`; N SIGKILLs (default 10) of a primary that is
+//! also the Raft leader (the worst case, set up by killing the Raft leader until leadership
+//! lands on the primary; those kills count role moves, which must be 0); then S seconds
+//! (default 600) without faults counting false failovers. Needs root, nftables and
 //! faketime (see `quorate::chaos`). Prints figures and never asserts them; also writes them to
 //! `$QUORATE_BENCH_OUT` when set.
 #![allow(
@@ -22,6 +25,7 @@ fn parse(args: &[String]) -> Result<BenchOptions> {
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
         kill_trials: 20,
         partition_trials: 20,
+        kill_leader_trials: 10,
         flap: Duration::from_secs(600),
         verbose: true,
     };
@@ -36,12 +40,13 @@ fn parse(args: &[String]) -> Result<BenchOptions> {
         match a.as_str() {
             "--kill" => o.kill_trials = u32::try_from(num("--kill")?)?,
             "--partition" => o.partition_trials = u32::try_from(num("--partition")?)?,
+            "--kill-both" => o.kill_leader_trials = u32::try_from(num("--kill-both")?)?,
             "--flap-secs" => o.flap = Duration::from_secs(num("--flap-secs")?),
             "--quiet" => o.verbose = false,
             // `cargo bench` passes `--bench` to every bench target.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; use --kill N --partition N --flap-secs S [--quiet]"
+                "unknown argument {other:?}; use --kill N --partition N --kill-both N --flap-secs S [--quiet]"
             ),
         }
     }
@@ -55,9 +60,10 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "failover bench: {} kill + {} partition trials, {} s flapping run, 3 agents in network namespaces (lan profile)",
+        "failover bench: {} kill + {} partition + {} kill-both trials, {} s flapping run, 3 agents in network namespaces (lan profile)",
         opts.kill_trials,
         opts.partition_trials,
+        opts.kill_leader_trials,
         opts.flap.as_secs()
     );
     let report = rt.block_on(bench(&opts))?;

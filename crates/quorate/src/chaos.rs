@@ -264,6 +264,10 @@ pub struct ClusterSpec {
     pub size: usize,
     /// Give every node a flapping non-critical check (fails for `2 + i` s, passes for `2 + i` s).
     pub flapping: bool,
+    /// Every node gets failover priority 100, as in most deployments, so the policy's own
+    /// tiebreaks (not the Raft leader, then id) pick the primary. Otherwise node `i` gets
+    /// `100 - i`, which makes the acceptance steps' choice of primary predictable.
+    pub equal_priority: bool,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -338,9 +342,18 @@ impl Cluster {
             world,
         };
         for i in 0..c.spec.size {
-            c.spawn(i, false, 100 - i as u32).await?;
+            c.spawn(i, false, c.priority(i)).await?;
         }
         Ok(c)
+    }
+
+    /// Node `i`'s usual failover priority (see [`ClusterSpec::equal_priority`]).
+    pub fn priority(&self, i: usize) -> u32 {
+        if self.spec.equal_priority {
+            100
+        } else {
+            100 - i as u32
+        }
     }
 
     /// The run's directory (configs, data, hook log, agent output).
@@ -949,6 +962,8 @@ esac
 const SETTLE: Duration = Duration::from_secs(90);
 /// Bound on a failover or a demotion.
 const FAILOVER: Duration = Duration::from_secs(30);
+/// Most Raft-leader kills a `kill-both` trial makes to get Raft leadership onto the primary.
+const LEADER_KILLS_MAX: usize = 12;
 
 /// The acceptance scenario of issue 8 on three agents, one fault at a time, each followed by a
 /// check that another node was promoted:
@@ -973,6 +988,7 @@ pub async fn acceptance(
         agent_exe: agent_exe.to_path_buf(),
         size: 3,
         flapping: false,
+        equal_priority: false,
         verbose,
     })
     .await?;
@@ -1001,7 +1017,7 @@ async fn acceptance_steps(c: &mut Cluster) -> Result<()> {
     c.wait_promote(t, Some(p), FAILOVER)
         .await
         .context("after SIGKILL")?;
-    c.spawn(p, false, 100 - p as u32).await?;
+    c.spawn(p, false, c.priority(p)).await?;
 
     // 2. Pause.
     let p = c.wait_stable(SETTLE).await?;
@@ -1071,7 +1087,7 @@ async fn acceptance_steps(c: &mut Cluster) -> Result<()> {
             c.name(p)
         );
     }
-    c.spawn(q, false, 100 - q as u32).await?;
+    c.spawn(q, false, c.priority(q)).await?;
     let t = c.max_token()?;
     // The slow primary's wall clock drifts; the wire cuts it off after about 7.8 s (see
     // SLOW_CLOCK). Partition it as soon as the restarted node is a member again.
@@ -1112,7 +1128,7 @@ async fn acceptance_steps(c: &mut Cluster) -> Result<()> {
     }
     // Back to a normal clock (a slow node cannot rejoin: the wire refuses its stale stamps).
     c.terminate(p).await?;
-    c.spawn(p, false, 100 - p as u32).await?;
+    c.spawn(p, false, c.priority(p)).await?;
     c.wait_stable(SETTLE).await?;
     Ok(())
 }
@@ -1126,6 +1142,11 @@ pub struct BenchOptions {
     pub kill_trials: u32,
     /// Partition trials.
     pub partition_trials: u32,
+    /// SIGKILL trials of a primary that is also the Raft leader (the worst case: a Raft
+    /// election, then the role lease the new leader extended). The policy keeps the role off
+    /// the Raft leader, so each trial first SIGKILLs the Raft leader (not the primary) until
+    /// Raft leadership lands on the primary.
+    pub kill_leader_trials: u32,
     /// Length of the run with flapping non-critical checks and no faults.
     pub flap: Duration,
     /// Print progress lines.
@@ -1135,7 +1156,7 @@ pub struct BenchOptions {
 /// One failover trial.
 #[derive(Clone, Debug)]
 pub struct Trial {
-    /// `kill` or `partition`.
+    /// `kill`, `partition` or `kill-both` (the primary was also the Raft leader on purpose).
     pub fault: &'static str,
     /// The old primary was also the Raft leader.
     pub primary_was_raft_leader: bool,
@@ -1162,6 +1183,10 @@ pub struct BenchReport {
     pub suspensions: usize,
     /// How long the flapping run lasted.
     pub flap: Duration,
+    /// SIGKILLs of a Raft leader that was not the primary (made to set up `kill-both` trials).
+    pub leader_kills: usize,
+    /// Of those, how many moved the role (new token): each is a false failover.
+    pub leader_kill_role_moves: usize,
     /// The hook-log checker's report over the whole run.
     pub check: hooklog::Report,
 }
@@ -1179,7 +1204,7 @@ pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for fault in ["kill", "partition"] {
+        for fault in ["kill", "partition", "kill-both"] {
             let t: Vec<&Trial> = self.trials.iter().filter(|t| t.fault == fault).collect();
             if t.is_empty() {
                 continue;
@@ -1242,6 +1267,13 @@ impl std::fmt::Display for BenchReport {
             let all: Vec<String> = ms.iter().map(|m| format!("{m:.0}")).collect();
             writeln!(f, "          all (ms): {}", all.join(" "))?;
         }
+        if self.leader_kills > 0 {
+            writeln!(
+                f,
+                "Raft leader (not the primary) SIGKILLed {} times: the role moved {} times",
+                self.leader_kills, self.leader_kill_role_moves
+            )?;
+        }
         writeln!(
             f,
             "flapping non-critical checks, no faults, {:.0} s: {} false failovers (new primary), \
@@ -1263,6 +1295,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         agent_exe: opts.agent_exe.clone(),
         size: 3,
         flapping: true,
+        equal_priority: true,
         verbose: opts.verbose,
     })
     .await?;
@@ -1278,19 +1311,82 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     Ok(report)
 }
 
+/// SIGKILLs and restarts the Raft leader (never the primary) until the primary `p` leads Raft
+/// too (each time about one chance in two with three nodes); counts each such kill and each
+/// one that moved the role (it must not: the primary never failed). Returns the primary.
+async fn leader_onto_primary(
+    c: &mut Cluster,
+    mut p: usize,
+    report: &mut BenchReport,
+) -> Result<usize> {
+    let mut kills = 0;
+    loop {
+        let Some(leader) = c.status(p).and_then(|s| s.raft_leader) else {
+            bail!(
+                "{} names no Raft leader although the cluster is stable",
+                c.name(p)
+            );
+        };
+        let l = c.index(&leader)?;
+        if l == p {
+            if c.status(p).is_some_and(|s| s.raft_is_leader) {
+                return Ok(p);
+            }
+            // It is named leader but does not say so itself yet: poll its status again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p = c.wait_stable(SETTLE).await?;
+            continue;
+        }
+        if kills == LEADER_KILLS_MAX {
+            bail!("Raft leadership did not land on the primary in {LEADER_KILLS_MAX} leader kills");
+        }
+        kills += 1;
+        let t = c.max_token()?;
+        c.say(&format!(
+            "setting up a kill-both trial: SIGKILL of Raft leader {leader}"
+        ));
+        c.kill(l).await?;
+        // Restart it only once the others elected another Raft leader (a quick restart would
+        // find the old term still in place, and the views would still name it).
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        while !c.status(p).is_some_and(|s| {
+            s.raft_is_leader || s.raft_leader.as_deref().is_some_and(|x| x != leader)
+        }) {
+            if tokio::time::Instant::now() > deadline {
+                bail!("no new Raft leader within {FAILOVER:?} after SIGKILL of {leader}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.spawn(l, false, c.priority(l)).await?;
+        p = c.wait_stable(SETTLE).await?;
+        report.leader_kills += 1;
+        if c.max_token()? != t {
+            report.leader_kill_role_moves += 1;
+        }
+    }
+}
+
 async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchReport) -> Result<()> {
-    let plan = std::iter::repeat_n("kill", opts.kill_trials as usize).chain(std::iter::repeat_n(
-        "partition",
-        opts.partition_trials as usize,
-    ));
+    let plan = std::iter::repeat_n("kill", opts.kill_trials as usize)
+        .chain(std::iter::repeat_n(
+            "partition",
+            opts.partition_trials as usize,
+        ))
+        .chain(std::iter::repeat_n(
+            "kill-both",
+            opts.kill_leader_trials as usize,
+        ));
     for (n, fault) in plan.enumerate() {
-        let p = c.wait_stable(SETTLE).await?;
+        let mut p = c.wait_stable(SETTLE).await?;
+        if fault == "kill-both" {
+            p = leader_onto_primary(c, p, report).await?;
+        }
         let was_leader = c.status(p).is_some_and(|s| s.raft_is_leader);
         let t = c.max_token()?;
-        let at = if fault == "kill" {
-            c.kill(p).await?
-        } else {
+        let at = if fault == "partition" {
             c.isolate(p).await?
+        } else {
+            c.kill(p).await?
         };
         let e = c
             .wait_promote(t, Some(p), FAILOVER)
@@ -1304,8 +1400,8 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
             promotion_ms: None,
             old_last_action_ms: None,
         };
-        if fault == "kill" {
-            c.spawn(p, false, 100 - p as u32).await?;
+        if fault != "partition" {
+            c.spawn(p, false, c.priority(p)).await?;
         } else {
             c.wait_demote(t, FAILOVER).await?;
             c.heal(p).await?;

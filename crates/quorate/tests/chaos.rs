@@ -85,6 +85,7 @@ fn failover_bench_tiny_run() {
         agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
         kill_trials: 1,
         partition_trials: 1,
+        kill_leader_trials: 1,
         flap: Duration::from_secs(3),
         verbose: true,
     };
@@ -92,6 +93,16 @@ fn failover_bench_tiny_run() {
         .block_on(quorate::chaos::bench(&opts))
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{report}");
-    assert_eq!(report.trials.len(), 2, "{report}");
+    assert_eq!(report.trials.len(), 3, "{report}");
     assert!(report.check.violations.is_empty(), "{report}");
+    // The kill-both trial was set up so: its primary also led Raft.
+    assert!(
+        report
+            .trials
+            .iter()
+            .any(|t| t.fault == "kill-both" && t.primary_was_raft_leader),
+        "{report}"
+    );
+    // Killing a Raft leader that is not the primary never moves the role.
+    assert_eq!(report.leader_kill_role_moves, 0, "{report}");
 }

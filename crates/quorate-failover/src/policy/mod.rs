@@ -14,13 +14,17 @@
 //! 3. Maintenance (pause) stops every other automatic action until it expires.
 //! 4. With a primary: unhealthy for longer than `unhealthy_grace` -> hand over to the best
 //!    candidate; else, failback to a higher-priority node when enabled and after the hold-down.
-//! 5. Without a primary: promote the best candidate.
+//! 5. Without a primary: promote the best candidate, once the coordination store has a leader
+//!    (no grant can commit before, and the pick should keep the role off that leader).
 //! 6. Automatic failovers (not the first election, not manual ones) spend the anti-flap budget;
 //!    once it is spent, steps 4 and 5 hold and say so, and only manual operations move the role.
 //!
 //! Eligibility: healthy or degraded, reachable, in the majority, not tagged no-failover,
 //! priority above 0, not in node maintenance, lag within `max_lag` when a lag source exists,
-//! no recent `before_promote` veto. Preference: priority (higher), then lag (lower), then id.
+//! no recent `before_promote` veto. Preference: priority (higher), then lag (lower), then not
+//! the coordination (Raft) leader, then id. The third key keeps the role off the coordination
+//! leader when it costs nothing: a crash of a node that is both waits for a coordination
+//! election before the role lease can move (ARCHITECTURE.md, "Role placement").
 
 // tidy:pure-core
 
@@ -104,6 +108,8 @@ pub struct NodeReport<N> {
     pub priority: u32,
     /// Its lag, if known.
     pub lag: Option<u64>,
+    /// Whether it leads the coordination store (ranked after equal nodes that do not).
+    pub coord_leader: bool,
     /// Why it is not a candidate (for the primary: why it could not be re-elected).
     pub reasons: Vec<Ineligible>,
 }
@@ -166,6 +172,9 @@ impl<N: fmt::Display> fmt::Display for Explanation<N> {
                 write!(f, "candidate #{rank} (priority {}", r.priority)?;
                 if let Some(lag) = r.lag {
                     write!(f, ", lag {lag}")?;
+                }
+                if r.coord_leader {
+                    f.write_str(", coordination leader")?;
                 }
                 f.write_str(")")?;
             } else {
@@ -263,6 +272,7 @@ impl<N: NodeKey> RolePolicy<N> {
                     rank,
                     priority: v.priority,
                     lag: v.lag,
+                    coord_leader: v.coord_leader,
                     reasons: self.reasons(v, obs.lag_tracked, now, false),
                 }
             })
@@ -671,6 +681,9 @@ impl<N: NodeKey> RolePolicy<N> {
         } else {
             Cause::Initial
         };
+        if obs.coord_leaderless {
+            return Action::Hold(Hold::NoCoordinationLeader { wanted: cause });
+        }
         if let Some(hold) = self.blocked(now, cause) {
             return Action::Hold(hold);
         }
@@ -820,7 +833,7 @@ impl<N: NodeKey> RolePolicy<N> {
     }
 
     /// Candidates other than `exclude`, best first: priority (higher), lag (lower, when
-    /// tracked), id.
+    /// tracked), not the coordination leader, id.
     fn candidates<'a>(
         &self,
         views: &[&'a NodeView<N>],
@@ -843,7 +856,12 @@ impl<N: NodeKey> RolePolicy<N> {
                     0
                 }
             };
-            (Reverse(a.priority), lag(a), &a.id).cmp(&(Reverse(b.priority), lag(b), &b.id))
+            (Reverse(a.priority), lag(a), a.coord_leader, &a.id).cmp(&(
+                Reverse(b.priority),
+                lag(b),
+                b.coord_leader,
+                &b.id,
+            ))
         });
         out
     }

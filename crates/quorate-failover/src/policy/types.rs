@@ -63,10 +63,17 @@ pub struct NodeView<N> {
     pub priority: u32,
     /// Replication lag behind the primary, in the lag source's unit, if known.
     pub lag: Option<u64>,
+    /// It leads the coordination store (the Raft leader), as far as the observer knows.
+    /// Among candidates equal in priority and lag another node is preferred: a primary that
+    /// is also the coordination leader turns one crash into a coordination election followed
+    /// by a role failover (about 1.7 s instead of 0.8 s on `lan`). Never a reason to refuse
+    /// a node, and never a reason to move a primary.
+    pub coord_leader: bool,
 }
 
 impl<N> NodeView<N> {
-    /// A healthy, reachable node in the majority, priority 1, lag unknown.
+    /// A healthy, reachable node in the majority, priority 1, lag unknown, not the
+    /// coordination leader.
     pub fn new(id: N) -> Self {
         NodeView {
             id,
@@ -77,6 +84,7 @@ impl<N> NodeView<N> {
             maintenance: false,
             priority: 1,
             lag: None,
+            coord_leader: false,
         }
     }
 }
@@ -91,6 +99,10 @@ pub struct Observations<N> {
     /// Whether a replication-lag source exists for this role. When it does, a node without a
     /// lag figure is not a candidate and `max_lag` applies.
     pub lag_tracked: bool,
+    /// The coordination store says it has no leader now (false when it cannot tell). A
+    /// vacancy is then not filled yet: no grant could commit, and the pick should know the
+    /// leader (see [`NodeView::coord_leader`]).
+    pub coord_leaderless: bool,
 }
 
 impl<N> Observations<N> {
@@ -100,6 +112,7 @@ impl<N> Observations<N> {
             primary,
             nodes,
             lag_tracked: false,
+            coord_leaderless: false,
         }
     }
 }
@@ -209,6 +222,12 @@ pub enum Hold<N> {
         /// When the grace ends.
         until: Duration,
     },
+    /// No primary, but the coordination store reports no leader: nothing can be granted
+    /// now, and the choice waits so that it can keep the role off the coming leader.
+    NoCoordinationLeader {
+        /// The cause that would have moved the role.
+        wanted: Cause,
+    },
     /// A failover is wanted but no node is a candidate (see `explain`).
     NoCandidate {
         /// The cause that would have moved the role.
@@ -258,6 +277,9 @@ impl<N: fmt::Display> fmt::Display for Hold<N> {
                 write!(f, "primary unhealthy, grace until {}", fmt_at(*until))
             }
             Hold::NoCandidate { wanted } => write!(f, "{wanted}, but no candidate"),
+            Hold::NoCoordinationLeader { wanted } => {
+                write!(f, "{wanted}, waiting for a coordination leader")
+            }
             Hold::Paused { until, wanted } => {
                 write!(f, "{wanted}, but paused until {}", fmt_at(*until))
             }

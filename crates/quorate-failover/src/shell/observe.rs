@@ -10,7 +10,10 @@
 //! - reachable: membership state `Alive` (a `Suspect` member is not a candidate);
 //! - majority: the local node's quorum status (when membership has no voters configured, the
 //!   coordination store's majority is the only one and the node counts as in the majority);
-//!   another member counts as in the majority when this node is and sees it alive.
+//!   another member counts as in the majority when this node is and sees it alive;
+//! - coordination leader: the node named as leader by the local coordination status (same
+//!   node names as membership; a backend whose leader is not a member, such as etcd, marks
+//!   nobody).
 
 use quorate_health_api::HealthStatus;
 use quorate_membership_api::{MemberState, MembershipSnapshot};
@@ -47,12 +50,15 @@ fn apply_tags(v: &mut NodeView<NodeId>, meta: &NodeMeta) {
 }
 
 /// Builds the observation of `role` taken by `local` (its tags come from its own member entry).
+/// `coord_leader` is the coordination store's status read: `Some(leader)` when it answered
+/// (`leader` is `None` when it has none), `None` when it could not tell.
 pub fn observations(
     role: &RoleName,
     local: &NodeId,
     local_health: HealthStatus,
     snap: &MembershipSnapshot,
     primary: Option<NodeId>,
+    coord_leader: Option<Option<&NodeId>>,
     lag: Option<&dyn LagSource>,
 ) -> Observations<NodeId> {
     let local_majority = snap.quorum.voters.is_empty() || snap.quorum.has_majority;
@@ -75,6 +81,10 @@ pub fn observations(
         apply_tags(&mut v, &m.meta.node);
         nodes.push(v);
     }
+    let leader = coord_leader.flatten();
+    for v in &mut nodes {
+        v.coord_leader = leader == Some(&v.id);
+    }
     if let Some(src) = lag {
         for v in &mut nodes {
             v.lag = src.lag(&v.id);
@@ -84,5 +94,6 @@ pub fn observations(
         primary,
         nodes,
         lag_tracked: lag.is_some(),
+        coord_leaderless: coord_leader.is_some_and(|l| l.is_none()),
     }
 }

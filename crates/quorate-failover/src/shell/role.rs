@@ -234,7 +234,22 @@ impl RoleTask {
     }
 
     async fn observe(&mut self) -> Result<Observations<NodeId>, CoordError> {
-        let primary = self.read_leader().await?;
+        // The coordination leader is a tiebreak, and a vacancy waits while there is none: read
+        // beside the role's leader (so a slow status never delays a step); unknown (and then
+        // ignored) when the read fails, as with a backend that has no status.
+        let (clock, coord, timeout) = (
+            self.p.clock.clone(),
+            Arc::clone(&self.p.coord),
+            self.p.config.coord_timeout,
+        );
+        let status = async move {
+            match within(&clock, timeout, coord.status()).await {
+                Ok(Ok(s)) => Some(s.leader),
+                _ => None,
+            }
+        };
+        let (primary, coord_leader) = tokio::join!(self.read_leader(), status);
+        let primary = primary?;
         let health = self.p.health.snapshot().status;
         let snap = self.p.membership.snapshot();
         Ok(observe::observations(
@@ -243,6 +258,7 @@ impl RoleTask {
             health,
             &snap,
             primary,
+            coord_leader.as_ref().map(Option::as_ref),
             self.p.spec.lag.as_deref(),
         ))
     }
