@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quorate_coord_api::Coord;
-use quorate_failover::policy::config::RoleConfig;
 use quorate_failover::shell::{FailoverManager, ManagerConfig, RoleSpec};
 use quorate_health::checks::{
     CommandCheck, DiskSpaceCheck, HttpCheck, MemoryCheck, PostgresCheck, RedisCheck,
@@ -146,20 +145,7 @@ pub async fn run(v: Validated) -> Result<()> {
         .iter()
         .zip(&v.roles)
         .map(|(section, name)| {
-            let mut config = if wan {
-                RoleConfig::wan()
-            } else {
-                RoleConfig::lan()
-            };
-            if let Some(ttl) = section.lease_ttl {
-                config.lease.ttl = ttl;
-            }
-            if let Some(max) = section.anti_flap_max_failovers.and_then(NonZeroU32::new) {
-                config.policy.anti_flap.max_failovers = max;
-            }
-            if let Some(window) = section.anti_flap_window {
-                config.policy.anti_flap.window = window;
-            }
+            let config = section.role_config(wan);
             RoleSpec::new(name.clone(), config).with_hooks(Arc::new(CommandHooks::new(
                 section.clone(),
                 Duration::from_secs(10),

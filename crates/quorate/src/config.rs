@@ -32,7 +32,14 @@
 //! on_demote = "systemctl stop poller"    # QUORATE_FENCING_TOKEN, QUORATE_EVENT
 //! anti_flap_max_failovers = 3            # optional: automatic failovers per window
 //! anti_flap_window = "30m"               # optional
+//! unhealthy_grace = "1s"                 # optional: an unhealthy primary is replaced after it
+//! failback = false                       # optional: move back to a higher-priority node
+//! failback_hold_down = "5m"              # optional: ...once it has been fit this long
+//! handover_timeout = "5s"                # optional: a switchover or failback gives up after
 //! ```
+//!
+//! Omitted role knobs take the profile's value (`RoleConfig::lan`/`wan` in quorate-failover);
+//! the role's lease and policy are checked with the failover crate's own rules.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -171,6 +178,59 @@ pub struct RoleSection {
     /// The anti-flap window (default: the profile's, 30 minutes).
     #[serde(default, with = "humantime_serde")]
     pub anti_flap_window: Option<Duration>,
+    /// How long the primary may be unhealthy before it is replaced (default: the profile's,
+    /// 1 s on `lan`, 5 s on `wan`).
+    #[serde(default, with = "humantime_serde")]
+    pub unhealthy_grace: Option<Duration>,
+    /// Automatic failback to a higher-priority node (default: off).
+    #[serde(default)]
+    pub failback: Option<bool>,
+    /// How long the preferred node must have been fit, and the primary in office, before a
+    /// failback (default: 5 minutes).
+    #[serde(default, with = "humantime_serde")]
+    pub failback_hold_down: Option<Duration>,
+    /// How long a switchover, failback or unhealthy-primary handover waits for its successor
+    /// (default: the profile's, 5 s on `lan`, 30 s on `wan`).
+    #[serde(default, with = "humantime_serde")]
+    pub handover_timeout: Option<Duration>,
+}
+
+impl RoleSection {
+    /// The role's configuration: the profile's (`wan` or `lan`) with this section's overrides.
+    /// An anti-flap budget of 0 is left at the profile's value here; [`validate`] refuses it.
+    pub fn role_config(&self, wan: bool) -> quorate_failover::policy::config::RoleConfig {
+        use quorate_failover::policy::config::RoleConfig;
+        let mut c = if wan {
+            RoleConfig::wan()
+        } else {
+            RoleConfig::lan()
+        };
+        if let Some(ttl) = self.lease_ttl {
+            c.lease.ttl = ttl;
+        }
+        if let Some(max) = self
+            .anti_flap_max_failovers
+            .and_then(std::num::NonZeroU32::new)
+        {
+            c.policy.anti_flap.max_failovers = max;
+        }
+        if let Some(window) = self.anti_flap_window {
+            c.policy.anti_flap.window = window;
+        }
+        if let Some(grace) = self.unhealthy_grace {
+            c.policy.unhealthy_grace = grace;
+        }
+        if let Some(on) = self.failback {
+            c.policy.failback.enabled = on;
+        }
+        if let Some(hold) = self.failback_hold_down {
+            c.policy.failback.hold_down = hold;
+        }
+        if let Some(t) = self.handover_timeout {
+            c.policy.handover_timeout = t;
+        }
+        c
+    }
 }
 
 /// One problem in a config: the field and what is wrong with it.
@@ -385,6 +445,26 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         if r.anti_flap_window.is_some_and(|w| w.is_zero()) {
             errs.push(format!("role[{i}].anti_flap_window"), "must be positive");
         }
+        // The failover crate's own checks (lease arithmetic, hold-down against grace, handover
+        // against the lease), reported against the key that sets the value.
+        if let Err(quorate_failover::FailoverError::Config(e)) =
+            r.role_config(raw.profile == "wan").validate()
+        {
+            for p in e.problems {
+                let key = match p.field.as_str() {
+                    f if f.starts_with("lease.") => "lease_ttl",
+                    "policy.anti_flap.window" => "anti_flap_window",
+                    "policy.failback.hold_down" => "failback_hold_down",
+                    "policy.handover_timeout" => "handover_timeout",
+                    "policy.unhealthy_grace" => "unhealthy_grace",
+                    _ => "name",
+                };
+                let field = format!("role[{i}].{key}");
+                if !errs.0.iter().any(|x| x.field == field) {
+                    errs.push(field, p.message);
+                }
+            }
+        }
     }
     match (errs.0.is_empty(), node_id, key_hex) {
         (true, Some(node_id), Some(key_hex)) => Ok(Validated {
@@ -496,6 +576,44 @@ on_promote = "echo promoted"
         let fields: Vec<&str> = e.0.iter().map(|p| p.field.as_str()).collect();
         assert!(fields.contains(&"role[0].anti_flap_max_failovers"), "{e}");
         assert!(fields.contains(&"role[0].anti_flap_window"), "{e}");
+    }
+
+    #[test]
+    fn role_policy_knobs_are_configurable_and_checked_by_the_failover_rules() {
+        let v = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "on_promote = \"echo promoted\"\nfailback = true\nfailback_hold_down = \"2m\"\n\
+             unhealthy_grace = \"3s\"\nhandover_timeout = \"8s\"\nlease_ttl = \"900ms\"",
+        ))
+        .unwrap();
+        let c = v.raw.roles[0].role_config(false);
+        assert!(c.policy.failback.enabled);
+        assert_eq!(c.policy.failback.hold_down, Duration::from_secs(120));
+        assert_eq!(c.policy.unhealthy_grace, Duration::from_secs(3));
+        assert_eq!(c.policy.handover_timeout, Duration::from_secs(8));
+        assert_eq!(c.lease.ttl, Duration::from_millis(900));
+        // Omitted knobs keep the profile's values.
+        let d = parse(GOOD).unwrap().raw.roles[0].role_config(true);
+        assert_eq!(d, quorate_failover::policy::config::RoleConfig::wan());
+        // A hold-down below the grace, a handover shorter than the lease, a lease too short
+        // for its renew schedule: each reported against the key that sets it.
+        let e = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "failback = true\nfailback_hold_down = \"500ms\"\nhandover_timeout = \"100ms\"",
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"role[0].failback_hold_down"), "{e}");
+        assert!(fields.contains(&"role[0].handover_timeout"), "{e}");
+        let e = parse(&GOOD.replace("on_promote = \"echo promoted\"", "lease_ttl = \"100ms\""))
+            .unwrap_err();
+        assert!(e.0.iter().any(|p| p.field == "role[0].lease_ttl"), "{e}");
+        // Turned off, a short hold-down is not checked.
+        parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "failback = false\nfailback_hold_down = \"500ms\"",
+        ))
+        .unwrap();
     }
 
     #[test]
