@@ -23,6 +23,7 @@ struct ViewSpec {
     maintenance: bool,
     priority: u32,
     lag: Option<u64>,
+    coord_leader: bool,
 }
 
 fn view_spec() -> impl Strategy<Value = ViewSpec> {
@@ -34,9 +35,10 @@ fn view_spec() -> impl Strategy<Value = ViewSpec> {
         prop::bool::weighted(0.1),
         0u32..4,
         prop::option::weighted(0.8, 0u64..200),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            |(health, reachable, in_majority, no_failover, maintenance, priority, lag)| ViewSpec {
+            |(
                 health,
                 reachable,
                 in_majority,
@@ -44,6 +46,18 @@ fn view_spec() -> impl Strategy<Value = ViewSpec> {
                 maintenance,
                 priority,
                 lag,
+                coord_leader,
+            )| {
+                ViewSpec {
+                    health,
+                    reachable,
+                    in_majority,
+                    no_failover,
+                    maintenance,
+                    priority,
+                    lag,
+                    coord_leader,
+                }
             },
         )
 }
@@ -62,6 +76,7 @@ fn to_view(id: &'static str, s: &ViewSpec) -> NodeView<&'static str> {
     v.maintenance = s.maintenance;
     v.priority = s.priority;
     v.lag = s.lag;
+    v.coord_leader = s.coord_leader;
     v
 }
 
@@ -84,6 +99,8 @@ enum Op {
         dt_ms: u64,
         views: Vec<ViewSpec>,
         lag_tracked: bool,
+        /// The coordination store reports no leader.
+        leaderless: bool,
         world: World,
     },
     Veto(usize),
@@ -103,8 +120,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..IDS.len()).prop_map(World::Grab),
     ];
     prop_oneof![
-        12 => (0u64..3000, prop::collection::vec(view_spec(), IDS.len()), prop::bool::weighted(0.3), world)
-            .prop_map(|(dt_ms, views, lag_tracked, world)| Op::Step { dt_ms, views, lag_tracked, world }),
+        12 => (0u64..3000, prop::collection::vec(view_spec(), IDS.len()), prop::bool::weighted(0.3), prop::bool::weighted(0.1), world)
+            .prop_map(|(dt_ms, views, lag_tracked, leaderless, world)| Op::Step { dt_ms, views, lag_tracked, leaderless, world }),
         1 => (0..IDS.len()).prop_map(Op::Veto),
         1 => (0u64..20_000).prop_map(Op::Pause),
         1 => Just(Op::Resume),
@@ -265,7 +282,7 @@ proptest! {
         let mut last = Action::Hold(Hold::PrimaryHealthy);
         for op in ops {
             match op {
-                Op::Step { dt_ms, views, lag_tracked, world } => {
+                Op::Step { dt_ms, views, lag_tracked, leaderless, world } => {
                     now += Duration::from_millis(dt_ms);
                     match world {
                         World::Apply => apply(&mut obs.primary, &last),
@@ -275,6 +292,7 @@ proptest! {
                     }
                     obs.nodes = IDS.iter().zip(&views).map(|(id, s)| to_view(id, s)).collect();
                     obs.lag_tracked = lag_tracked;
+                    obs.coord_leaderless = leaderless;
                     let before = policy.clone();
                     let d = policy.step(&obs, now);
                     check_action(&oracle, &before, &obs, now, &d.action);
@@ -329,7 +347,7 @@ proptest! {
         // Chaos first (same driver as above, without the checks).
         for op in ops {
             match op {
-                Op::Step { dt_ms, views, lag_tracked, world } => {
+                Op::Step { dt_ms, views, lag_tracked, leaderless, world } => {
                     now += Duration::from_millis(dt_ms);
                     match world {
                         World::Lapse => obs.primary = None,
@@ -338,6 +356,7 @@ proptest! {
                     }
                     obs.nodes = IDS.iter().zip(&views).map(|(id, s)| to_view(id, s)).collect();
                     obs.lag_tracked = lag_tracked;
+                    obs.coord_leaderless = leaderless;
                     let d = policy.step(&obs, now);
                     apply(&mut obs.primary, &d.action);
                 }
@@ -352,9 +371,12 @@ proptest! {
         // Then a healthy majority, no pause, every back-off and window over.
         policy.resume();
         obs.lag_tracked = false;
+        obs.coord_leaderless = false;
         obs.nodes = IDS.iter().zip(&priorities).map(|(id, p)| {
             let mut v = NodeView::new(*id);
             v.priority = *p;
+            // The tiebreak never keeps the role vacant.
+            v.coord_leader = *id == IDS[0];
             v
         }).collect();
         now += Duration::from_secs(120);

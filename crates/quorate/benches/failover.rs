@@ -1,11 +1,12 @@
 //! `cargo bench -p quorate --bench failover -- [--kill N] [--partition N] [--kill-both N]
-//! [--flap-secs S]` (what `cargo xtask bench failover` runs): three real `quorate agent`
-//! processes in network namespaces with flapping non-critical checks and equal failover
-//! priorities; N SIGKILLs and N partitions of the primary (default 20 each), each timed from
-//! the fault to the new primary's `on_promote`; N SIGKILLs (default 10) of a primary that is
-//! also the Raft leader (the worst case, set up by killing the Raft leader until leadership
-//! lands on the primary; those kills count role moves, which must be 0); then S seconds
-//! (default 600) without faults counting false failovers. Needs root, nftables and
+//! [--kill-raft-leader N] [--flap-secs S]` (what `cargo xtask bench failover` runs): three real
+//! `quorate agent` processes in network namespaces with flapping non-critical checks and equal
+//! failover priorities; N SIGKILLs and N partitions of the primary (default 20 each), each
+//! timed from the fault to the new primary's `on_promote`; N SIGKILLs (default 10) of a
+//! primary that is also the Raft leader (the worst case; the role is first moved onto the Raft
+//! leader by making the other nodes critical); N SIGKILLs (default 10) of the Raft leader when
+//! it is not the primary, counting role moves (must be 0); then S seconds (default 600)
+//! without faults counting false failovers. Needs root, nftables and
 //! faketime (see `quorate::chaos`). Prints figures and never asserts them; also writes them to
 //! `$QUORATE_BENCH_OUT` when set.
 #![allow(
@@ -25,7 +26,8 @@ fn parse(args: &[String]) -> Result<BenchOptions> {
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
         kill_trials: 20,
         partition_trials: 20,
-        kill_leader_trials: 10,
+        kill_both_trials: 10,
+        raft_leader_kills: 10,
         flap: Duration::from_secs(600),
         verbose: true,
     };
@@ -40,13 +42,16 @@ fn parse(args: &[String]) -> Result<BenchOptions> {
         match a.as_str() {
             "--kill" => o.kill_trials = u32::try_from(num("--kill")?)?,
             "--partition" => o.partition_trials = u32::try_from(num("--partition")?)?,
-            "--kill-both" => o.kill_leader_trials = u32::try_from(num("--kill-both")?)?,
+            "--kill-both" => o.kill_both_trials = u32::try_from(num("--kill-both")?)?,
+            "--kill-raft-leader" => {
+                o.raft_leader_kills = u32::try_from(num("--kill-raft-leader")?)?;
+            }
             "--flap-secs" => o.flap = Duration::from_secs(num("--flap-secs")?),
             "--quiet" => o.verbose = false,
             // `cargo bench` passes `--bench` to every bench target.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; use --kill N --partition N --kill-both N --flap-secs S [--quiet]"
+                "unknown argument {other:?}; use --kill N --partition N --kill-both N --kill-raft-leader N --flap-secs S [--quiet]"
             ),
         }
     }
@@ -60,10 +65,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "failover bench: {} kill + {} partition + {} kill-both trials, {} s flapping run, 3 agents in network namespaces (lan profile)",
+        "failover bench: {} kill + {} partition + {} kill-both trials, {} Raft leader kills, {} s flapping run, 3 agents in network namespaces (lan profile)",
         opts.kill_trials,
         opts.partition_trials,
-        opts.kill_leader_trials,
+        opts.kill_both_trials,
+        opts.raft_leader_kills,
         opts.flap.as_secs()
     );
     let report = rt.block_on(bench(&opts))?;

@@ -85,7 +85,8 @@ fn failover_bench_tiny_run() {
         agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
         kill_trials: 1,
         partition_trials: 1,
-        kill_leader_trials: 1,
+        kill_both_trials: 1,
+        raft_leader_kills: 1,
         flap: Duration::from_secs(3),
         verbose: true,
     };

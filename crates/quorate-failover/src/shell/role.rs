@@ -21,7 +21,7 @@ use super::hooks::{ChangeCause, HookContext, RoleChange, RoleHooks};
 use super::{Command, ManagerConfig, ManualOp, PrimaryContext, RoleSpec, RoleStatus, observe};
 use crate::error::FailoverError;
 use crate::policy::lease::LeaseConfig;
-use crate::policy::{Action, Notice, Observations, RolePolicy};
+use crate::policy::{Action, Cause, Notice, Observations, RolePolicy};
 
 pub(crate) struct RoleTaskParts {
     pub(crate) config: Arc<ManagerConfig>,
@@ -269,6 +269,21 @@ impl RoleTask {
             Ok(obs) => obs,
             Err(e) => {
                 tracing::debug!(role = %self.p.spec.name, error = %e, "failover: cannot observe, skipping step");
+                // Policy rule 1 (a minority primary goes at once) cannot run without an
+                // observation, and the store is unreachable exactly when it matters. The lease
+                // keeper has already stopped the application at its deadline, but it keeps
+                // renewing for the resume window; when only this node's answers are lost (a
+                // one-way partition) those renews still reach the store and keep the lease
+                // alive, so the majority waits up to resume window + TTL. A holder whose own
+                // membership says it is in a minority gives the lease up now instead (the
+                // resign and revoke may get through the same way).
+                let snap = self.p.membership.snapshot();
+                if self.term.is_some()
+                    && !snap.quorum.voters.is_empty()
+                    && !snap.quorum.has_majority
+                {
+                    self.demote(ChangeCause::Policy(Cause::NotInMajority)).await;
+                }
                 return None;
             }
         };
