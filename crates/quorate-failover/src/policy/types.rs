@@ -66,7 +66,7 @@ pub struct NodeView<N> {
     /// It leads the coordination store (the Raft leader), as far as the observer knows.
     /// Among candidates equal in priority and lag another node is preferred: a primary that
     /// is also the coordination leader turns one crash into a coordination election followed
-    /// by a role failover (about 1.7 s instead of 0.8 s on `lan`). Never a reason to refuse
+    /// by a role failover (about 1.6 s instead of 0.6 s on `lan`). Never a reason to refuse
     /// a node, and never a reason to move a primary.
     pub coord_leader: bool,
 }
