@@ -389,7 +389,9 @@ pub struct ElectionLeader {
 pub struct ClusterStatus {
     /// The node that answered.
     pub node: NodeId,
-    /// The leader this node knows of.
+    /// The leader this node knows of. `None` only while the store has no leader (no write can
+    /// commit): the failover manager fills no vacant role meanwhile, so a backend that cannot
+    /// name its leader should fail `status` with `Unsupported` rather than answer `None`.
     pub leader: Option<NodeId>,
     /// The current Raft term (or the backend's equivalent).
     pub term: u64,
