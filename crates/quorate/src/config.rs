@@ -197,7 +197,7 @@ pub struct RoleSection {
 
 impl RoleSection {
     /// The role's configuration: the profile's (`wan` or `lan`) with this section's overrides.
-    /// An anti-flap budget of 0 is left at the profile's value here; [`validate`] refuses it.
+    /// An anti-flap budget of 0 is left at the profile's value here; config validation refuses it.
     pub fn role_config(&self, wan: bool) -> quorate_failover::policy::config::RoleConfig {
         use quorate_failover::policy::config::RoleConfig;
         let mut c = if wan {
