@@ -81,7 +81,9 @@ impl<N: Net> RemoteClient<N> {
 
     /// Proposes `cmd`, trying up to `attempts` nodes. Only errors that prove nothing happened
     /// (`NotLeader`, `NoQuorum`, `Unavailable`) move on to another node; a `Timeout` is
-    /// returned at once, since the command may have been applied.
+    /// returned at once, since the command may have been applied, but the next call starts at
+    /// another node (the one that timed out may be hung, and would cost every call the full
+    /// timeout).
     pub async fn propose(
         &mut self,
         cmd: &Command,
@@ -103,6 +105,10 @@ impl<N: Net> RemoteClient<N> {
                 Err(e) if e.is_retryable() && !e.outcome_unknown() => {
                     self.follow(&e);
                     last = e;
+                }
+                Err(e @ CoordError::Timeout { .. }) => {
+                    self.follow(&e);
+                    return Err(e);
                 }
                 other => return other,
             }
