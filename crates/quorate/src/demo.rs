@@ -170,18 +170,48 @@ fn describe(from: &str, v: &Value, t0: Instant) -> String {
     )
 }
 
-/// Waits for a role change naming a new primary other than `not`; returns it.
+/// Each node's health and role decision from its `status.json`, to say why nothing happened.
+fn why(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for name in ["n1", "n2", "n3"] {
+        let line = std::fs::read_to_string(dir.join(name).join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map_or_else(
+                || "no status yet".to_owned(),
+                |v| {
+                    format!(
+                        "health {}, {}",
+                        v["health"]["status"].as_str().unwrap_or("?"),
+                        v["roles"][0]["last_action"].as_str().unwrap_or("?")
+                    )
+                },
+            );
+        out.push_str(&format!("\n  {name}: {line}"));
+    }
+    out
+}
+
+/// Waits for a role change naming a new primary other than `not`; returns it. On timeout the
+/// error carries each node's health and last role decision (read from `dir`).
 async fn wait_primary(
     rx: &mut mpsc::Receiver<(String, Value)>,
     not: Option<&str>,
     t0: Instant,
     wait: Duration,
+    dir: &std::path::Path,
 ) -> Result<String> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (from, v) = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .map_err(|_| anyhow::anyhow!("no new primary within {wait:?}"))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no new primary within {wait:?}; the nodes say (a critical check keeps a node \
+                     from being a candidate):{}",
+                    why(dir)
+                )
+            })?
             .context("all agents exited")?;
         match v["event"].as_str() {
             Some("role_change") => {
@@ -220,7 +250,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         // Staggered starts avoid simultaneous candidacies.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let mut primary = wait_primary(&mut rx, None, t0, opts.wait).await?;
+    let mut primary = wait_primary(&mut rx, None, t0, opts.wait, &dir).await?;
     let pids: BTreeMap<&str, Option<u32>> =
         nodes.iter().map(|n| (n.name.as_str(), n.pid)).collect();
     println!("\nprimary is {primary}. Pids: {pids:?}");
@@ -231,7 +261,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break Ok(()),
-                got = wait_primary(&mut rx, Some(&primary), t0, Duration::from_secs(3600)) => {
+                got = wait_primary(&mut rx, Some(&primary), t0, Duration::from_secs(3600), &dir) => {
                     match got {
                         Ok(p) => primary = p,
                         Err(e) => break Err(e),
@@ -258,7 +288,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 c.start_kill()?;
                 c.wait().await?;
             }
-            match wait_primary(&mut rx, Some(&primary), t0, opts.wait).await {
+            match wait_primary(&mut rx, Some(&primary), t0, opts.wait, &dir).await {
                 Ok(p) => {
                     let took = killed_at.elapsed();
                     println!(
@@ -311,4 +341,30 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         println!("kept {}", kept.display());
     }
     result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_reports_each_nodes_health_and_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("n1")).unwrap();
+        std::fs::write(
+            dir.path().join("n1").join("status.json"),
+            r#"{"health":{"status":"critical"},"roles":[{"last_action":"hold: initial election, but no candidate"}]}"#,
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("n2")).unwrap();
+        std::fs::write(dir.path().join("n2").join("status.json"), "{ not json").unwrap();
+        let text = why(dir.path());
+        assert!(
+            text.contains("n1: health critical, hold: initial election, but no candidate"),
+            "{text}"
+        );
+        assert!(text.contains("n2: no status yet"), "{text}");
+        assert!(text.contains("n3: no status yet"), "{text}");
+    }
 }
