@@ -91,6 +91,27 @@ async fn demote_hook(
     }
 }
 
+/// Publishes that this node no longer acts: no primary context, status not acting.
+fn publish_not_acting(p: &RoleTaskParts) {
+    p.primary.send_replace(None);
+    p.status.send_modify(|st| {
+        st.acting = false;
+        st.token = None;
+    });
+}
+
+/// Runs `on_demote` for `term` through its gate (at most once per start).
+async fn term_demote_hook(p: &RoleTaskParts, term: &Term) {
+    demote_hook(
+        &term.gate,
+        &p.clock,
+        p.config.hook_timeout,
+        &p.spec.hooks,
+        &term.ctx,
+    )
+    .await;
+}
+
 pub(crate) struct RoleTask {
     p: RoleTaskParts,
     node: NodeId,
@@ -618,26 +639,14 @@ impl RoleTask {
     async fn suspend(&mut self) {
         let Some(term) = &mut self.term else { return };
         let (role, token) = (&term.ctx.role, term.ctx.token);
-        let hooks = self.p.spec.hooks.clone();
         if term.acting {
             term.acting = false;
             // The keeper has cancelled it already; this covers a suspension seen by `promote`.
             term.work.lock().unwrap_or_else(|e| e.into_inner()).cancel();
             term.demote_hook_ran = true;
-            self.p.primary.send_replace(None);
-            self.p.status.send_modify(|st| {
-                st.acting = false;
-                st.token = None;
-            });
+            publish_not_acting(&self.p);
             tracing::warn!(%role, %token, "failover: no renew acknowledged before the holder deadline; stopped acting, keeping the lease in case the coordination store comes back");
-            demote_hook(
-                &term.gate,
-                &self.p.clock,
-                self.p.config.hook_timeout,
-                &hooks,
-                &term.ctx,
-            )
-            .await;
+            term_demote_hook(&self.p, term).await;
         }
     }
 
@@ -671,22 +680,10 @@ impl RoleTask {
         term.cancel.cancel();
         // A suspension already ran `on_demote`.
         let hooks = hooks && !term.demote_hook_ran;
-        self.p.primary.send_replace(None);
-        self.p.status.send_modify(|st| {
-            st.acting = false;
-            st.token = None;
-        });
+        publish_not_acting(&self.p);
         let token = term.leader.token;
         if hooks {
-            let h = self.p.spec.hooks.clone();
-            demote_hook(
-                &term.gate,
-                &self.p.clock,
-                self.p.config.hook_timeout,
-                &h,
-                &term.ctx,
-            )
-            .await;
+            term_demote_hook(&self.p, &term).await;
         }
         if let Some(cause) = cause {
             let change = RoleChange {
