@@ -1,7 +1,9 @@
 //! `cargo xtask bench NAME`: benchmarks that print figures (never asserted in tests).
 //!
-//! Each benchmark is an example of the crate it measures, run in release; xtask names them so
-//! there is one entry point. Output also goes to `target/bench-NAME.txt`.
+//! Each benchmark is a binary of the test-only crate `quorate-bench` (or, for the failover
+//! benchmark, a `[[bench]]` target of `quorate`, which Cargo builds with the binary it drives),
+//! run in release; xtask names them so there is one entry point. Output also goes to
+//! `target/bench-NAME.txt`.
 
 use std::process::Command;
 
@@ -9,19 +11,19 @@ use anyhow::{Context, Result, bail};
 
 use crate::phases::root;
 
-/// `(name, package, target, what it reports)`: `target` is an example of `package`, or
+/// `(name, package, target, what it reports)`: `target` is a binary of `package`, or
 /// `bench:NAME` for a `[[bench]]` target (built by Cargo with the binary it drives).
 const BENCHES: &[(&str, &str, &str, &str)] = &[
     (
         "wire",
-        "quorate-wire",
+        "quorate-bench",
         "bench_wire",
         "seal and open throughput per frame size",
     ),
     (
         "health",
-        "quorate-health",
-        "bench",
+        "quorate-bench",
+        "bench_health",
         "monitor CPU per 1,000 checks/s and scheduling lateness (args: checks interval_ms seconds)",
     ),
     (
@@ -32,19 +34,19 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "membership",
-        "quorate-membership",
+        "quorate-bench",
         "bench_membership",
         "simulated detection time, traffic, convergence and false downs for N = 8..512",
     ),
     (
         "coord",
-        "quorate-raft",
-        "bench_coord",
+        "quorate-bench",
+        "bench_raft",
         "3-node quorate-raft on loopback: write/read throughput and latency, failover; `coord --vs etcd` runs the side-by-side",
     ),
     (
         "coord-vs-etcd",
-        "quorate",
+        "quorate-bench",
         "bench_coord_vs_etcd",
         "3 quorate agents vs 3 etcd members, interleaved: writes, reads, locks, kill -9 failover, RSS",
     ),
@@ -56,8 +58,8 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "etcd",
-        "quorate-etcd",
-        "bench_coord",
+        "quorate-bench",
+        "bench_etcd",
         "the same coordination workload against a real 3-member etcd cluster",
     ),
 ];
@@ -100,7 +102,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "--quiet",
             "-p",
             package,
-            "--example",
+            if *package == "quorate-sim" {
+                "--example"
+            } else {
+                "--bin"
+            },
             target,
             "--",
         ]),

@@ -141,6 +141,78 @@ fn check_pure_core(source: &str) -> Vec<String> {
     out
 }
 
+/// A manifest that marks its crate as test support (`[package.metadata.quorate]`
+/// `test-only = true`).
+fn is_test_only(manifest: &str) -> bool {
+    let mut in_meta = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_meta = line == "[package.metadata.quorate]";
+            continue;
+        }
+        if in_meta && line.replace(' ', "") == "test-only=true" {
+            return true;
+        }
+    }
+    false
+}
+
+/// Module names a product crate must not export: test support lives in the test-only crates.
+const TEST_SUPPORT_MODULES: &[&str] = &["bench", "testkit", "simulation", "chaos"];
+
+/// A product crate's source declares no `pub mod bench|testkit|simulation|chaos`.
+fn check_no_test_support_modules(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let l = l.trim();
+            let name = l
+                .strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))?
+                .trim_end_matches(';')
+                .trim_end_matches('{')
+                .trim();
+            TEST_SUPPORT_MODULES.contains(&name).then(|| {
+                format!(
+                    "line {}: `mod {name}` in a product crate: test support goes in quorate-testkit, quorate-bench, quorate-chaos or quorate-sim",
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+/// A product crate's manifest lists no test-only crate under `[dependencies]` or
+/// `[build-dependencies]` (dev-dependencies are where they belong).
+fn check_no_test_only_normal_deps(manifest: &str, test_only: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_owned();
+            continue;
+        }
+        let normal = section == "[dependencies]"
+            || section == "[build-dependencies]"
+            || (section.starts_with("[target.") && !section.ends_with("dev-dependencies]"));
+        if !normal {
+            continue;
+        }
+        let name = line
+            .split(['=', '.', ' '])
+            .next()
+            .unwrap_or("")
+            .trim_matches('"');
+        if test_only.iter().any(|t| t == name) {
+            out.push(format!(
+                "{section} lists the test-only crate {name}: make it a dev-dependency"
+            ));
+        }
+    }
+    out
+}
+
 #[track_caller]
 fn assert_clean(findings: Vec<String>) {
     assert!(
@@ -207,6 +279,67 @@ fn pure_cores_touch_no_clock_rng_or_spawn() {
             check_pure_core(&read(&p))
                 .into_iter()
                 .map(move |f| format!("{}: {f}", p.display()))
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
+fn product_crates_export_no_test_support() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let mut findings = Vec::new();
+    for m in member_manifests(&root) {
+        let manifest = read(&m);
+        let Some(dir) = m.parent() else { continue };
+        if is_test_only(&manifest) || dir.ends_with("xtask") {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for f in files {
+            findings.extend(
+                check_no_test_support_modules(&read(&f))
+                    .into_iter()
+                    .map(|x| format!("{}: {x}", f.display())),
+            );
+        }
+    }
+    assert_clean(findings);
+}
+
+#[test]
+fn test_only_crates_are_never_normal_dependencies() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let manifests: Vec<(PathBuf, String)> = member_manifests(&root)
+        .into_iter()
+        .map(|m| {
+            let text = read(&m);
+            (m, text)
+        })
+        .collect();
+    let test_only: Vec<String> = manifests
+        .iter()
+        .filter(|(_, t)| is_test_only(t))
+        .filter_map(|(m, _)| Some(m.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    for expected in [
+        "quorate-sim",
+        "quorate-testkit",
+        "quorate-bench",
+        "quorate-chaos",
+    ] {
+        assert!(
+            test_only.iter().any(|t| t == expected),
+            "{expected} must be marked test-only ([package.metadata.quorate] test-only = true)"
+        );
+    }
+    let findings = manifests
+        .iter()
+        .filter(|(m, t)| !is_test_only(t) && !m.parent().is_some_and(|d| d.ends_with("xtask")))
+        .flat_map(|(m, t)| {
+            check_no_test_only_normal_deps(t, &test_only)
+                .into_iter()
+                .map(move |f| format!("{}: {f}", m.display()))
         })
         .collect();
     assert_clean(findings);
@@ -285,6 +418,24 @@ fn rules_catch_bad_examples() {
     assert!(check_pure_core(&test_only).is_empty());
     let commented = format!("//! Core.\n{PURE_CORE_MARKER}\n// never call Instant::now here\n");
     assert!(check_pure_core(&commented).is_empty());
+
+    let product = "//! A product crate.\npub mod engine;\npub mod bench;\nmod simulation;\n";
+    assert_eq!(check_no_test_support_modules(product).len(), 1);
+    assert_eq!(
+        check_no_test_support_modules("pub(crate) mod testkit;\npub mod chaos {\n}\n").len(),
+        2
+    );
+    assert!(check_no_test_support_modules("pub mod benchmarks_doc;\n").is_empty());
+
+    let test_only = vec!["quorate-testkit".to_owned(), "quorate-sim".to_owned()];
+    let bad = "[package]\nname = \"quorate-x\"\n[dependencies]\nquorate-testkit.workspace = true\nserde = \"1\"\n[dev-dependencies]\nquorate-sim.workspace = true\n";
+    assert_eq!(check_no_test_only_normal_deps(bad, &test_only).len(), 1);
+    let good = "[dependencies]\nserde = \"1\"\n[dev-dependencies]\nquorate-testkit = { workspace = true }\n";
+    assert!(check_no_test_only_normal_deps(good, &test_only).is_empty());
+    assert!(is_test_only(
+        "[package]\n[package.metadata.quorate]\ntest-only = true\n"
+    ));
+    assert!(!is_test_only("[package]\nname = \"quorate-x\"\n"));
 
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-b\"").is_some());
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-a\"").is_none());

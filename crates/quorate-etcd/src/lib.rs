@@ -4,10 +4,9 @@
 //! - [`EtcdCoord`]: key-value with revisions, transactions, watches, leases, locks and
 //!   elections with fencing tokens, cluster status and membership administration, on etcd.
 //!   Several endpoints with failover, user/password authentication, TLS (feature `tls`).
-//! - [`testkit`]: starts a real 1- or 3-member etcd cluster on free loopback ports in a
-//!   temporary directory and tears it down on drop (tests and `cargo xtask bench`).
-//! - [`mod@bench`]: the coordination benchmark run through the `Coord` trait, the same workload
-//!   against etcd and quorate, interleaved, with a side-by-side table.
+//!
+//! Test support is not here: the etcd cluster launcher is `quorate_testkit::etcd` and the
+//! side-by-side benchmark is `quorate_bench::coord` (both test-only crates).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -23,7 +22,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 mod config;
 mod convert;
 mod coord;
@@ -31,7 +29,6 @@ mod error;
 mod leases;
 mod pool;
 mod queue;
-pub mod testkit;
 #[cfg(feature = "tls")]
 mod tls;
 mod watch;
@@ -39,3 +36,7 @@ mod watch;
 pub use config::{Credentials, EtcdConfig, TlsConfig};
 pub use coord::EtcdCoord;
 pub use error::EtcdError;
+/// etcd-client TLS options built from a [`TlsConfig`] (what [`EtcdCoord`] uses), for callers that
+/// also talk to etcd directly.
+#[cfg(feature = "tls")]
+pub use tls::options as tls_options;

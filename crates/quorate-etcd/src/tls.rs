@@ -11,7 +11,7 @@ fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, EtcdError> {
 }
 
 /// The etcd-client TLS options for `tls`.
-pub(crate) fn options(tls: &TlsConfig) -> Result<etcd_client::TlsOptions, EtcdError> {
+pub fn options(tls: &TlsConfig) -> Result<etcd_client::TlsOptions, EtcdError> {
     let mut o = etcd_client::TlsOptions::new();
     if let Some(ca) = &tls.ca_cert_pem {
         o = o.ca_certificate(etcd_client::Certificate::from_pem(read(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use quorate_coord_api::Coord;
 use quorate_coord_api::conformance::{SuiteConfig, run_all};
-use quorate_etcd::testkit::{EtcdCluster, EtcdClusterConfig};
+use quorate_testkit::etcd::{EtcdCluster, EtcdClusterConfig};
 
 async fn run(members: usize) {
     let cluster = EtcdCluster::start(EtcdClusterConfig::members(members))

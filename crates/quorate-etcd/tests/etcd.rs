@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quorate_coord_api::{Consistency, Coord, CoordError, EventKind, Revision, WatchStream};
-use quorate_etcd::testkit::{EtcdCluster, EtcdClusterConfig};
 use quorate_etcd::{Credentials, EtcdConfig, EtcdCoord};
+use quorate_testkit::etcd::{EtcdCluster, EtcdClusterConfig};
 use quorate_types::NodeId;
 
 const WAIT: Duration = Duration::from_secs(30);

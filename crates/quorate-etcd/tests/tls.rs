@@ -5,7 +5,7 @@
 
 use quorate_coord_api::{Consistency, Coord, CoordError};
 use quorate_etcd::EtcdCoord;
-use quorate_etcd::testkit::{EtcdCluster, EtcdClusterConfig, make_test_certs};
+use quorate_testkit::etcd::{EtcdCluster, EtcdClusterConfig, make_test_certs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_client_certificate() {

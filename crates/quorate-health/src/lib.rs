@@ -66,7 +66,6 @@
 //! # }).expect("example");
 //! ```
 
-pub mod bench;
 pub mod checks;
 mod config;
 mod core;

@@ -399,16 +399,3 @@ async fn closures_and_built_ins_mix_in_one_monitor() {
     assert_eq!(monitor.overall().healthy, 3);
     monitor.shutdown().await;
 }
-
-#[test]
-fn bench_tiny_run_reports_numbers() {
-    let report = quorate_health::bench::run(quorate_health::bench::BenchConfig {
-        checks: 20,
-        interval: Duration::from_millis(20),
-        duration: Duration::from_millis(200),
-        worker_threads: 1,
-    })
-    .unwrap();
-    assert!(report.runs > 0, "{report}");
-    assert!(report.to_string().contains("per 1,000 runs/s"), "{report}");
-}

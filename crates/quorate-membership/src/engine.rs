@@ -1243,7 +1243,7 @@ mod tests {
 
     #[test]
     fn join_through_a_seed_address_is_a_sync_exchange() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut a = core(0, true, t0);
         let mut b = core(1, false, t0);
         assert!(b.take_join_request());
@@ -1261,7 +1261,7 @@ mod tests {
 
     #[test]
     fn garbage_never_panics_and_is_counted() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut a = core(0, true, t0);
         let mut b = core(1, false, t0);
         b.join(&[a.local().addr], t0);
@@ -1316,7 +1316,7 @@ mod tests {
 
     #[test]
     fn sync_from_another_process_with_our_id_is_a_duplicate() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut a = core(1, true, t0);
         let mut imposter = core(1, true, t0);
         imposter.local.addr = SocketAddr::from(([10, 0, 0, 77], 7946));
@@ -1337,7 +1337,7 @@ mod tests {
 
     #[test]
     fn oversize_metadata_is_refused_and_nothing_changes() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut a = core(0, true, t0);
         let mut meta = MemberMeta::default();
         meta.node.version = "x".repeat(120);

@@ -7,10 +7,11 @@
 //! - `node` (re-exported [`start`], [`MembershipHandle`]): the async shell that owns one UDP
 //!   socket from a `quorate_wire::net::Net`, seals every datagram with `quorate-wire`, and
 //!   publishes snapshots and events through the [`quorate_membership_api::Membership`] view;
-//! - [`simulation`]: a deterministic discrete-event simulator of many cores (loss, latency,
-//!   partitions, crashes, pauses), used by the `sim` tests and by [`mod@bench`].
+//!
+//! The deterministic discrete-event simulator of many cores that drives [`engine::Core`] is
+//! test support and lives in `quorate_sim::membership`; the benchmark in
+//! `quorate_bench::membership`.
 
-pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -20,7 +21,6 @@ pub mod node;
 pub mod profile;
 pub mod quorum;
 pub mod records;
-pub mod simulation;
 
 pub use config::MembershipConfig;
 pub use error::MembershipError;

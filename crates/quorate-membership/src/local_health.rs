@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn one_dead_peer_does_not_raise_but_many_do() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut h = LocalHealth::new(8, ms(3000), ms(100), ms(300));
         let a = NodeId::new("a").unwrap();
         let b = NodeId::new("b").unwrap();

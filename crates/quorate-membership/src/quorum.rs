@@ -201,7 +201,7 @@ mod tests {
 
     #[track_caller]
     fn check(local: &str, reachable: &[&str], views: &[(&str, &[&str])], want: &str) {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut q = QuorumTracker::new(ids(&["1", "2", "3", "4", "5"]), Duration::ZERO, t0);
         let views: BTreeMap<NodeId, ViewEntry> = views
             .iter()
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn conflict_needs_grace_and_events_fire_on_change() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let voters = ids(&["1", "2", "3"]);
         let mut q = QuorumTracker::new(voters, Duration::from_secs(2), t0);
         let me = NodeId::new("1").unwrap();
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn no_voters_is_not_configured() {
-        let t0 = crate::simulation::epoch();
+        let t0 = tokio::time::Instant::now();
         let mut q = QuorumTracker::new(BTreeSet::new(), Duration::ZERO, t0);
         let ev = q.update(
             &NodeId::new("1").unwrap(),

@@ -1,7 +1,7 @@
 //! Whole-cluster simulation scenarios of quorate-membership, over many seeds.
 //!
 //! Two harnesses:
-//! - the discrete-event simulator of the crate (`quorate_membership::simulation`), which drives
+//! - the discrete-event simulator of the crate (`quorate_sim::membership`), which drives
 //!   the real cores with seeded loss, latency, partitions, crashes and true pauses: fast enough
 //!   for 32 nodes over 10 simulated minutes;
 //! - turmoil through `quorate-sim` (`TurmoilNet`): the full stack, sockets and wire
@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use quorate_health_api::{CheckId, ComponentType, HealthStatus, HealthView, ManualHealthView};
-use quorate_membership::simulation::{Seen, Sim, SimConfig, id_of};
 use quorate_membership::{MembershipConfig, MembershipHandle, Profile, start};
 use quorate_membership_api::{
     HealthSummary, MemberMeta, MemberState, Membership, MembershipSnapshot, SplitBrainStatus,
     conformance,
 };
+use quorate_sim::membership::{Seen, Sim, SimConfig, id_of};
 use quorate_sim::{Clock, Cluster, ClusterBuilder, Fault, NodeCtx, Runner, ScenarioFailure};
 use quorate_types::{NodeId, NodeMeta, RoleName};
 use quorate_wire::{ClusterKey, KeyRing, WireConfig};

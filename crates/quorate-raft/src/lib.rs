@@ -4,7 +4,6 @@
 //! ([`machine`]) served as `quorate_coord_api::Coord` through [`backend::Backend`].
 
 pub mod backend;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;

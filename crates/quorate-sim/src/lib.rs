@@ -8,6 +8,8 @@
 //! of locks and roles ([`check::mutex`]), and durability of acknowledged writes
 //! ([`check::durability`]). [`runner`] runs a scenario over a range of seeds
 //! (`QUORATE_SIM_SEEDS`, `QUORATE_SIM_SEED`) and prints how to replay a failing one.
+//! [`membership`] is a separate discrete-event simulator of many SWIM cores
+//! (`quorate_membership::engine::Core`), for membership's `sim` tests and benchmark.
 //!
 //! Everything that decides (checkers, schedule generation) is a pure function of its inputs and
 //! a seed; everything that runs goes through turmoil's simulated network and tokio's paused time.
@@ -18,6 +20,7 @@ pub mod clock;
 pub mod cluster;
 mod error;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod runner;

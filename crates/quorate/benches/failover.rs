@@ -7,7 +7,7 @@
 //! leader by making the other nodes critical); N SIGKILLs (default 10) of the Raft leader when
 //! it is not the primary, counting role moves (must be 0); then S seconds (default 600)
 //! without faults counting false failovers. Needs root, nftables and
-//! faketime (see `quorate::chaos`). Prints figures and never asserts them; also writes them to
+//! faketime (see `quorate_chaos::world`). Prints figures and never asserts them; also writes them to
 //! `$QUORATE_BENCH_OUT` when set.
 #![allow(
     clippy::print_stdout,
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use quorate::chaos::{BenchOptions, bench};
+use quorate_chaos::world::{BenchOptions, bench};
 
 fn parse(args: &[String]) -> Result<BenchOptions> {
     let mut o = BenchOptions {

@@ -23,28 +23,37 @@ use quorate_raft::{NodeConfig, RaftNode, Storage, Timing};
 use quorate_wire::net::TokioNet;
 use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 
-use crate::config::{CheckSection, Validated};
+use crate::config::{CheckKind, CheckSection, Validated};
 use crate::hooks::CommandHooks;
+use crate::report::AgentEvent;
 
-/// Prints one JSON event line on stdout (flushed at once: `quorate demo` reads it live).
-pub fn emit(v: &serde_json::Value) {
+/// Prints one event line on stdout (flushed at once: `quorate demo` reads it live).
+pub fn emit(e: &AgentEvent) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
+    let _ = writeln!(out, "{}", e.to_line());
     let _ = out.flush();
 }
 
-fn build_check(c: &CheckSection) -> Result<(ComponentType, Arc<dyn HealthCheck>)> {
+fn started(component: &str, v: &Validated) -> AgentEvent {
+    AgentEvent::Started {
+        component: component.to_owned(),
+        node: v.node_id.to_string(),
+        pid: std::process::id(),
+    }
+}
+
+fn build_check(c: &CheckSection, kind: CheckKind) -> Result<(ComponentType, Arc<dyn HealthCheck>)> {
     let t = c.target.as_str();
-    Ok(match c.kind.as_str() {
-        "tcp" => (ComponentType::ExternalApi, Arc::new(TcpCheck::new(t)?)),
-        "http" => (ComponentType::ExternalApi, Arc::new(HttpCheck::new(t)?)),
-        "redis" => (ComponentType::Cache, Arc::new(RedisCheck::new(t)?)),
-        "postgres" => (ComponentType::Database, Arc::new(PostgresCheck::new(t)?)),
-        "command" => (
+    Ok(match kind {
+        CheckKind::Tcp => (ComponentType::ExternalApi, Arc::new(TcpCheck::new(t)?)),
+        CheckKind::Http => (ComponentType::ExternalApi, Arc::new(HttpCheck::new(t)?)),
+        CheckKind::Redis => (ComponentType::Cache, Arc::new(RedisCheck::new(t)?)),
+        CheckKind::Postgres => (ComponentType::Database, Arc::new(PostgresCheck::new(t)?)),
+        CheckKind::Command => (
             ComponentType::Custom("command".into()),
             Arc::new(CommandCheck::new("sh", ["-c", t])?),
         ),
-        "disk" => (
+        CheckKind::Disk => (
             ComponentType::NodeResource,
             Arc::new(DiskSpaceCheck::new(
                 t,
@@ -52,17 +61,13 @@ fn build_check(c: &CheckSection) -> Result<(ComponentType, Arc<dyn HealthCheck>)
                 SpaceThreshold::Percent(5.0),
             )?),
         ),
-        "memory" => {
-            let crit: u64 = t.parse().context("memory target: MiB")?;
-            (
-                ComponentType::NodeResource,
-                Arc::new(MemoryCheck::new(
-                    crit * 1024 * 1024 * 8 / 10,
-                    crit * 1024 * 1024,
-                )?),
-            )
-        }
-        other => anyhow::bail!("unknown check kind {other:?}"),
+        CheckKind::Memory { critical_mib: crit } => (
+            ComponentType::NodeResource,
+            Arc::new(MemoryCheck::new(
+                crit * 1024 * 1024 * 8 / 10,
+                crit * 1024 * 1024,
+            )?),
+        ),
     })
 }
 
@@ -71,14 +76,14 @@ pub async fn run(v: Validated) -> Result<()> {
     let raw = &v.raw;
     std::fs::create_dir_all(&raw.data_dir)
         .with_context(|| format!("creating data_dir {}", raw.data_dir.display()))?;
-    let wan = raw.profile == "wan";
+    let wan = v.profile.is_wan();
     let key = ClusterKey::from_hex(&v.key_hex)?;
     let wire = WireConfig::new(raw.cluster_name.clone(), KeyRing::new(key, vec![]))?;
 
     // 1. Health.
     let monitor = HealthMonitor::start(MonitorConfig::standard())?;
-    for c in &raw.checks {
-        let (kind, check) = build_check(c).with_context(|| format!("check {}", c.id))?;
+    for (c, kind) in raw.checks.iter().zip(&v.check_kinds) {
+        let (kind, check) = build_check(c, *kind).with_context(|| format!("check {}", c.id))?;
         let config = CheckConfig {
             interval: c.interval,
             timeout: c.timeout,
@@ -95,9 +100,7 @@ pub async fn run(v: Validated) -> Result<()> {
             .with_context(|| format!("registering check {}", c.id))?;
     }
     let health: Arc<dyn HealthView> = Arc::new(monitor.clone());
-    emit(
-        &serde_json::json!({"event": "started", "component": "health", "node": v.node_id.to_string()}),
-    );
+    emit(&started("health", &v));
 
     // 2. Membership.
     let mut mc = MembershipConfig::new(v.node_id.clone(), raw.gossip.listen.clone());
@@ -115,9 +118,7 @@ pub async fn run(v: Validated) -> Result<()> {
         .await
         .context("starting membership")?;
     let membership_view: Arc<dyn Membership> = Arc::new(membership.clone());
-    emit(
-        &serde_json::json!({"event": "started", "component": "membership", "node": v.node_id.to_string()}),
-    );
+    emit(&started("membership", &v));
 
     // 3. Coordination.
     let mut nc = NodeConfig::new(v.node_id.clone(), raw.raft.listen.clone(), wire.clone());
@@ -135,9 +136,7 @@ pub async fn run(v: Validated) -> Result<()> {
         .await
         .context("starting raft")?;
     let coord: Arc<dyn Coord> = Arc::new(raft.backend());
-    emit(
-        &serde_json::json!({"event": "started", "component": "raft", "node": v.node_id.to_string()}),
-    );
+    emit(&started("raft", &v));
 
     // 4. Failover.
     let roles: Vec<RoleSpec> = raw
@@ -165,20 +164,19 @@ pub async fn run(v: Validated) -> Result<()> {
     )
     .await
     .context("starting the failover manager")?;
-    emit(
-        &serde_json::json!({"event": "started", "component": "failover", "node": v.node_id.to_string(), "pid": std::process::id()}),
-    );
+    emit(&started("failover", &v));
 
     // Status file, until a signal.
     let status_path = raw.data_dir.join("status.json");
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::status::STATUS_INTERVAL_MS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let s = crate::status::collect(&v, &raft, &membership_view, &health, &manager);
                 let tmp = status_path.with_extension("json.tmp");
-                if std::fs::write(&tmp, s.to_string()).is_ok() {
+                let text = serde_json::to_string(&s).unwrap_or_default();
+                if std::fs::write(&tmp, text).is_ok() {
                     let _ = std::fs::rename(&tmp, &status_path);
                 }
             }
@@ -186,12 +184,16 @@ pub async fn run(v: Validated) -> Result<()> {
             _ = term.recv() => break,
         }
     }
-    emit(&serde_json::json!({"event": "stopping", "node": v.node_id.to_string()}));
+    emit(&AgentEvent::Stopping {
+        node: v.node_id.to_string(),
+    });
     manager.shutdown().await;
     let _ = membership.leave().await;
     membership.shutdown();
     raft.shutdown().await;
     monitor.shutdown().await;
-    emit(&serde_json::json!({"event": "stopped", "node": v.node_id.to_string()}));
+    emit(&AgentEvent::Stopped {
+        node: v.node_id.to_string(),
+    });
     Ok(())
 }

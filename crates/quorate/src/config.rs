@@ -47,19 +47,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quorate_types::{NodeId, RoleName};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole agent config, as written in the file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The cluster's name, bound into every frame.
     pub cluster_name: String,
     /// The cluster key as 64 hex digits (or give `cluster_key_file`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key: Option<String>,
     /// A file holding the cluster key as 64 hex digits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key_file: Option<PathBuf>,
     /// This node's id.
     pub node_id: String,
@@ -85,26 +85,26 @@ fn default_profile() -> String {
 }
 
 /// `[raft]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftSection {
     /// Where the Raft listener binds.
     pub listen: String,
     /// The address peers use (default: `listen`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// The initial voters, id -> Raft address (the same map on every node of a new cluster).
     pub voters: BTreeMap<String, String>,
 }
 
 /// `[gossip]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GossipSection {
     /// Where the gossip UDP socket binds.
     pub listen: String,
     /// The address peers use (default: `listen`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// Members to join through.
     #[serde(default)]
@@ -118,7 +118,7 @@ pub struct GossipSection {
 }
 
 /// One `[[check]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSection {
     /// Unique id of the check.
@@ -151,51 +151,89 @@ fn default_true() -> bool {
 }
 
 /// One `[[role]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSection {
     /// The role's name.
     pub name: String,
     /// Command run before promotion; a non-zero exit vetoes it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before_promote: Option<String>,
     /// Command run on promotion.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_promote: Option<String>,
     /// Command run on demotion.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demote: Option<String>,
     /// Command run on every role change involving this node.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_role_change: Option<String>,
     /// Lease TTL override (default: the profile's).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lease_ttl: Option<Duration>,
     /// Anti-flap budget: automatic failovers allowed per `anti_flap_window`, after which only
     /// manual operations move the role (default: the profile's, 3).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anti_flap_max_failovers: Option<u32>,
     /// The anti-flap window (default: the profile's, 30 minutes).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub anti_flap_window: Option<Duration>,
     /// How long the primary may be unhealthy before it is replaced (default: the profile's,
     /// 1 s on `lan`, 5 s on `wan`).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub unhealthy_grace: Option<Duration>,
     /// Automatic failback to a higher-priority node (default: off).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback: Option<bool>,
     /// How long the preferred node must have been fit, and the primary in office, before a
     /// failback (default: 5 minutes).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub failback_hold_down: Option<Duration>,
     /// How long a switchover, failback or unhealthy-primary handover waits for its successor
     /// (default: the profile's, 5 s on `lan`, 30 s on `wan`).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub handover_timeout: Option<Duration>,
 }
 
 impl RoleSection {
+    /// A role named `name` with no hooks and the profile's settings.
+    pub fn named(name: &str) -> RoleSection {
+        RoleSection {
+            name: name.to_owned(),
+            before_promote: None,
+            on_promote: None,
+            on_demote: None,
+            on_role_change: None,
+            lease_ttl: None,
+            anti_flap_max_failovers: None,
+            anti_flap_window: None,
+            unhealthy_grace: None,
+            failback: None,
+            failback_hold_down: None,
+            handover_timeout: None,
+        }
+    }
+
     /// The role's configuration: the profile's (`wan` or `lan`) with this section's overrides.
     /// An anti-flap budget of 0 is left at the profile's value here; config validation refuses it.
     pub fn role_config(&self, wan: bool) -> quorate_failover::policy::config::RoleConfig {
@@ -272,6 +310,88 @@ pub const CHECK_KINDS: &[&str] = &[
     "tcp", "http", "redis", "postgres", "command", "disk", "memory",
 ];
 
+/// The timing profile, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileName {
+    /// Low latency links: sub-second failover.
+    Lan,
+    /// Slower links: longer timeouts.
+    Wan,
+}
+
+impl ProfileName {
+    /// Parses `lan` or `wan`.
+    pub fn parse(s: &str) -> Option<ProfileName> {
+        match s {
+            "lan" => Some(ProfileName::Lan),
+            "wan" => Some(ProfileName::Wan),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the `wan` profile.
+    pub fn is_wan(self) -> bool {
+        self == ProfileName::Wan
+    }
+}
+
+/// A check kind, validated (with the parsed target where it has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// TCP connect.
+    Tcp,
+    /// HTTP GET.
+    Http,
+    /// Redis PING.
+    Redis,
+    /// PostgreSQL `SELECT 1`.
+    Postgres,
+    /// A command run with `sh -c` (exit 0 passing, 1 warning, else critical).
+    Command,
+    /// Free disk space of a path.
+    Disk,
+    /// The agent's RSS against a critical limit.
+    Memory {
+        /// The critical RSS in MiB.
+        critical_mib: u64,
+    },
+}
+
+impl CheckKind {
+    /// Parses a kind and, for `memory`, its target (an error message names what is wrong).
+    fn parse(kind: &str, target: &str) -> Result<CheckKind, String> {
+        Ok(match kind {
+            "tcp" => CheckKind::Tcp,
+            "http" => CheckKind::Http,
+            "redis" => CheckKind::Redis,
+            "postgres" => CheckKind::Postgres,
+            "command" => CheckKind::Command,
+            "disk" => CheckKind::Disk,
+            "memory" => CheckKind::Memory {
+                critical_mib: target
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|m| (1..=MEMORY_MIB_MAX).contains(m))
+                    .ok_or_else(|| {
+                        format!(
+                            "for kind memory: the critical RSS in MiB, 1 to {MEMORY_MIB_MAX}, e.g. \"512\""
+                        )
+                    })?,
+            },
+            other => {
+                return Err(format!(
+                    "{other:?} is not a check kind: use one of {}",
+                    CHECK_KINDS.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+/// The largest memory limit a `memory` check takes, in MiB (16 TiB; larger would overflow the
+/// byte arithmetic).
+pub const MEMORY_MIB_MAX: u64 = 16 * 1024 * 1024;
+
 /// A config that passed validation, with the parsed ids and the key.
 #[derive(Clone, Debug)]
 pub struct Validated {
@@ -285,6 +405,10 @@ pub struct Validated {
     pub roles: Vec<RoleName>,
     /// The cluster key, as hex.
     pub key_hex: String,
+    /// The timing profile.
+    pub profile: ProfileName,
+    /// The kind of each `[[check]]`, in the order of `raw.checks`.
+    pub check_kinds: Vec<CheckKind>,
 }
 
 /// Reads and validates the config at `path`.
@@ -350,7 +474,8 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     {
         errs.push("cluster_key", e.to_string());
     }
-    if !matches!(raw.profile.as_str(), "lan" | "wan") {
+    let profile = ProfileName::parse(&raw.profile);
+    if profile.is_none() {
         errs.push(
             "profile",
             format!("{:?} is not a profile: use \"lan\" or \"wan\"", raw.profile),
@@ -393,20 +518,16 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         check_addr(&mut errs, &format!("gossip.seeds[{i}]"), s);
     }
     let mut ids = std::collections::BTreeSet::new();
+    let mut check_kinds = Vec::new();
     for (i, c) in raw.checks.iter().enumerate() {
         let f = format!("check[{i}]");
         if !ids.insert(c.id.clone()) {
             errs.push(format!("{f}.id"), format!("{:?} is used twice", c.id));
         }
-        if !CHECK_KINDS.contains(&c.kind.as_str()) {
-            errs.push(
-                format!("{f}.kind"),
-                format!(
-                    "{:?} is not a check kind: use one of {}",
-                    c.kind,
-                    CHECK_KINDS.join(", ")
-                ),
-            );
+        match CheckKind::parse(&c.kind, &c.target) {
+            Ok(k) => check_kinds.push(k),
+            Err(m) if CHECK_KINDS.contains(&c.kind.as_str()) => errs.push(format!("{f}.target"), m),
+            Err(m) => errs.push(format!("{f}.kind"), m),
         }
         if c.interval.is_zero() {
             errs.push(format!("{f}.interval"), "must be positive");
@@ -418,12 +539,6 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
                     "{:?} must be positive and at most the interval {:?}",
                     c.timeout, c.interval
                 ),
-            );
-        }
-        if c.kind == "memory" && c.target.parse::<u64>().is_err() {
-            errs.push(
-                format!("{f}.target"),
-                "for kind memory: the critical RSS in MiB, e.g. \"512\"",
             );
         }
     }
@@ -466,13 +581,15 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
-    match (errs.0.is_empty(), node_id, key_hex) {
-        (true, Some(node_id), Some(key_hex)) => Ok(Validated {
+    match (errs.0.is_empty(), node_id, key_hex, profile) {
+        (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
             raw,
             node_id,
             voters,
             roles,
             key_hex,
+            profile,
+            check_kinds,
         }),
         _ => Err(errs),
     }

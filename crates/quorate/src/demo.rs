@@ -10,10 +10,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use crate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
+use crate::report::{AgentEvent, RoleChangeEvent, StatusFile};
 
 /// The demo role's name.
 pub const ROLE: &str = "demo-primary";
@@ -36,8 +38,8 @@ struct Node {
     pid: Option<u32>,
 }
 
-fn free_port() -> Result<u16> {
-    // Bind TCP and UDP on the same port so that both the Raft and gossip listener can use it.
+/// A loopback port free for both TCP and UDP (Raft and gossip listeners).
+pub fn free_port() -> Result<u16> {
     for _ in 0..64 {
         let t = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = t.local_addr()?.port();
@@ -48,70 +50,114 @@ fn free_port() -> Result<u16> {
     bail!("no free loopback port found")
 }
 
-fn write_configs(dir: &Path) -> Result<Vec<Node>> {
-    let key = quorate_wire::ClusterKey::generate()?.to_hex();
-    let names = ["n1", "n2", "n3"];
-    let mut raft = Vec::new();
-    let mut gossip = Vec::new();
-    for _ in names {
-        raft.push(format!("127.0.0.1:{}", free_port()?));
-        gossip.push(format!("127.0.0.1:{}", free_port()?));
+/// The configs of a loopback cluster, built from the agent's own config types.
+#[derive(Clone, Debug)]
+pub struct LoopbackPlan {
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// The key, as hex.
+    pub key_hex: String,
+    /// Node names (`n1`, `n2`, ...).
+    pub names: Vec<String>,
+    /// Raft listen addresses, by node.
+    pub raft: Vec<String>,
+    /// Gossip listen addresses, by node.
+    pub gossip: Vec<String>,
+}
+
+impl LoopbackPlan {
+    /// `n` nodes on free loopback ports with a fresh key.
+    pub fn new(cluster_name: &str, n: usize) -> Result<LoopbackPlan> {
+        let mut plan = LoopbackPlan {
+            cluster_name: cluster_name.to_owned(),
+            key_hex: quorate_wire::ClusterKey::generate()?.to_hex(),
+            names: (1..=n).map(|i| format!("n{i}")).collect(),
+            raft: Vec::new(),
+            gossip: Vec::new(),
+        };
+        for _ in 0..n {
+            plan.raft.push(format!("127.0.0.1:{}", free_port()?));
+            plan.gossip.push(format!("127.0.0.1:{}", free_port()?));
+        }
+        Ok(plan)
     }
-    let voters: Vec<String> = names
-        .iter()
-        .zip(&raft)
-        .map(|(n, a)| format!("{n} = \"{a}\""))
-        .collect();
+
+    /// Node `i`'s config: `lan` profile, every node a voter, node 0 bootstraps and the others
+    /// join through every other node's gossip address; no checks, no roles.
+    pub fn agent(&self, i: usize, data_dir: &Path) -> AgentConfig {
+        AgentConfig {
+            cluster_name: self.cluster_name.clone(),
+            cluster_key: Some(self.key_hex.clone()),
+            cluster_key_file: None,
+            node_id: self.names[i].clone(),
+            data_dir: data_dir.to_path_buf(),
+            profile: "lan".to_owned(),
+            raft: RaftSection {
+                listen: self.raft[i].clone(),
+                advertise: None,
+                voters: self
+                    .names
+                    .iter()
+                    .cloned()
+                    .zip(self.raft.iter().cloned())
+                    .collect(),
+            },
+            gossip: GossipSection {
+                listen: self.gossip[i].clone(),
+                advertise: None,
+                seeds: self
+                    .gossip
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, g)| g.clone())
+                    .collect(),
+                bootstrap: i == 0,
+                tags: BTreeMap::new(),
+            },
+            checks: Vec::new(),
+            roles: Vec::new(),
+        }
+    }
+}
+
+/// A config as TOML text.
+pub fn to_toml(config: &AgentConfig) -> Result<String> {
+    toml::to_string(config).context("writing an agent config as TOML")
+}
+
+fn write_configs(dir: &Path) -> Result<Vec<Node>> {
+    let plan = LoopbackPlan::new("quorate-demo", 3)?;
     let log = dir.join("actions.log");
+    let hook = |what: &str| {
+        format!(
+            "echo \"$(date +%s.%N) $QUORATE_NODE {what} token=$QUORATE_FENCING_TOKEN\" >> {}",
+            log.display()
+        )
+    };
     let mut nodes = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let seeds: Vec<String> = gossip
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, g)| format!("\"{g}\""))
-            .collect();
-        let text = format!(
-            r#"cluster_name = "quorate-demo"
-cluster_key = "{key}"
-node_id = "{name}"
-data_dir = "{data}"
-profile = "lan"
-
-[raft]
-listen = "{raft}"
-voters = {{ {voters} }}
-
-[gossip]
-listen = "{gossip}"
-seeds = [{seeds}]
-bootstrap = {bootstrap}
-tags = {{ failover-priority = "{priority}" }}
-
-[[check]]
-id = "data-disk"
-kind = "disk"
-target = "{dir}"
-
-[[role]]
-name = "{ROLE}"
-on_promote = "echo \"$(date +%s.%N) $QUORATE_NODE promote token=$QUORATE_FENCING_TOKEN\" >> {log}"
-on_demote = "echo \"$(date +%s.%N) $QUORATE_NODE demote token=$QUORATE_FENCING_TOKEN\" >> {log}"
-"#,
-            data = dir.join(name).display(),
-            raft = raft[i],
-            voters = voters.join(", "),
-            gossip = gossip[i],
-            seeds = seeds.join(", "),
-            bootstrap = i == 0,
-            priority = 100 - i,
-            dir = dir.display(),
-            log = log.display(),
-        );
+    for (i, name) in plan.names.iter().enumerate() {
+        let mut c = plan.agent(i, &dir.join(name));
+        c.gossip
+            .tags
+            .insert("failover-priority".to_owned(), (100 - i).to_string());
+        c.checks.push(CheckSection {
+            id: "data-disk".to_owned(),
+            kind: "disk".to_owned(),
+            target: dir.display().to_string(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            critical: true,
+        });
+        c.roles.push(RoleSection {
+            on_promote: Some(hook("promote")),
+            on_demote: Some(hook("demote")),
+            ..RoleSection::named(ROLE)
+        });
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text)?;
+        std::fs::write(&config, to_toml(&c)?)?;
         nodes.push(Node {
-            name: (*name).to_owned(),
+            name: name.clone(),
             config,
             child: None,
             pid: None,
@@ -120,7 +166,7 @@ on_demote = "echo \"$(date +%s.%N) $QUORATE_NODE demote token=$QUORATE_FENCING_T
     Ok(nodes)
 }
 
-fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, Value)>) -> Result<()> {
+fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, AgentEvent)>) -> Result<()> {
     let exe = std::env::current_exe().context("finding the quorate executable")?;
     let mut child = Command::new(exe)
         .arg("agent")
@@ -143,8 +189,8 @@ fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, Value)>) -> Result<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && tx.send((name.clone(), v)).await.is_err()
+            if let Some(e) = AgentEvent::parse(&line)
+                && tx.send((name.clone(), e)).await.is_err()
             {
                 break;
             }
@@ -154,39 +200,40 @@ fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, Value)>) -> Result<()> {
     Ok(())
 }
 
-fn describe(from: &str, v: &Value, t0: Instant) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
-    let ms = |k: &str| v[k].as_u64().map_or("-".to_owned(), |m| format!("{m} ms"));
+fn describe(from: &str, e: &RoleChangeEvent, t0: Instant) -> String {
+    let s = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());
+    let ms = |m: Option<u64>| m.map_or("-".to_owned(), |m| format!("{m} ms"));
     format!(
         "[{:>7.2} s] {}: {} -> {} ({}); detection {}, promotion {}, token {} (reported by {from})",
         t0.elapsed().as_secs_f64(),
-        s("role"),
-        s("old_primary"),
-        s("new_primary"),
-        s("cause"),
-        ms("detection_ms"),
-        ms("promotion_ms"),
-        v["token"],
+        e.role,
+        s(&e.old_primary),
+        s(&e.new_primary),
+        e.cause,
+        ms(e.detection_ms),
+        ms(e.promotion_ms),
+        e.token.map_or("-".to_owned(), |t| t.to_string()),
     )
 }
 
+fn read_status(dir: &Path, name: &str) -> Option<StatusFile> {
+    crate::status::read(&dir.join(name).join("status.json")).ok()
+}
+
 /// Each node's health and role decision from its `status.json`, to say why nothing happened.
-fn why(dir: &std::path::Path) -> String {
+fn why(dir: &Path) -> String {
     let mut out = String::new();
     for name in ["n1", "n2", "n3"] {
-        let line = std::fs::read_to_string(dir.join(name).join("status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .map_or_else(
-                || "no status yet".to_owned(),
-                |v| {
-                    format!(
-                        "health {}, {}",
-                        v["health"]["status"].as_str().unwrap_or("?"),
-                        v["roles"][0]["last_action"].as_str().unwrap_or("?")
-                    )
-                },
-            );
+        let line = read_status(dir, name).map_or_else(
+            || "no status yet".to_owned(),
+            |s| {
+                format!(
+                    "health {}, {}",
+                    s.health.status,
+                    s.roles.first().map_or("?", |r| r.last_action.as_str())
+                )
+            },
+        );
         out.push_str(&format!("\n  {name}: {line}"));
     }
     out
@@ -195,15 +242,15 @@ fn why(dir: &std::path::Path) -> String {
 /// Waits for a role change naming a new primary other than `not`; returns it. On timeout the
 /// error carries each node's health and last role decision (read from `dir`).
 async fn wait_primary(
-    rx: &mut mpsc::Receiver<(String, Value)>,
+    rx: &mut mpsc::Receiver<(String, AgentEvent)>,
     not: Option<&str>,
     t0: Instant,
     wait: Duration,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> Result<String> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let (from, v) = tokio::time::timeout_at(deadline, rx.recv())
+        let (from, e) = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -213,25 +260,100 @@ async fn wait_primary(
                 )
             })?
             .context("all agents exited")?;
-        match v["event"].as_str() {
-            Some("role_change") => {
-                println!("{}", describe(&from, &v, t0));
-                if let Some(p) = v["new_primary"].as_str()
-                    && Some(p) != not
+        match e {
+            AgentEvent::RoleChange(rc) => {
+                println!("{}", describe(&from, &rc, t0));
+                if let Some(p) = rc.new_primary
+                    && Some(p.as_str()) != not
                 {
-                    return Ok(p.to_owned());
+                    return Ok(p);
                 }
             }
-            Some("started") if v["component"] == "failover" => {
+            AgentEvent::Started { component, pid, .. } if component == "failover" => {
                 println!(
-                    "[{:>7.2} s] {from} is up (pid {})",
+                    "[{:>7.2} s] {from} is up (pid {pid})",
                     t0.elapsed().as_secs_f64(),
-                    v["pid"]
                 );
             }
             _ => {}
         }
     }
+}
+
+/// Waits until the restarted node `name` (process `pid`) has rejoined: its own status is
+/// written by that process, it sees every node alive, its Raft log has caught up with the
+/// primary's, and every other node sees it alive again. Drains events meanwhile (printing role
+/// changes). Only then can the next kill be a single failure, not a double one.
+async fn wait_rejoined(
+    dir: &Path,
+    names: &[String],
+    name: &str,
+    pid: u32,
+    primary: &str,
+    wait: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let all: Vec<Option<StatusFile>> = names.iter().map(|n| read_status(dir, n)).collect();
+        let me = names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| all[i].as_ref());
+        let prim = names
+            .iter()
+            .position(|n| n == primary)
+            .and_then(|i| all[i].as_ref());
+        let ready = match (me, prim) {
+            (Some(me), Some(prim)) => {
+                me.pid == pid
+                    && me.alive() == names.len()
+                    && me.raft.leader.is_some()
+                    && me.raft.applied_index >= prim.raft.applied_index.saturating_sub(2)
+                    && all.iter().flatten().all(|s| s.alive() == names.len())
+            }
+            _ => false,
+        };
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{name} did not rejoin within {wait:?} (member alive everywhere, Raft caught up); the nodes say:{}",
+                why(dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pids_line(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n.name,
+                n.pid.map_or("-".to_owned(), |p| p.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `min / median / max` of failover times, in milliseconds.
+pub fn summary(times: &[Duration]) -> Option<String> {
+    let mut ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+    ms.sort_unstable();
+    let (min, max) = (*ms.first()?, *ms.last()?);
+    let median = if ms.len() % 2 == 1 {
+        ms[ms.len() / 2]
+    } else {
+        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2
+    };
+    Some(format!(
+        "{} failovers, kill -9 to the new primary's promotion: min {min} ms, median {median} ms, max {max} ms",
+        ms.len()
+    ))
 }
 
 /// Runs the demo.
@@ -251,11 +373,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let mut primary = wait_primary(&mut rx, None, t0, opts.wait, &dir).await?;
-    let pids: BTreeMap<&str, Option<u32>> =
-        nodes.iter().map(|n| (n.name.as_str(), n.pid)).collect();
-    println!("\nprimary is {primary}. Pids: {pids:?}");
+    println!("\nprimary is {primary}. pids: {}", pids_line(&nodes));
     let result = if opts.chaos == 0 {
-        if let Some(Some(pid)) = pids.get(primary.as_str()) {
+        if let Some(pid) = nodes.iter().find(|n| n.name == primary).and_then(|n| n.pid) {
             println!("Kill it to watch a failover:  kill -9 {pid}     (Ctrl-C stops the demo)\n");
         }
         loop {
@@ -278,10 +398,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 break;
             };
             println!(
-                "\n[{:>7.2} s] round {round}: kill -9 {} (pid {:?})",
+                "\n[{:>7.2} s] round {round}: kill -9 {} (pid {})",
                 t0.elapsed().as_secs_f64(),
                 node.name,
-                node.pid
+                node.pid.map_or("-".to_owned(), |p| p.to_string())
             );
             let killed_at = Instant::now();
             if let Some(c) = node.child.as_mut() {
@@ -299,11 +419,42 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                     times.push(took);
                     let old = primary.clone();
                     primary = p;
-                    if let Some(n) = nodes.iter_mut().find(|n| n.name == old) {
-                        spawn(n, &tx)?;
+                    if round == opts.chaos {
+                        continue;
                     }
-                    // Let the restarted node rejoin before the next round.
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let Some(n) = nodes.iter_mut().find(|n| n.name == old) else {
+                        continue;
+                    };
+                    spawn(n, &tx)?;
+                    let pid = n.pid.unwrap_or(0);
+                    println!(
+                        "[{:>7.2} s] restarted {old} (pid {pid}); waiting until it has rejoined",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    // The next kill must be a single failure: the restarted node is alive to
+                    // every member and its Raft log has caught up. Events are drained meanwhile.
+                    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+                    let current = primary.clone();
+                    let rejoin = wait_rejoined(&dir, &names, &old, pid, &current, opts.wait);
+                    tokio::pin!(rejoin);
+                    loop {
+                        tokio::select! {
+                            r = &mut rejoin => { r?; break; }
+                            Some((from, e)) = rx.recv() => {
+                                if let AgentEvent::RoleChange(rc) = e {
+                                    println!("{}", describe(&from, &rc, t0));
+                                    if let Some(p) = rc.new_primary {
+                                        primary = p;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    println!(
+                        "[{:>7.2} s] {old} has rejoined; pids: {}",
+                        t0.elapsed().as_secs_f64(),
+                        pids_line(&nodes)
+                    );
                 }
                 Err(e) => {
                     r = Err(e);
@@ -311,9 +462,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                 }
             }
         }
-        if !times.is_empty() {
-            let ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
-            println!("\nfailover times from kill -9 to the new primary's promotion: {ms:?} ms");
+        if let Some(line) = summary(&times) {
+            let each: Vec<String> = times.iter().map(|t| t.as_millis().to_string()).collect();
+            println!("\nfailover times (ms): {}", each.join(", "));
+            println!("{line}");
         }
         r
     };
@@ -349,22 +501,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn why_reports_each_nodes_health_and_decision() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("n1")).unwrap();
-        std::fs::write(
-            dir.path().join("n1").join("status.json"),
-            r#"{"health":{"status":"critical"},"roles":[{"last_action":"hold: initial election, but no candidate"}]}"#,
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("n2")).unwrap();
-        std::fs::write(dir.path().join("n2").join("status.json"), "{ not json").unwrap();
-        let text = why(dir.path());
-        assert!(
-            text.contains("n1: health critical, hold: initial election, but no candidate"),
-            "{text}"
+    fn summary_gives_min_median_max() {
+        let t: Vec<Duration> = [700, 500, 900, 600].map(Duration::from_millis).to_vec();
+        assert_eq!(
+            summary(&t).unwrap(),
+            "4 failovers, kill -9 to the new primary's promotion: min 500 ms, median 650 ms, max 900 ms"
         );
-        assert!(text.contains("n2: no status yet"), "{text}");
-        assert!(text.contains("n3: no status yet"), "{text}");
+        assert_eq!(summary(&[]), None);
+    }
+
+    #[test]
+    fn configs_are_written_from_the_config_types_and_parse_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = write_configs(dir.path()).unwrap();
+        assert_eq!(nodes.len(), 3);
+        for n in &nodes {
+            let v = crate::config::load(&n.config).unwrap();
+            assert_eq!(v.roles.len(), 1);
+            assert_eq!(v.voters.len(), 3);
+            assert_eq!(v.check_kinds, vec![crate::config::CheckKind::Disk]);
+        }
     }
 }

@@ -13,6 +13,7 @@ use quorate_failover::shell::{HookContext, RoleChange, RoleHooks};
 use tokio::process::Command;
 
 use crate::config::RoleSection;
+use crate::report::{AgentEvent, RoleChangeEvent};
 
 /// The most bytes of a hook's output kept for the log.
 const OUTPUT_BYTES_MAX: usize = 4096;
@@ -122,7 +123,7 @@ impl RoleHooks for CommandHooks {
     }
 
     async fn on_role_change(&self, change: &RoleChange) {
-        crate::agent::emit(&role_change_json(change));
+        crate::agent::emit(&role_change_event(change));
         let opt = |n: &Option<quorate_types::NodeId>| {
             n.as_ref().map(ToString::to_string).unwrap_or_default()
         };
@@ -145,18 +146,17 @@ impl RoleHooks for CommandHooks {
     }
 }
 
-/// A role change as one JSON object (what `quorate demo` and the e2e tests read).
-pub fn role_change_json(change: &RoleChange) -> serde_json::Value {
-    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-    serde_json::json!({
-        "event": "role_change",
-        "role": change.role.to_string(),
-        "old_primary": change.old_primary.as_ref().map(ToString::to_string),
-        "new_primary": change.new_primary.as_ref().map(ToString::to_string),
-        "cause": change.cause.to_string(),
-        "token": change.token.map(|t| t.0),
-        "detection_ms": ms(change.detection),
-        "promotion_ms": ms(change.promotion),
-        "at_ms": change.at.as_millis() as u64,
+/// A role change as its typed event (what `quorate demo` and the e2e tests read).
+pub fn role_change_event(change: &RoleChange) -> AgentEvent {
+    let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    AgentEvent::RoleChange(RoleChangeEvent {
+        role: change.role.to_string(),
+        old_primary: change.old_primary.as_ref().map(ToString::to_string),
+        new_primary: change.new_primary.as_ref().map(ToString::to_string),
+        cause: change.cause.to_string(),
+        token: change.token.map(|t| t.0),
+        detection_ms: ms(change.detection),
+        promotion_ms: ms(change.promotion),
+        at_ms: u64::try_from(change.at.as_millis()).unwrap_or(u64::MAX),
     })
 }

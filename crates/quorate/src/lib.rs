@@ -10,11 +10,23 @@
     reason = "a command-line program: printing is its interface"
 )]
 
+/// The components, re-exported: the facade an embedding service depends on.
+pub use quorate_coord_api as coord_api;
+#[cfg(feature = "etcd")]
+/// The etcd coordination backend (feature `etcd`).
+pub use quorate_etcd as etcd;
+pub use quorate_failover as failover;
+pub use quorate_health as health;
+pub use quorate_health_api as health_api;
+pub use quorate_membership as membership;
+pub use quorate_membership_api as membership_api;
+pub use quorate_raft as raft;
+pub use quorate_types as types;
+pub use quorate_wire as wire;
+
 pub mod agent;
-pub mod chaos;
 pub mod config;
-pub mod coord_bench;
 pub mod demo;
-pub mod hooklog;
 pub mod hooks;
+pub mod report;
 pub mod status;

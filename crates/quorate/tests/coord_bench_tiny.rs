@@ -3,8 +3,8 @@
 //! a number in each, never a timing.
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test")]
 
-use quorate::coord_bench::{QuorateClusterConfig, QuorateTarget};
-use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+use quorate_bench::agents::{QuorateClusterConfig, QuorateTarget};
+use quorate_bench::coord::{self as bench, BenchConfig, BenchTarget, EtcdTarget};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_side_by_side_run_reports_both_columns() {

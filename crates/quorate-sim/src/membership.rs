@@ -5,7 +5,7 @@
 //! (new incarnation), pause (every input waits until the pause ends, as under SIGSTOP), be slow
 //! (inbound datagrams processed late while timers fire on time: Lifeguard's model), leave, and
 //! change metadata. Sizes are counted as they would be on the wire (payload + frame overhead).
-//! The same seed gives the same run. Used by the `sim` tests and by [`crate::bench`].
+//! The same seed gives the same run. Used by the `sim` tests and by `quorate_bench::membership`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -19,9 +19,9 @@ use rand010::rngs::StdRng;
 use rand010::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
-use crate::config::MembershipConfig;
-use crate::engine::{Core, CoreConfig, Outgoing, Timer};
-use crate::profile::Profile;
+use quorate_membership::MembershipConfig;
+use quorate_membership::Profile;
+use quorate_membership::engine::{Core, CoreConfig, Outgoing, Timer};
 
 /// Bytes the wire frame adds to every datagram (header and AEAD tag).
 pub const FRAME_OVERHEAD_BYTES: usize = quorate_wire::HEADER_BYTES + quorate_wire::TAG_BYTES;

@@ -1,7 +1,7 @@
 //! The membership benchmark (simulation): crash detection, traffic, convergence after a heal and
 //! false downs under loss, for several cluster sizes, beside memberlist's LAN figures computed
 //! from its formulas. Nothing here asserts timings; `cargo xtask bench membership` runs
-//! `cargo run --release -p quorate-membership --example bench_membership` and prints the table.
+//! `cargo run --release -p quorate-bench --bin bench_membership` and prints the table.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -10,8 +10,8 @@ use quorate_membership_api::MemberState;
 use rand010::rngs::StdRng;
 use rand010::{RngExt, SeedableRng};
 
-use crate::profile::Profile;
-use crate::simulation::{Seen, Sim, SimConfig};
+use quorate_membership::Profile;
+use quorate_sim::membership::{Seen, Sim, SimConfig};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -150,12 +150,7 @@ impl MemberlistLan {
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(idx.min(v.len() - 1)).copied().unwrap_or_default()
+    crate::stats::quantile(v, p)
 }
 
 const TICK: Duration = Duration::from_millis(20);

@@ -1,12 +1,12 @@
-//! `cargo run --release -p quorate-raft --example bench_coord [-- --tiny]`: the coordination
-//! benchmark (see `quorate_raft::bench`); prints the report.
+//! `cargo run --release -p quorate-bench --bin bench_raft [-- --tiny]`: the coordination
+//! benchmark (see `quorate_bench::raft`); prints the report.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
     reason = "a benchmark prints its report"
 )]
 
-use quorate_raft::bench::{BenchConfig, run};
+use quorate_bench::raft::{BenchConfig, run};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

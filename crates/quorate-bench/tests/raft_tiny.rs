@@ -1,7 +1,7 @@
 //! A tiny run of the coordination benchmark, so it cannot rot. Timings are not asserted.
 #![allow(clippy::unwrap_used, reason = "test")]
 
-use quorate_raft::bench::{BenchConfig, run};
+use quorate_bench::raft::{BenchConfig, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_tiny_run_works() {

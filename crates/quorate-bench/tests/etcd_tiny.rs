@@ -2,7 +2,7 @@
 //! benchmark cannot rot. Timings are printed, never asserted.
 #![allow(clippy::unwrap_used, clippy::print_stderr, reason = "test")]
 
-use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+use quorate_bench::coord::{self as bench, BenchConfig, BenchTarget, EtcdTarget};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_runs_every_phase() {

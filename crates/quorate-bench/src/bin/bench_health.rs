@@ -1,9 +1,9 @@
-//! `cargo run --release -p quorate-health --example bench -- [checks] [interval_ms] [seconds]`:
+//! `cargo run --release -p quorate-bench --bin bench_health -- [checks] [interval_ms] [seconds]`:
 //! the monitor's overhead (CPU per 1,000 check runs per second, scheduling lateness p99).
 
 use std::time::Duration;
 
-use quorate_health::bench::{self, BenchConfig};
+use quorate_bench::health::{self as bench, BenchConfig};
 
 #[allow(
     clippy::print_stdout,

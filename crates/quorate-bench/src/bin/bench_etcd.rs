@@ -1,7 +1,7 @@
-//! `cargo run --release -p quorate-etcd --example bench_coord -- [--tiny] [--trials N]
+//! `cargo run --release -p quorate-bench --bin bench_etcd -- [--tiny] [--trials N]
 //! [--out PATH]`: the coordination benchmark through the `Coord` trait against a 3-member
 //! etcd cluster on loopback (and quorate, once a `BenchTarget` for it is plugged in: see
-//! `quorate_etcd::bench`). Prints the table and writes it to `target/bench-coord.txt`.
+//! `quorate_bench::coord`). Prints the table and writes it to `target/bench-coord.txt`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+use quorate_bench::coord::{self as bench, BenchConfig, BenchTarget, EtcdTarget};
 
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -35,7 +35,7 @@ fn machine() -> String {
             format!(", {} GiB RAM", kib / 1024 / 1024)
         });
     let etcd = std::process::Command::new(
-        std::env::var_os(quorate_etcd::testkit::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
+        std::env::var_os(quorate_testkit::etcd::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
     )
     .arg("--version")
     .output()
@@ -91,7 +91,7 @@ async fn main() {
     };
     drop(targets);
     let mut text = format!(
-        "coord benchmark through the Coord trait, 3 nodes per system on loopback\nmachine: {}\ncommand: cargo run --release -p quorate-etcd --example bench_coord{}\nwall time: {:.0} s\n\n",
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback\nmachine: {}\ncommand: cargo run --release -p quorate-bench --bin bench_etcd{}\nwall time: {:.0} s\n\n",
         machine(),
         std::env::args()
             .skip(1)

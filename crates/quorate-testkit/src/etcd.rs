@@ -4,8 +4,8 @@
 //! kills and reaps them when dropped.
 //!
 //! ```no_run
-//! use quorate_etcd::testkit::{EtcdCluster, EtcdClusterConfig};
-//! # async fn demo() -> Result<(), quorate_etcd::EtcdError> {
+//! use quorate_testkit::etcd::{EtcdCluster, EtcdClusterConfig};
+//! # async fn demo() -> Result<(), quorate_testkit::TestkitError> {
 //! let cluster = EtcdCluster::start(EtcdClusterConfig::members(3)).await?;
 //! let coord = cluster.coord(0)?; // prefers member 0, fails over to the others
 //! # drop(coord); Ok(()) }
@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
-use crate::config::{EtcdConfig, TlsConfig};
-use crate::coord::EtcdCoord;
-use crate::error::EtcdError;
+use crate::TestkitError;
+use quorate_etcd::{EtcdConfig, EtcdCoord, TlsConfig};
 
 /// Environment variable naming the etcd binary (default: `etcd` on `PATH`).
 pub const ETCD_BIN_ENV: &str = "QUORATE_ETCD_BIN";
@@ -73,13 +72,13 @@ impl TestTls {
 
 /// Makes a throw-away CA, server and client certificate in `dir` with the `openssl` command
 /// (Debian package `openssl`), valid for one day.
-pub fn make_test_certs(dir: &Path) -> Result<TestTls, EtcdError> {
-    let run = |args: &[&str]| -> Result<(), EtcdError> {
+pub fn make_test_certs(dir: &Path) -> Result<TestTls, TestkitError> {
+    let run = |args: &[&str]| -> Result<(), TestkitError> {
         let out = Command::new("openssl")
             .args(args)
             .current_dir(dir)
             .output()
-            .map_err(|e| EtcdError::Io {
+            .map_err(|e| TestkitError::Io {
                 what: "run openssl to make test certificates (install the Debian package openssl)"
                     .into(),
                 reason: e.to_string(),
@@ -87,7 +86,7 @@ pub fn make_test_certs(dir: &Path) -> Result<TestTls, EtcdError> {
         if out.status.success() {
             Ok(())
         } else {
-            Err(EtcdError::Io {
+            Err(TestkitError::Io {
                 what: format!("openssl {}", args.join(" ")),
                 reason: String::from_utf8_lossy(&out.stderr).into_owned(),
             })
@@ -119,7 +118,7 @@ pub fn make_test_certs(dir: &Path) -> Result<TestTls, EtcdError> {
             dir.join(&ext),
             format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
         )
-        .map_err(|e| EtcdError::io("write an openssl extension file", &e))?;
+        .map_err(|e| TestkitError::io("write an openssl extension file", &e))?;
         let (key, csr, pem) = (
             format!("{name}.key"),
             format!("{name}.csr"),
@@ -223,18 +222,18 @@ impl std::fmt::Debug for EtcdCluster {
     }
 }
 
-fn free_port() -> Result<u16, EtcdError> {
+fn free_port() -> Result<u16, TestkitError> {
     let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| EtcdError::io("reserve a loopback port", &e))?;
+        .map_err(|e| TestkitError::io("reserve a loopback port", &e))?;
     let port = l
         .local_addr()
-        .map_err(|e| EtcdError::io("read a reserved port", &e))?
+        .map_err(|e| TestkitError::io("read a reserved port", &e))?
         .port();
     Ok(port)
 }
 
-/// Fails with [`EtcdError::EtcdMissing`] unless `binary` can be run.
-pub fn check_binary(binary: &Path) -> Result<(), EtcdError> {
+/// Fails with [`TestkitError::EtcdMissing`] unless `binary` can be run.
+pub fn check_binary(binary: &Path) -> Result<(), TestkitError> {
     let found = if binary.components().count() > 1 {
         binary.is_file()
     } else {
@@ -245,7 +244,7 @@ pub fn check_binary(binary: &Path) -> Result<(), EtcdError> {
     if found {
         Ok(())
     } else {
-        Err(EtcdError::EtcdMissing {
+        Err(TestkitError::EtcdMissing {
             binary: binary.to_owned(),
             reason: "not an existing file, and not found on PATH".into(),
         })
@@ -259,18 +258,18 @@ pub fn etcd_available() -> bool {
 
 impl EtcdCluster {
     /// Starts the cluster and waits until it is healthy. Fails with
-    /// [`EtcdError::EtcdMissing`] if `etcd` is not installed.
-    pub async fn start(config: EtcdClusterConfig) -> Result<EtcdCluster, EtcdError> {
+    /// [`TestkitError::EtcdMissing`] if `etcd` is not installed.
+    pub async fn start(config: EtcdClusterConfig) -> Result<EtcdCluster, TestkitError> {
         check_binary(&config.binary)?;
         if config.members == 0 {
-            return Err(EtcdError::Config {
+            return Err(TestkitError::Config {
                 problems: vec!["a test cluster needs at least one member".into()],
             });
         }
         let dir = tempfile::Builder::new()
             .prefix("quorate-etcd-")
             .tempdir()
-            .map_err(|e| EtcdError::io("create a temporary directory", &e))?;
+            .map_err(|e| TestkitError::io("create a temporary directory", &e))?;
         let token = format!(
             "quorate-test-{}-{}",
             std::process::id(),
@@ -278,11 +277,6 @@ impl EtcdCluster {
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         );
-        if config.tls.is_some() && !cfg!(feature = "tls") {
-            return Err(EtcdError::Config {
-                problems: vec!["a TLS test cluster needs the `tls` feature of quorate-etcd".into()],
-            });
-        }
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -323,7 +317,7 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
-    fn spawn(&mut self, i: usize) -> Result<(), EtcdError> {
+    fn spawn(&mut self, i: usize) -> Result<(), TestkitError> {
         let heartbeat = self.config.heartbeat.as_millis().to_string();
         let election = self.config.election.as_millis().to_string();
         let binary = self.config.binary.clone();
@@ -345,10 +339,10 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(&m.log)
-            .map_err(|e| EtcdError::io(format!("open {:?}", m.log), &e))?;
+            .map_err(|e| TestkitError::io(format!("open {:?}", m.log), &e))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| EtcdError::io(format!("open {:?}", m.log), &e))?;
+            .map_err(|e| TestkitError::io(format!("open {:?}", m.log), &e))?;
         let child = Command::new(&binary)
             .arg("--name")
             .arg(&m.name)
@@ -382,18 +376,18 @@ impl EtcdCluster {
             .stderr(log2)
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => EtcdError::EtcdMissing {
+                std::io::ErrorKind::NotFound => TestkitError::EtcdMissing {
                     binary: binary.clone(),
                     reason: e.to_string(),
                 },
-                _ => EtcdError::io(format!("start {binary:?}"), &e),
+                _ => TestkitError::io(format!("start {binary:?}"), &e),
             })?;
         m.child = Some(child);
         Ok(())
     }
 
     /// Waits until every running member answers a status call and reports a leader.
-    pub async fn wait_healthy(&mut self) -> Result<(), EtcdError> {
+    pub async fn wait_healthy(&mut self) -> Result<(), TestkitError> {
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
         for i in 0..self.members.len() {
             if self.members[i].child.is_none() {
@@ -420,7 +414,7 @@ impl EtcdCluster {
         Ok(())
     }
 
-    fn not_healthy(&self, i: usize, last: String) -> EtcdError {
+    fn not_healthy(&self, i: usize, last: String) -> TestkitError {
         let m = &self.members[i];
         let tail = std::fs::read_to_string(&m.log)
             .map(|s| {
@@ -428,7 +422,7 @@ impl EtcdCluster {
                 lines[lines.len().saturating_sub(5)..].join("\n")
             })
             .unwrap_or_default();
-        EtcdError::NotHealthy {
+        TestkitError::NotHealthy {
             member: m.name.clone(),
             waited: self.config.start_timeout,
             last: format!("{last}; log tail:\n{tail}"),
@@ -471,27 +465,22 @@ impl EtcdCluster {
     }
 
     /// Options for a raw etcd-client connection to this cluster (TLS if it serves TLS).
-    pub fn connect_options(&self) -> Result<Option<ConnectOptions>, EtcdError> {
+    pub fn connect_options(&self) -> Result<Option<ConnectOptions>, TestkitError> {
         match &self.config.tls {
             None => Ok(None),
-            #[cfg(feature = "tls")]
             Some(t) => Ok(Some(
-                ConnectOptions::new().with_tls(crate::tls::options(&t.client_config())?),
+                ConnectOptions::new().with_tls(quorate_etcd::tls_options(&t.client_config())?),
             )),
-            #[cfg(not(feature = "tls"))]
-            Some(_) => Err(EtcdError::Config {
-                problems: vec!["a TLS test cluster needs the `tls` feature of quorate-etcd".into()],
-            }),
         }
     }
 
     /// A client preferring member `first`.
-    pub fn coord(&self, first: usize) -> Result<EtcdCoord, EtcdError> {
-        EtcdCoord::new(self.etcd_config(first))
+    pub fn coord(&self, first: usize) -> Result<EtcdCoord, TestkitError> {
+        Ok(EtcdCoord::new(self.etcd_config(first))?)
     }
 
     /// One client per member (client `i` prefers member `i`), sharing their lease memory.
-    pub fn coords(&self) -> Result<Vec<EtcdCoord>, EtcdError> {
+    pub fn coords(&self) -> Result<Vec<EtcdCoord>, TestkitError> {
         let first = self.coord(0)?;
         let mut all = vec![first.clone()];
         for i in 1..self.members.len() {
@@ -540,20 +529,20 @@ impl EtcdCluster {
     }
 
     /// Kills member `i` with SIGKILL and reaps it. Its data stays for [`EtcdCluster::restart`].
-    pub fn kill(&mut self, i: usize) -> Result<(), EtcdError> {
+    pub fn kill(&mut self, i: usize) -> Result<(), TestkitError> {
         if let Some(mut child) = self.members.get_mut(i).and_then(|m| m.child.take()) {
             child
                 .kill()
-                .map_err(|e| EtcdError::io("kill an etcd member", &e))?;
+                .map_err(|e| TestkitError::io("kill an etcd member", &e))?;
             child
                 .wait()
-                .map_err(|e| EtcdError::io("reap an etcd member", &e))?;
+                .map_err(|e| TestkitError::io("reap an etcd member", &e))?;
         }
         Ok(())
     }
 
     /// Restarts a killed member `i` on its data directory and waits until it is healthy.
-    pub async fn restart(&mut self, i: usize) -> Result<(), EtcdError> {
+    pub async fn restart(&mut self, i: usize) -> Result<(), TestkitError> {
         if self.members.get(i).is_some_and(|m| m.child.is_none()) {
             self.spawn(i)?;
         }
@@ -562,7 +551,7 @@ impl EtcdCluster {
 
     /// Reserves ports and a name for a member to add: call `add_learner(name, peer_url)`,
     /// then [`EtcdCluster::start_reserved`].
-    pub fn reserve_member(&self) -> Result<ReservedMember, EtcdError> {
+    pub fn reserve_member(&self) -> Result<ReservedMember, TestkitError> {
         let name = format!("etcd-{}", self.members.len());
         Ok(ReservedMember {
             name,
@@ -581,7 +570,7 @@ impl EtcdCluster {
 
     /// Starts a reserved member that was added to the cluster, joining the existing cluster,
     /// and waits until it answers. Returns its member index.
-    pub async fn start_reserved(&mut self, r: ReservedMember) -> Result<usize, EtcdError> {
+    pub async fn start_reserved(&mut self, r: ReservedMember) -> Result<usize, TestkitError> {
         let mut initial: Vec<String> = self
             .members
             .iter()
@@ -605,7 +594,7 @@ impl EtcdCluster {
     }
 
     /// Kills member `i` and forgets it (after `remove_node`).
-    pub fn forget(&mut self, i: usize) -> Result<(), EtcdError> {
+    pub fn forget(&mut self, i: usize) -> Result<(), TestkitError> {
         self.kill(i)?;
         if i < self.members.len() {
             self.members.remove(i);
@@ -645,14 +634,7 @@ async fn member_status(url: &str, options: Option<ConnectOptions>) -> Result<u64
     }
 }
 
-/// Peak resident memory of process `pid` in KiB (`VmHWM` of `/proc/PID/status`).
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
+pub use crate::process::peak_rss_kib;
 
 #[cfg(test)]
 mod tests {
@@ -661,13 +643,13 @@ mod tests {
     #[test]
     fn a_missing_binary_is_a_clear_error() {
         let err = check_binary(Path::new("/nonexistent/etcd")).expect_err("missing");
-        assert!(matches!(err, EtcdError::EtcdMissing { .. }));
+        assert!(matches!(err, TestkitError::EtcdMissing { .. }));
         assert!(
             err.to_string().contains("apt-get install etcd-server"),
             "{err}"
         );
         let err = check_binary(Path::new("no-such-etcd-binary-here")).expect_err("missing");
-        assert!(matches!(err, EtcdError::EtcdMissing { .. }));
+        assert!(matches!(err, TestkitError::EtcdMissing { .. }));
     }
 
     #[test]
@@ -676,10 +658,5 @@ mod tests {
         assert_eq!(c.lease_ttl_min(), Duration::from_secs(2));
         c.election = Duration::from_millis(500);
         assert_eq!(c.lease_ttl_min(), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn own_peak_rss_is_readable() {
-        assert!(peak_rss_kib(std::process::id()).is_some_and(|k| k > 0));
     }
 }

@@ -19,12 +19,12 @@ use quorate_types::NodeId;
 use quorate_wire::net::TokioNet;
 use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 
-use crate::client::RemoteClient;
-use crate::error::NodeError;
-use crate::machine::{Command, Outcome};
-use crate::network::TransportConfig;
-use crate::node::{NodeConfig, RaftNode};
-use crate::store::Storage;
+use quorate_raft::NodeError;
+use quorate_raft::client::RemoteClient;
+use quorate_raft::machine::{Command, Outcome};
+use quorate_raft::network::TransportConfig;
+use quorate_raft::node::{NodeConfig, RaftNode};
+use quorate_raft::store::Storage;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -102,11 +102,7 @@ pub struct BenchReport {
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    crate::stats::quantile(sorted, p)
 }
 
 impl fmt::Display for BenchReport {
@@ -153,7 +149,7 @@ fn wire() -> Result<WireConfig, NodeError> {
 fn transport(wire: WireConfig, timeout: Duration) -> TransportConfig {
     TransportConfig {
         wire,
-        frame_bytes_max: crate::config::Limits::default().frame_bytes_max,
+        frame_bytes_max: quorate_raft::Limits::default().frame_bytes_max,
         connect_timeout: Duration::from_millis(300),
         rpc_timeout: timeout,
         idle_per_peer_max: 4,

@@ -1,4 +1,4 @@
-//! The quorate column of the side-by-side coordination benchmark (`quorate_etcd::bench`): a
+//! The quorate column of the side-by-side coordination benchmark (`quorate_bench::coord`): a
 //! [`BenchTarget`] that runs three `quorate agent` processes on loopback ([`QuorateTarget`]),
 //! and a `Coord` client that drives them from outside over the authenticated Raft client
 //! transport ([`RemoteCoord`]), as etcd's benchmark drives etcd over gRPC.
@@ -25,8 +25,11 @@ use quorate_coord_api::{
     GetResponse, KeyValue, LeaderKey, LeaseGrant, LeaseId, LeaseInfo, LockGrant, ObserveStream,
     PutResponse, RangeRequest, RangeResponse, Revision, Txn, TxnResponse, WatchStream,
 };
-use quorate_etcd::EtcdError;
-use quorate_etcd::bench::BenchTarget;
+use quorate_testkit::TestkitError as EtcdError;
+use quorate_testkit::agents::{LoopbackPlan, write_config};
+pub use quorate_testkit::process::locate_quorate_binary;
+
+use crate::coord::BenchTarget;
 use quorate_raft::machine::{Command, MachineLimits, Outcome};
 use quorate_raft::network::{
     AdminRequest, CallError, Request, Response, Transport, TransportConfig,
@@ -37,8 +40,7 @@ use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 use tokio::process::Child;
 use tokio::time::Instant;
 
-/// The environment variable naming the `quorate` binary the benchmark example runs as agents.
-pub const QUORATE_BIN_ENV: &str = "QUORATE_BIN";
+pub use quorate_testkit::process::QUORATE_BIN_ENV;
 
 /// The cluster name written into the generated configs.
 const CLUSTER_NAME: &str = "quorate-bench";
@@ -547,43 +549,6 @@ impl Coord for RemoteCoord {
     }
 }
 
-/// Finds the `quorate` binary: env `QUORATE_BIN`, else a file named `quorate` next to the
-/// running executable or one directory up (examples live in `target/<profile>/examples/`,
-/// test binaries in `target/<profile>/deps/`, the binary in `target/<profile>/`).
-pub fn locate_quorate_binary() -> Result<PathBuf, EtcdError> {
-    if let Some(p) = std::env::var_os(QUORATE_BIN_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(EtcdError::Io {
-                what: format!("{QUORATE_BIN_ENV}={}", p.display()),
-                reason: "not a file: point it at a built `quorate` binary".to_owned(),
-            })
-        };
-    }
-    let exe = std::env::current_exe().map_err(|e| EtcdError::Io {
-        what: "finding the running executable".to_owned(),
-        reason: e.to_string(),
-    })?;
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("quorate"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| EtcdError::Io {
-            what: format!("finding the quorate binary (looked at {candidates:?})"),
-            reason: format!(
-                "not built: run `cargo build --release -p quorate --bin quorate` first, or set {QUORATE_BIN_ENV}"
-            ),
-        })
-}
-
 /// How to run the three agents.
 #[derive(Clone, Debug)]
 pub struct QuorateClusterConfig {
@@ -642,53 +607,6 @@ fn io(what: impl Into<String>, e: impl std::fmt::Display) -> EtcdError {
     }
 }
 
-/// A loopback port free for both TCP and UDP (Raft and gossip share the number scheme).
-fn free_port() -> Result<u16, EtcdError> {
-    for _ in 0..64 {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io("binding a port", e))?;
-        let port = t.local_addr().map_err(|e| io("binding a port", e))?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(io("finding a free loopback port", "64 tries failed"))
-}
-
-/// What every agent's config shares: the key, the profile, and every node's names and ports.
-struct Layout {
-    key_hex: String,
-    profile: String,
-    names: Vec<String>,
-    raft: Vec<String>,
-    gossip: Vec<String>,
-}
-
-/// The generated config of agent `i`.
-fn agent_config(l: &Layout, data_dir: &Path, i: usize) -> String {
-    let (names, raft, gossip) = (&l.names, &l.raft, &l.gossip);
-    let (key_hex, profile, name) = (&l.key_hex, &l.profile, &l.names[i]);
-    let voters: Vec<String> = names
-        .iter()
-        .zip(raft)
-        .map(|(n, a)| format!("{n} = \"{a}\""))
-        .collect();
-    let seeds: Vec<String> = gossip
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, g)| format!("\"{g}\""))
-        .collect();
-    format!(
-        "cluster_name = \"{CLUSTER_NAME}\"\ncluster_key = \"{key_hex}\"\nnode_id = \"{name}\"\ndata_dir = \"{data}\"\nprofile = \"{profile}\"\n\n[raft]\nlisten = \"{raft}\"\nvoters = {{ {voters} }}\n\n[gossip]\nlisten = \"{gossip}\"\nseeds = [{seeds}]\nbootstrap = {bootstrap}\n",
-        data = data_dir.display(),
-        raft = raft[i],
-        voters = voters.join(", "),
-        gossip = gossip[i],
-        seeds = seeds.join(", "),
-        bootstrap = i == 0,
-    )
-}
-
 impl QuorateTarget {
     /// Writes the configs, starts the agents, and waits until every one has applied a write.
     pub async fn start(config: QuorateClusterConfig) -> Result<QuorateTarget, EtcdError> {
@@ -696,28 +614,17 @@ impl QuorateTarget {
             .prefix("quorate-bench-")
             .tempdir()
             .map_err(|e| io("creating the benchmark directory", e))?;
-        let key = ClusterKey::generate().map_err(|e| io("generating a cluster key", e))?;
-        let wire = WireConfig::new(CLUSTER_NAME, KeyRing::new(key.clone(), vec![]))
-            .map_err(|e| io("building the wire config", e))?;
         let n = config.nodes.max(1);
-        let mut layout = Layout {
-            key_hex: key.to_hex(),
-            profile: config.profile.clone(),
-            names: (1..=n).map(|i| format!("n{i}")).collect(),
-            raft: Vec::new(),
-            gossip: Vec::new(),
-        };
-        for _ in 0..n {
-            layout.raft.push(format!("127.0.0.1:{}", free_port()?));
-            layout.gossip.push(format!("127.0.0.1:{}", free_port()?));
-        }
+        let layout =
+            LoopbackPlan::new(CLUSTER_NAME, n).map_err(|e| io("planning the agents", e))?;
+        let key = ClusterKey::from_hex(&layout.key_hex).map_err(|e| io("reading the key", e))?;
+        let wire = WireConfig::new(CLUSTER_NAME, KeyRing::new(key, vec![]))
+            .map_err(|e| io("building the wire config", e))?;
         let mut agents = Vec::new();
         for (i, name) in layout.names.iter().enumerate() {
             let data_dir = dir.path().join(name);
-            let text = agent_config(&layout, &data_dir, i);
-            let path = dir.path().join(format!("{name}.toml"));
-            std::fs::write(&path, text)
-                .map_err(|e| io(format!("writing {}", path.display()), e))?;
+            let profile = config.profile.clone();
+            let path = write_config(&layout, i, dir.path(), |c| c.profile = profile)?;
             agents.push(Agent {
                 name: name.clone(),
                 config: path,
@@ -932,7 +839,7 @@ impl BenchTarget for QuorateTarget {
     fn peak_rss_kib(&self) -> Vec<(String, u64)> {
         self.pids()
             .into_iter()
-            .filter_map(|(n, p)| quorate_etcd::testkit::peak_rss_kib(p).map(|k| (n, k)))
+            .filter_map(|(n, p)| quorate_testkit::etcd::peak_rss_kib(p).map(|k| (n, k)))
             .collect()
     }
 }
@@ -944,17 +851,13 @@ mod tests {
 
     #[test]
     fn generated_configs_validate() {
-        let layout = Layout {
-            key_hex: "00".repeat(32),
-            profile: "lan".to_owned(),
-            names: vec!["n1".into(), "n2".into(), "n3".into()],
-            raft: (0..3).map(|i| format!("127.0.0.1:{}", 7201 + i)).collect(),
-            gossip: (0..3).map(|i| format!("127.0.0.1:{}", 7101 + i)).collect(),
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let layout = LoopbackPlan::new(CLUSTER_NAME, 3).unwrap();
         for i in 0..3 {
-            let text = agent_config(&layout, Path::new("/tmp/q"), i);
-            let v = crate::config::parse(&text).unwrap();
+            let path = write_config(&layout, i, dir.path(), |c| c.profile = "wan".into()).unwrap();
+            let v = quorate::config::load(&path).unwrap();
             assert_eq!(v.voters.len(), 3);
+            assert!(v.profile.is_wan());
             assert_eq!(v.raw.gossip.bootstrap, i == 0);
         }
     }

@@ -1,10 +1,10 @@
 //! Prints the membership benchmark table (simulation). Run in release:
-//! `cargo run --release -p quorate-membership --example bench_membership [sizes...]`,
-//! e.g. `... --example bench_membership 8 32` for a subset.
+//! `cargo run --release -p quorate-bench --bin bench_membership [sizes...]`,
+//! e.g. `... --bin bench_membership 8 32` for a subset.
 
 #![allow(clippy::print_stdout, reason = "the benchmark prints its table")]
 
-use quorate_membership::bench::{BenchConfig, render, run_size};
+use quorate_bench::membership::{BenchConfig, render, run_size};
 
 fn main() {
     let mut cfg = BenchConfig::full();

@@ -1,13 +1,13 @@
 //! The monitor's overhead benchmark: many trivial checks on a real multi-thread runtime,
 //! reporting CPU per 1,000 check runs per second and scheduling lateness. Called by
-//! `cargo xtask bench health` (through `examples/bench.rs`); timings are reported, never asserted.
+//! `cargo xtask bench health` (through `src/bin/bench_health.rs`); timings are reported, never asserted.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use quorate_health_api::{CheckResult, ComponentType};
 
-use crate::{CheckConfig, HealthError, HealthMonitor, MonitorConfig};
+use quorate_health::{CheckConfig, HealthMonitor, MonitorConfig};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,12 +91,12 @@ fn process_cpu() -> Duration {
     )
 }
 
-fn bench_error(reason: String) -> HealthError {
-    HealthError::config("bench", "runtime", "tokio", reason)
+fn bench_error(reason: String) -> anyhow::Error {
+    anyhow::anyhow!("health bench: tokio runtime: {reason}")
 }
 
 /// Run the benchmark. Call it from synchronous code (it builds its own runtime).
-pub fn run(config: BenchConfig) -> Result<BenchReport, HealthError> {
+pub fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.max(1))
         .enable_all()

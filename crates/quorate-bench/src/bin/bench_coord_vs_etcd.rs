@@ -1,7 +1,7 @@
-//! `cargo run --release -p quorate --example bench_coord_vs_etcd -- [--tiny] [--trials N]
+//! `cargo run --release -p quorate-bench --bin bench_coord_vs_etcd -- [--tiny] [--trials N]
 //! [--out PATH]`: the coordination benchmark through the `Coord` trait, side by side, on
 //! loopback: a 3-member etcd cluster (Debian's `etcd`, or `QUORATE_ETCD_BIN`) and a 3-process
-//! quorate cluster, interleaved phase by phase (see `quorate_etcd::bench`). Prints the table
+//! quorate cluster, interleaved phase by phase (see `quorate_bench::coord`). Prints the table
 //! and writes it to `target/bench-coord-vs-etcd.txt`.
 //!
 //! The quorate agents are this executable re-run as `<exe> agent --config <file>`, which runs
@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use quorate::coord_bench::{QUORATE_BIN_ENV, QuorateClusterConfig, QuorateTarget};
-use quorate_etcd::bench::{self, BenchConfig, BenchTarget, EtcdTarget};
+use quorate_bench::agents::{QUORATE_BIN_ENV, QuorateClusterConfig, QuorateTarget};
+use quorate_bench::coord::{self as bench, BenchConfig, BenchTarget, EtcdTarget};
 
 /// `<exe> agent --config <file>`: one quorate agent, as `quorate agent` runs it.
 fn agent(config: &str) -> ExitCode {
@@ -75,7 +75,7 @@ fn machine() -> String {
             format!(", {} GiB RAM", kib / 1024 / 1024)
         });
     let etcd = std::process::Command::new(
-        std::env::var_os(quorate_etcd::testkit::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
+        std::env::var_os(quorate_testkit::etcd::ETCD_BIN_ENV).unwrap_or_else(|| "etcd".into()),
     )
     .arg("--version")
     .output()
@@ -90,7 +90,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
     let started = Instant::now();
     let (program, agents_from) = match std::env::var_os(QUORATE_BIN_ENV) {
         Some(_) => {
-            let p = quorate::coord_bench::locate_quorate_binary().map_err(|e| e.to_string())?;
+            let p = quorate_bench::agents::locate_quorate_binary().map_err(|e| e.to_string())?;
             let from = format!("{} agent ({QUORATE_BIN_ENV})", p.display());
             (p, from)
         }
@@ -122,7 +122,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned());
     let text = format!(
-        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate --example bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate::coord_bench::RemoteCoord\nwall time: {:.0} s\n\n{}",
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_bench::agents::RemoteCoord\nwall time: {:.0} s\n\n{}",
         machine(),
         started.elapsed().as_secs_f64(),
         report.table()

@@ -99,6 +99,41 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// Whether a chaos test runs, is skipped with a notice, or fails because it cannot run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it.
+    Run,
+    /// Skip it, printing why (a developer's machine without `QUORATE_CHAOS=1`).
+    NotRun(String),
+    /// Fail it: it was asked for (`QUORATE_CHAOS=1`) or CI is running it (`CI=true`), and it
+    /// cannot run here. The message says what is missing.
+    Fail(String),
+}
+
+/// Decides [`Gate`] from `QUORATE_CHAOS` and `CI` (pass the variables' values) and, when asked
+/// to run, [`preflight`].
+pub fn gate(quorate_chaos: Option<&str>, ci: Option<&str>) -> Gate {
+    let wanted = quorate_chaos == Some("1");
+    let in_ci = ci.is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+    match (wanted, in_ci) {
+        (true, _) => match preflight() {
+            Ok(()) => Gate::Run,
+            Err(e) => Gate::Fail(format!("QUORATE_CHAOS=1 but {e:#}")),
+        },
+        (false, true) => Gate::Fail(
+            "CI is set but QUORATE_CHAOS is not 1: CI must run the real-process chaos tests \
+             (as root, with QUORATE_CHAOS=1, as .ci/run does)"
+                .to_owned(),
+        ),
+        (false, false) => Gate::NotRun(
+            "The real-process chaos tests need root and QUORATE_CHAOS=1 (CI sets it: \
+             `QUORATE_CHAOS=1 cargo test -p quorate --test chaos`, or `cargo xtask chaos`)."
+                .to_owned(),
+        ),
+    }
+}
+
 /// A private network: a bridge and one network namespace per node, inside a holder process's
 /// own network and mount namespaces.
 pub struct World {
@@ -320,7 +355,7 @@ impl Cluster {
             .prefix("quorate-chaos-")
             .tempdir()?;
         let world = World::create(spec.size, dir.path()).await?;
-        let key = quorate_wire::ClusterKey::generate()?.to_hex();
+        let key = quorate::wire::ClusterKey::generate()?.to_hex();
         std::fs::write(dir.path().join("role.sh"), role_script(dir.path()))?;
         std::fs::write(dir.path().join("actions.log"), "")?;
         let nodes = (0..spec.size)
@@ -1220,13 +1255,7 @@ pub struct BenchReport {
 
 /// Nearest-rank percentile of `v` (`q` in 0..=1).
 pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return None;
-    }
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    Some(s[rank - 1])
+    quorate_bench::stats::quantile_ms(v, q)
 }
 
 impl std::fmt::Display for BenchReport {
@@ -1519,4 +1548,19 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
     report.suspensions =
         promotes.len() - promotes_before - promotes.iter().filter(|e| e.token > top).count();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_never_passes_a_chaos_test_it_did_not_run() {
+        assert!(matches!(gate(None, Some("true")), Gate::Fail(_)));
+        assert!(matches!(gate(Some("0"), Some("1")), Gate::Fail(_)));
+        assert!(matches!(gate(None, None), Gate::NotRun(_)));
+        assert!(matches!(gate(None, Some("false")), Gate::NotRun(_)));
+        // Asked for explicitly: it runs, or fails naming what is missing; never a quiet skip.
+        assert!(!matches!(gate(Some("1"), None), Gate::NotRun(_)));
+    }
 }

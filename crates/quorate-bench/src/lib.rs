@@ -1,0 +1,20 @@
+//! quorate-bench: every benchmark of quorate, kept out of the product crates (test-only:
+//! `publish = false`, never a normal dependency of a product crate). `cargo xtask bench NAME`
+//! runs the binaries in `src/bin/` in release; the `tests/` here run each one tiny in CI, so
+//! they keep working (figures are reported, never asserted).
+//!
+//! - [`stats`]: the one percentile definition (an HDR histogram) used by every figure;
+//! - [`coord`]: the coordination workload through the `Coord` trait, any [`coord::BenchTarget`]
+//!   (etcd from `quorate_testkit::etcd`, quorate agents from [`agents`]), interleaved, with a
+//!   side-by-side table;
+//! - [`agents`]: three `quorate agent` processes on loopback as a benchmark target;
+//! - [`raft`]: the in-process 3-node quorate-raft benchmark;
+//! - [`health`]: the health monitor's overhead;
+//! - [`membership`]: simulated detection time, traffic and convergence for N = 8..512.
+
+pub mod agents;
+pub mod coord;
+pub mod health;
+pub mod membership;
+pub mod raft;
+pub mod stats;

@@ -1,0 +1,16 @@
+//! quorate-chaos: the real-process chaos harness (test-only: `publish = false`, never a normal
+//! dependency of a product crate). Used by `crates/quorate/tests/chaos.rs`
+//! (`cargo xtask chaos`) and the failover benchmark (`crates/quorate/benches/failover.rs`,
+//! `cargo xtask bench failover`).
+//!
+//! - [`world`]: a private network of namespaces, the agents in it, and the faults (SIGKILL,
+//!   SIGSTOP, nftables partitions, a slowed clock);
+//! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced).
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a test harness: progress lines are its interface"
+)]
+
+pub mod hooklog;
+pub mod world;

@@ -1,0 +1,287 @@
+//! The agent's typed outputs: [`AgentEvent`] (one JSON line per event on stdout) and
+//! [`StatusFile`] (`<data_dir>/status.json`, rewritten every 500 ms). Both are written from these
+//! serde types and read back through the same types by `quorate status`, `quorate demo` and the
+//! chaos harness; nobody formats or re-parses them by hand.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the agent's stdout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// A component finished starting.
+    Started {
+        /// `health`, `membership`, `raft` or `failover`.
+        component: String,
+        /// This node.
+        node: String,
+        /// The agent's process id.
+        pid: u32,
+    },
+    /// A role changed hands (reported by every node that saw it).
+    RoleChange(RoleChangeEvent),
+    /// The agent got SIGTERM or Ctrl-C and is stopping.
+    Stopping {
+        /// This node.
+        node: String,
+    },
+    /// The agent stopped cleanly.
+    Stopped {
+        /// This node.
+        node: String,
+    },
+}
+
+/// A role change, with the measured times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChangeEvent {
+    /// The role.
+    pub role: String,
+    /// The primary before, if any.
+    pub old_primary: Option<String>,
+    /// The primary after, if any.
+    pub new_primary: Option<String>,
+    /// Why (failover, switchover, ...).
+    pub cause: String,
+    /// The new term's fencing token.
+    pub token: Option<u64>,
+    /// From the old primary's last sign of life to the decision, as measured here.
+    pub detection_ms: Option<u64>,
+    /// From the decision to the promotion.
+    pub promotion_ms: Option<u64>,
+    /// When, in milliseconds since the reporting node started.
+    pub at_ms: u64,
+}
+
+impl AgentEvent {
+    /// The event as one JSON line (no newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"event\":\"error\",\"error\":\"{e}\"}}"))
+    }
+
+    /// Parses one stdout line; `None` for lines that are not events (e.g. hook output).
+    pub fn parse(line: &str) -> Option<AgentEvent> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// The node's view, as written to `status.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// This node.
+    pub node: String,
+    /// The agent's process id.
+    pub pid: u32,
+    /// When this file was written, in milliseconds since the Unix epoch (for staleness).
+    pub written_at_unix_ms: u64,
+    /// How often the agent rewrites the file, in milliseconds.
+    pub interval_ms: u64,
+    /// Consensus.
+    pub raft: RaftStatus,
+    /// Gossip membership.
+    pub membership: MembershipStatus,
+    /// Aggregated health.
+    pub health: HealthStatusView,
+    /// Roles this node can take.
+    pub roles: Vec<RoleStatus>,
+}
+
+/// The Raft part of [`StatusFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// The leader this node knows.
+    pub leader: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Whether this node's lease allows it to act as leader.
+    pub can_act: bool,
+    /// The last applied log index.
+    pub applied_index: u64,
+    /// The voters.
+    pub voters: Vec<String>,
+}
+
+/// The membership part of [`StatusFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipStatus {
+    /// Whether this node has joined.
+    pub joined: bool,
+    /// Whether this node sees a majority of voters.
+    pub has_majority: bool,
+    /// Voters this node can reach.
+    pub voters_reachable: usize,
+    /// The split-brain view (`Healthy`, `InMinority`, ...).
+    pub split_brain: String,
+    /// Every member this node knows.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member in [`MembershipStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: String,
+    /// Its gossip address.
+    pub address: String,
+    /// `alive`, `suspect`, `down` or `left`.
+    pub state: String,
+    /// Its gossiped health.
+    pub health: String,
+}
+
+/// The health part of [`StatusFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatusView {
+    /// Overall status (`passing`, `warning`, `unknown`, `critical`).
+    pub status: String,
+    /// Checks passing.
+    pub healthy: usize,
+    /// Checks in all.
+    pub total: usize,
+}
+
+/// One role in [`StatusFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    /// The role.
+    pub role: String,
+    /// Its primary, as this node sees it.
+    pub primary: Option<String>,
+    /// Whether this node acts as primary now.
+    pub acting_here: bool,
+    /// The current term's fencing token.
+    pub token: Option<u64>,
+    /// The policy's last decision, in words.
+    pub last_action: String,
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why a status file cannot be trusted as a live view, if it cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Staleness {
+    /// The agent that wrote it is not running.
+    AgentNotRunning {
+        /// Its process id.
+        pid: u32,
+    },
+    /// The file is older than it should be (the agent is stuck or stopped).
+    Old {
+        /// How old.
+        age: Duration,
+    },
+}
+
+impl std::fmt::Display for Staleness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Staleness::AgentNotRunning { pid } => write!(
+                f,
+                "the agent that wrote it (pid {pid}) is not running: this view is stale"
+            ),
+            Staleness::Old { age } => write!(
+                f,
+                "it was written {:.1} s ago: the agent is not updating it (stuck or stopped)",
+                age.as_secs_f64()
+            ),
+        }
+    }
+}
+
+impl StatusFile {
+    /// Whether this file is a live view: the writer's process exists (`/proc/PID`) and the file
+    /// is at most 3 intervals (at least 2 s) old at `now_unix_ms`.
+    pub fn staleness(&self, now_unix_ms: u64) -> Option<Staleness> {
+        if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+            return Some(Staleness::AgentNotRunning { pid: self.pid });
+        }
+        let age = Duration::from_millis(now_unix_ms.saturating_sub(self.written_at_unix_ms));
+        let limit = Duration::from_millis((self.interval_ms.saturating_mul(3)).max(2_000));
+        (age > limit).then_some(Staleness::Old { age })
+    }
+
+    /// The role named `role`.
+    pub fn role(&self, role: &str) -> Option<&RoleStatus> {
+        self.roles.iter().find(|r| r.role == role)
+    }
+
+    /// Members this node sees alive.
+    pub fn alive(&self) -> usize {
+        self.membership
+            .members
+            .iter()
+            .filter(|m| m.state == "alive")
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_their_json_line() {
+        let e = AgentEvent::RoleChange(RoleChangeEvent {
+            role: "app".into(),
+            old_primary: Some("n1".into()),
+            new_primary: Some("n2".into()),
+            cause: "failover".into(),
+            token: Some(42),
+            detection_ms: Some(120),
+            promotion_ms: Some(15),
+            at_ms: 9,
+        });
+        let line = e.to_line();
+        assert!(line.contains("\"event\":\"role_change\""), "{line}");
+        assert_eq!(AgentEvent::parse(&line), Some(e));
+        assert_eq!(AgentEvent::parse("hook said hello"), None);
+    }
+
+    #[test]
+    fn a_status_from_a_dead_agent_or_an_old_file_is_stale() {
+        let mut s = StatusFile {
+            node: "n1".into(),
+            pid: std::process::id(),
+            written_at_unix_ms: 10_000,
+            interval_ms: 500,
+            raft: RaftStatus {
+                leader: None,
+                term: 1,
+                is_leader: false,
+                can_act: false,
+                applied_index: 0,
+                voters: vec![],
+            },
+            membership: MembershipStatus {
+                joined: true,
+                has_majority: true,
+                voters_reachable: 3,
+                split_brain: "Healthy".into(),
+                members: vec![],
+            },
+            health: HealthStatusView {
+                status: "passing".into(),
+                healthy: 1,
+                total: 1,
+            },
+            roles: vec![],
+        };
+        assert_eq!(s.staleness(11_000), None);
+        assert!(matches!(s.staleness(20_000), Some(Staleness::Old { .. })));
+        s.pid = u32::MAX; // no such process
+        assert!(matches!(
+            s.staleness(11_000),
+            Some(Staleness::AgentNotRunning { .. })
+        ));
+    }
+}
