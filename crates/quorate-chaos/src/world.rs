@@ -28,7 +28,9 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use quorate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
+use quorate::demo::to_toml;
+use quorate::report::{AgentEvent, RoleChangeEvent, StatusFile};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -438,80 +440,71 @@ impl Cluster {
         }
     }
 
-    fn config(&self, i: usize, priority: u32) -> String {
+    fn config(&self, i: usize, priority: u32) -> Result<String> {
         let dir = self.dir.as_path();
         let name = &self.nodes[i].name;
-        let voters: Vec<String> = (0..self.spec.size)
-            .map(|j| format!("n{} = \"{}:7201\"", j + 1, World::addr(j)))
-            .collect();
-        let seeds: Vec<String> = (0..self.spec.size)
-            .filter(|j| *j != i)
-            .map(|j| format!("\"{}:7101\"", World::addr(j)))
-            .collect();
-        let mut text = format!(
-            r#"cluster_name = "quorate-chaos"
-cluster_key = "{key}"
-node_id = "{name}"
-data_dir = "{data}"
-profile = "lan"
-
-[raft]
-listen = "{addr}:7201"
-voters = {{ {voters} }}
-
-[gossip]
-listen = "{addr}:7101"
-seeds = [{seeds}]
-bootstrap = {bootstrap}
-tags = {{ failover-priority = "{priority}" }}
-
-[[check]]
-id = "alive"
-kind = "command"
-target = "true"
-interval = "1s"
-timeout = "500ms"
-
-[[check]]
-id = "operator"
-kind = "command"
-target = "test ! -e {sick} || exit 2"
-interval = "500ms"
-timeout = "500ms"
-"#,
-            key = self.key,
-            data = dir.join(name).display(),
-            addr = World::addr(i),
-            voters = voters.join(", "),
-            seeds = seeds.join(", "),
-            bootstrap = i == 0,
-            sick = self.sick_flag(i).display(),
-        );
+        let check = |id: &str, target: String, interval_ms: u64, critical: bool| CheckSection {
+            id: id.to_owned(),
+            kind: "command".to_owned(),
+            target,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(500),
+            critical,
+        };
+        let mut checks = vec![
+            check("alive", "true".to_owned(), 1000, true),
+            check(
+                "operator",
+                format!("test ! -e {} || exit 2", self.sick_flag(i).display()),
+                500,
+                true,
+            ),
+        ];
         if self.spec.flapping {
             let period = 2 + i;
-            text.push_str(&format!(
-                r#"
-[[check]]
-id = "flapping"
-kind = "command"
-target = "test $(( $(date +%s) / {period} % 2 )) -eq 0"
-interval = "1s"
-timeout = "500ms"
-critical = false
-"#
+            checks.push(check(
+                "flapping",
+                format!("test $(( $(date +%s) / {period} % 2 )) -eq 0"),
+                1000,
+                false,
             ));
         }
-        text.push_str(&format!(
-            r#"
-[[role]]
-name = "{ROLE}"
-on_promote = "sh {script} promote"
-on_demote = "sh {script} demote"
-anti_flap_max_failovers = 100000
-"#,
-            script = dir.join("role.sh").display(),
-        ));
-        text
+        let script = dir.join("role.sh");
+        let config = AgentConfig {
+            cluster_name: "quorate-chaos".to_owned(),
+            cluster_key: Some(self.key.clone()),
+            cluster_key_file: None,
+            node_id: name.clone(),
+            data_dir: dir.join(name),
+            profile: "lan".to_owned(),
+            raft: RaftSection {
+                listen: format!("{}:7201", World::addr(i)),
+                advertise: None,
+                voters: (0..self.spec.size)
+                    .map(|j| (format!("n{}", j + 1), format!("{}:7201", World::addr(j))))
+                    .collect(),
+            },
+            gossip: GossipSection {
+                listen: format!("{}:7101", World::addr(i)),
+                advertise: None,
+                seeds: (0..self.spec.size)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("{}:7101", World::addr(j)))
+                    .collect(),
+                bootstrap: i == 0,
+                tags: [("failover-priority".to_owned(), priority.to_string())]
+                    .into_iter()
+                    .collect(),
+            },
+            checks,
+            roles: vec![RoleSection {
+                on_promote: Some(format!("sh {} promote", script.display())),
+                on_demote: Some(format!("sh {} demote", script.display())),
+                anti_flap_max_failovers: Some(100_000),
+                ..RoleSection::named(ROLE)
+            }],
+        };
+        to_toml(&config)
     }
 
     /// Starts node `i` (again), on a slowed clock when `slow`, with this failover priority;
@@ -520,7 +513,7 @@ anti_flap_max_failovers = 100000
         let dir = self.dir.as_path().to_path_buf();
         let name = self.nodes[i].name.clone();
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, self.config(i, priority))?;
+        std::fs::write(&config, self.config(i, priority)?)?;
         // A crashed node's application died with it; drop its stale marker files.
         let _ = std::fs::remove_file(dir.join(format!("{name}.run")));
         let _ = std::fs::remove_file(dir.join(format!("{name}.done")));
@@ -782,26 +775,21 @@ anti_flap_max_failovers = 100000
         let n = &self.nodes[i];
         let text =
             std::fs::read_to_string(self.dir.as_path().join(&n.name).join("status.json")).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        let pid = v["pid"].as_u64()?;
+        let v: StatusFile = serde_json::from_str(&text).ok()?;
+        let pid = u64::from(v.pid);
         if Some(pid) != n.pid.map(u64::from) {
             return None;
         }
-        let role = v["roles"]
-            .as_array()?
-            .iter()
-            .find(|r| r["role"] == ROLE)?
-            .clone();
+        let alive = v.alive();
+        let role = v.role(ROLE)?.clone();
         Some(NodeStatus {
             pid,
-            raft_leader: v["raft"]["leader"].as_str().map(str::to_owned),
-            raft_is_leader: v["raft"]["is_leader"].as_bool().unwrap_or(false),
-            primary: role["primary"].as_str().map(str::to_owned),
-            acting: role["acting_here"].as_bool().unwrap_or(false),
-            alive: v["membership"]["members"]
-                .as_array()
-                .map_or(0, |m| m.iter().filter(|m| m["state"] == "Alive").count()),
-            health: v["health"]["status"].as_str().unwrap_or("-").to_owned(),
+            raft_leader: v.raft.leader,
+            raft_is_leader: v.raft.is_leader,
+            primary: role.primary,
+            acting: role.acting_here,
+            alive,
+            health: v.health.status,
         })
     }
 
@@ -926,7 +914,7 @@ anti_flap_max_failovers = 100000
     /// The `role_change` events the agents printed for `token` (detection and promotion
     /// durations as the new primary measured them).
     /// The event printed by `node` itself is preferred (the others print what they observed).
-    pub fn role_change(&self, token: u64, node: &str) -> Option<Value> {
+    pub fn role_change(&self, token: u64, node: &str) -> Option<RoleChangeEvent> {
         let mut order: Vec<&Node> = self.nodes.iter().filter(|n| n.name == node).collect();
         order.extend(self.nodes.iter().filter(|n| n.name != node));
         for n in order {
@@ -936,11 +924,10 @@ anti_flap_max_failovers = 100000
                 continue;
             };
             for line in text.lines() {
-                if let Ok(v) = serde_json::from_str::<Value>(line)
-                    && v["event"] == "role_change"
-                    && v["token"].as_u64() == Some(token)
+                if let Some(AgentEvent::RoleChange(rc)) = AgentEvent::parse(line)
+                    && rc.token == Some(token)
                 {
-                    return Some(v);
+                    return Some(rc);
                 }
             }
         }
@@ -972,7 +959,9 @@ impl Drop for Cluster {
 fn count_started(out: &Path) -> usize {
     std::fs::read_to_string(out).map_or(0, |t| {
         t.lines()
-            .filter(|l| l.contains("\"component\":\"failover\"") && l.contains("\"started\""))
+            .filter(|l| {
+                matches!(AgentEvent::parse(l), Some(AgentEvent::Started { component, .. }) if component == "failover")
+            })
             .count()
     })
 }
@@ -1488,8 +1477,8 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
         // primary is back (or the next settle, below, has waited for it).
         c.wait_stable(SETTLE).await?;
         let rc = c.role_change(e.token, &e.node);
-        trial.detection_ms = rc.as_ref().and_then(|v| v["detection_ms"].as_u64());
-        trial.promotion_ms = rc.as_ref().and_then(|v| v["promotion_ms"].as_u64());
+        trial.detection_ms = rc.as_ref().and_then(|v| v.detection_ms);
+        trial.promotion_ms = rc.as_ref().and_then(|v| v.promotion_ms);
         trial.old_last_action_ms = c
             .log()?
             .iter()
