@@ -42,7 +42,12 @@ fn started(component: &str, v: &Validated) -> AgentEvent {
     }
 }
 
-fn build_check(c: &CheckSection, kind: CheckKind) -> Result<(ComponentType, Arc<dyn HealthCheck>)> {
+/// Builds the health check a `[[check]]` section describes (also run by config validation, so
+/// `quorate check` refuses a target the agent would refuse).
+pub fn build_check(
+    c: &CheckSection,
+    kind: CheckKind,
+) -> Result<(ComponentType, Arc<dyn HealthCheck>)> {
     let t = c.target.as_str();
     Ok(match kind {
         CheckKind::Tcp => (ComponentType::ExternalApi, Arc::new(TcpCheck::new(t)?)),

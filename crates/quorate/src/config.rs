@@ -499,6 +499,13 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     }
     check_addr(&mut errs, "raft.listen", &raw.raft.listen);
     check_addr(&mut errs, "gossip.listen", &raw.gossip.listen);
+    if let Some(a) = &raw.raft.advertise {
+        check_advertise(&mut errs, "raft.advertise", a);
+    }
+    if let Some(a) = &raw.gossip.advertise {
+        check_advertise(&mut errs, "gossip.advertise", a);
+    }
+    check_tags(&mut errs, &raw.gossip.tags);
     if let Some(n) = &node_id
         && !voters.is_empty()
         && !voters.contains_key(n)
@@ -525,7 +532,13 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             errs.push(format!("{f}.id"), format!("{:?} is used twice", c.id));
         }
         match CheckKind::parse(&c.kind, &c.target) {
-            Ok(k) => check_kinds.push(k),
+            Ok(k) => {
+                // The agent's own constructor: a target it would refuse is refused here.
+                if let Err(e) = crate::agent::build_check(c, k) {
+                    errs.push(format!("{f}.target"), format!("{e:#}"));
+                }
+                check_kinds.push(k);
+            }
             Err(m) if CHECK_KINDS.contains(&c.kind.as_str()) => errs.push(format!("{f}.target"), m),
             Err(m) => errs.push(format!("{f}.kind"), m),
         }
@@ -592,6 +605,62 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             check_kinds,
         }),
         _ => Err(errs),
+    }
+}
+
+/// An address peers dial: `host:port` with a non-zero port and a host that is an IP address or
+/// a DNS name (letters, digits, `-`, `.`), not a wildcard.
+fn check_advertise(errs: &mut ConfigErrors, field: &str, addr: &str) {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        errs.push(field, format!("{addr:?} is not host:port"));
+        return;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let ip = host.parse::<std::net::IpAddr>().ok();
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && !host.starts_with('-');
+    if !port_ok {
+        errs.push(field, format!("{addr:?}: the port must be 1 to 65535"));
+    } else if ip.is_some_and(|ip| ip.is_unspecified()) {
+        errs.push(
+            field,
+            format!("{addr:?} is a wildcard address: peers cannot dial it; give this node's own address"),
+        );
+    } else if ip.is_none() && !name_ok {
+        errs.push(
+            field,
+            format!("{addr:?}: the host is neither an IP address nor a DNS name"),
+        );
+    }
+}
+
+/// The gossip tags the failover policy reads must parse: a typo must not silently make a node
+/// ineligible (`failover-priority = "high"` used to mean priority 0, never a candidate) or
+/// leave maintenance off (`maintenance = "yes"` was ignored).
+fn check_tags(errs: &mut ConfigErrors, tags: &BTreeMap<String, String>) {
+    if let Some(p) = tags.get("failover-priority")
+        && p.trim().parse::<u32>().is_err()
+    {
+        errs.push(
+            "gossip.tags.failover-priority",
+            format!("{p:?} is not a priority: a whole number, higher preferred, 0 = never primary"),
+        );
+    }
+    for flag in ["no-failover", "maintenance"] {
+        if let Some(v) = tags.get(flag)
+            && v != "true"
+            && v != "false"
+        {
+            errs.push(
+                format!("gossip.tags.{flag}"),
+                format!("{v:?} is not a flag: use \"true\" or \"false\""),
+            );
+        }
     }
 }
 
@@ -740,4 +809,111 @@ on_promote = "echo promoted"
         let e = parse(&GOOD.replace("seeds = [\"127.0.0.1:7102\"]", "")).unwrap_err();
         assert!(e.to_string().contains("bootstrap"), "{e}");
     }
+
+    /// `GOOD` with `line` added to the section `section` (or at the top for `""`).
+    fn with(section: &str, line: &str) -> String {
+        if section.is_empty() {
+            return format!("{line}\n{GOOD}");
+        }
+        GOOD.replacen(section, &format!("{section}\n{line}"), 1)
+    }
+
+    /// Each bad setting is reported against its key with a message that says what to do.
+    #[test]
+    fn bad_settings_table() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "[gossip]",
+                r#"tags = { failover-priority = "high" }"#,
+                "gossip.tags.failover-priority",
+                "\"high\" is not a priority: a whole number, higher preferred, 0 = never primary",
+            ),
+            (
+                "[gossip]",
+                r#"tags = { maintenance = "yes" }"#,
+                "gossip.tags.maintenance",
+                "\"yes\" is not a flag: use \"true\" or \"false\"",
+            ),
+            (
+                "[gossip]",
+                r#"tags = { no-failover = "1" }"#,
+                "gossip.tags.no-failover",
+                "\"1\" is not a flag",
+            ),
+            (
+                "[raft]",
+                r#"advertise = "not an address""#,
+                "raft.advertise",
+                "is not host:port",
+            ),
+            (
+                "[gossip]",
+                r#"advertise = "0.0.0.0:7101""#,
+                "gossip.advertise",
+                "is a wildcard address",
+            ),
+            (
+                "[raft]",
+                r#"advertise = "bad_host!:7201""#,
+                "raft.advertise",
+                "neither an IP address nor a DNS name",
+            ),
+        ];
+        for (section, line, field, message) in cases {
+            let errs = parse(&with(section, line)).unwrap_err();
+            assert!(
+                errs.0
+                    .iter()
+                    .any(|p| p.field == *field && p.message.contains(message)),
+                "{line}: expected {field}: {message}; got {errs}"
+            );
+        }
+        let check = |kind: &str, target: &str| {
+            GOOD.replacen(
+                "[[role]]",
+                &format!("[[check]]\nid = \"x\"\nkind = \"{kind}\"\ntarget = \"{target}\"\n\n[[role]]"),
+                1,
+            )
+        };
+        for (kind, target, message) in [
+            ("http", "ftp://example.org/", "must start with http://"),
+            ("memory", "18446744073709551615", "for kind memory: the critical RSS in MiB"),
+            ("memory", "0", "for kind memory: the critical RSS in MiB"),
+            ("teapot", "x", "is not a check kind"),
+        ] {
+            let errs = parse(&check(kind, target)).unwrap_err();
+            assert!(
+                errs.0.iter().any(|p| p.message.contains(message)),
+                "{kind} {target}: expected {message}; got {errs}"
+            );
+        }
+    }
+
+    /// One `quorate check` run reports every mistake the review found, not one per run.
+    #[test]
+    fn one_run_reports_every_mistake() {
+        let text = GOOD
+            .replacen(
+                "[gossip]",
+                "[gossip]\nadvertise = \"garbage\"\ntags = { failover-priority = \"high\", maintenance = \"yes\" }",
+                1,
+            )
+            .replacen(
+                "[[role]]",
+                "[[check]]\nid = \"web\"\nkind = \"http\"\ntarget = \"ftp://x/\"\n\n[[check]]\nid = \"mem\"\nkind = \"memory\"\ntarget = \"18446744073709551615\"\n\n[[role]]",
+                1,
+            );
+        let errs = parse(&text).unwrap_err();
+        for field in [
+            "gossip.advertise",
+            "gossip.tags.failover-priority",
+            "gossip.tags.maintenance",
+            "check[1].target",
+            "check[2].target",
+        ] {
+            assert!(errs.0.iter().any(|p| p.field == field), "{field} missing: {errs}");
+        }
+        assert_eq!(errs.0.len(), 5, "{errs}");
+    }
+
 }
