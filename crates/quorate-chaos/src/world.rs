@@ -472,7 +472,8 @@ impl Cluster {
         let script = dir.join("role.sh");
         let config = AgentConfig {
             cluster_name: "quorate-chaos".to_owned(),
-            cluster_key: Some(self.key.clone()),
+            cluster_key: Some(quorate::types::Secret::new(self.key.clone())),
+            accepted_key_files: Vec::new(),
             cluster_key_file: None,
             node_id: name.clone(),
             data_dir: dir.join(name),

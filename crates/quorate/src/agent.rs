@@ -82,8 +82,13 @@ pub async fn run(v: Validated) -> Result<()> {
     std::fs::create_dir_all(&raw.data_dir)
         .with_context(|| format!("creating data_dir {}", raw.data_dir.display()))?;
     let wan = v.profile.is_wan();
-    let key = ClusterKey::from_hex(&v.key_hex)?;
-    let wire = WireConfig::new(raw.cluster_name.clone(), KeyRing::new(key, vec![]))?;
+    let key = ClusterKey::from_hex(v.key_hex.expose())?;
+    let accepted = v
+        .accepted_keys_hex
+        .iter()
+        .map(|k| ClusterKey::from_hex(k.expose()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wire = WireConfig::new(raw.cluster_name.clone(), KeyRing::new(key, accepted))?;
 
     // 1. Health.
     let monitor = HealthMonitor::start(MonitorConfig::standard())?;

@@ -46,7 +46,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quorate_types::{NodeId, RoleName};
+use quorate_types::{NodeId, RoleName, Secret};
 use serde::{Deserialize, Serialize};
 
 /// The whole agent config, as written in the file.
@@ -55,12 +55,19 @@ use serde::{Deserialize, Serialize};
 pub struct AgentConfig {
     /// The cluster's name, bound into every frame.
     pub cluster_name: String,
-    /// The cluster key as 64 hex digits (or give `cluster_key_file`).
+    /// The cluster key as 64 hex digits (or give `cluster_key_file`, which keeps the key out
+    /// of the config file). Never shown in `Debug` output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_key: Option<String>,
-    /// A file holding the cluster key as 64 hex digits.
+    pub cluster_key: Option<Secret>,
+    /// A file holding the cluster key as 64 hex digits (`quorate keygen --out FILE` writes
+    /// one). It must not be readable by group or others (mode 0600 or 0400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Files with further keys this node still accepts (each 64 hex digits, mode 0600), for a
+    /// rotation without downtime: add the new key here on every node, then make it every
+    /// node's `cluster_key_file`, then drop the old one (docs/security.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_key_files: Vec<PathBuf>,
     /// This node's id.
     pub node_id: String,
     /// Where Raft data (redb) and the status file live.
@@ -404,7 +411,9 @@ pub struct Validated {
     /// The roles, parsed.
     pub roles: Vec<RoleName>,
     /// The cluster key, as hex.
-    pub key_hex: String,
+    pub key_hex: Secret,
+    /// Further accepted keys, as hex (rotation).
+    pub accepted_keys_hex: Vec<Secret>,
     /// The timing profile.
     pub profile: ProfileName,
     /// The kind of each `[[check]]`, in the order of `raw.checks`.
@@ -444,16 +453,8 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         .map_err(|e| errs.push("node_id", e.to_string()))
         .ok();
     let key_hex = match (&raw.cluster_key, &raw.cluster_key_file) {
-        (Some(k), None) => Some(k.trim().to_owned()),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| {
-                errs.push(
-                    "cluster_key_file",
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })
-            .ok(),
+        (Some(k), None) => Some(k.expose().trim().to_owned()),
+        (None, Some(p)) => read_key_file(&mut errs, "cluster_key_file", p),
         (Some(_), Some(_)) => {
             errs.push(
                 "cluster_key",
@@ -473,6 +474,16 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         && let Err(e) = quorate_wire::ClusterKey::from_hex(k)
     {
         errs.push("cluster_key", e.to_string());
+    }
+    let mut accepted_keys_hex = Vec::new();
+    for (i, p) in raw.accepted_key_files.iter().enumerate() {
+        let field = format!("accepted_key_files[{i}]");
+        if let Some(k) = read_key_file(&mut errs, &field, p) {
+            match quorate_wire::ClusterKey::from_hex(&k) {
+                Ok(_) => accepted_keys_hex.push(Secret::new(k)),
+                Err(e) => errs.push(field, e.to_string()),
+            }
+        }
     }
     let profile = ProfileName::parse(&raw.profile);
     if profile.is_none() {
@@ -600,12 +611,68 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             node_id,
             voters,
             roles,
-            key_hex,
+            key_hex: Secret::new(key_hex),
+            accepted_keys_hex,
             profile,
             check_kinds,
         }),
         _ => Err(errs),
     }
+}
+
+/// Reads a key file, refusing one that group or others can read (the key is the cluster's
+/// whole authority). Problems go to `errs` under `field`.
+fn read_key_file(errs: &mut ConfigErrors, field: &str, p: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => {
+            errs.push(field, format!("cannot read {}: {e}", p.display()));
+            return None;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        errs.push(
+            field,
+            format!(
+                "{} has mode {mode:04o}: a key file must not be readable by group or others; fix it with `chmod 600 {}`",
+                p.display(),
+                p.display()
+            ),
+        );
+        return None;
+    }
+    match std::fs::read_to_string(p) {
+        Ok(s) => Some(s.trim().to_owned()),
+        Err(e) => {
+            errs.push(field, format!("cannot read {}: {e}", p.display()));
+            None
+        }
+    }
+}
+
+/// Writes a new random cluster key to `path` (mode 0600, created exclusively: an existing file
+/// is never overwritten). Returns the error message to show otherwise.
+pub fn write_new_key_file(path: &Path) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = quorate_wire::ClusterKey::generate().map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} exists: keygen never overwrites a key (remove it first if you mean to)",
+                path.display()
+            ),
+            _ => format!("cannot create {}: {e}", path.display()),
+        })?;
+    writeln!(f, "{}", key.to_hex())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// An address peers dial: `host:port` with a non-zero port and a host that is an IP address or
@@ -620,16 +687,20 @@ fn check_advertise(errs: &mut ConfigErrors, field: &str, addr: &str) {
     let ip = host.parse::<std::net::IpAddr>().ok();
     let name_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
         && !host.starts_with('-');
     if !port_ok {
         errs.push(field, format!("{addr:?}: the port must be 1 to 65535"));
     } else if ip.is_some_and(|ip| ip.is_unspecified()) {
         errs.push(
             field,
-            format!("{addr:?} is a wildcard address: peers cannot dial it; give this node's own address"),
+            format!(
+                "{addr:?} is a wildcard address: peers cannot dial it; give this node's own address"
+            ),
         );
     } else if ip.is_none() && !name_ok {
         errs.push(
@@ -871,13 +942,19 @@ on_promote = "echo promoted"
         let check = |kind: &str, target: &str| {
             GOOD.replacen(
                 "[[role]]",
-                &format!("[[check]]\nid = \"x\"\nkind = \"{kind}\"\ntarget = \"{target}\"\n\n[[role]]"),
+                &format!(
+                    "[[check]]\nid = \"x\"\nkind = \"{kind}\"\ntarget = \"{target}\"\n\n[[role]]"
+                ),
                 1,
             )
         };
         for (kind, target, message) in [
             ("http", "ftp://example.org/", "must start with http://"),
-            ("memory", "18446744073709551615", "for kind memory: the critical RSS in MiB"),
+            (
+                "memory",
+                "18446744073709551615",
+                "for kind memory: the critical RSS in MiB",
+            ),
             ("memory", "0", "for kind memory: the critical RSS in MiB"),
             ("teapot", "x", "is not a check kind"),
         ] {
@@ -911,9 +988,82 @@ on_promote = "echo promoted"
             "check[1].target",
             "check[2].target",
         ] {
-            assert!(errs.0.iter().any(|p| p.field == field), "{field} missing: {errs}");
+            assert!(
+                errs.0.iter().any(|p| p.field == field),
+                "{field} missing: {errs}"
+            );
         }
         assert_eq!(errs.0.len(), 5, "{errs}");
     }
 
+    fn key_file(dir: &Path, name: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = dir.join(name);
+        write_new_key_file(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn with_key_files(main: &Path, accepted: &[&Path]) -> String {
+        let list: Vec<String> = accepted
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        GOOD.replace(
+            "cluster_key = \"1111111111111111111111111111111111111111111111111111111111111111\"",
+            &format!(
+                "cluster_key_file = {:?}\naccepted_key_files = [{}]",
+                main.display().to_string(),
+                list.join(", ")
+            ),
+        )
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = key_file(dir.path(), "open.key", 0o644);
+        let errs = parse(&with_key_files(&open, &[])).unwrap_err();
+        let p = errs
+            .0
+            .iter()
+            .find(|p| p.field == "cluster_key_file")
+            .unwrap();
+        assert!(p.message.contains("mode 0644"), "{errs}");
+        assert!(p.message.contains("chmod 600"), "{errs}");
+        let group = key_file(dir.path(), "group.key", 0o640);
+        let good = key_file(dir.path(), "good.key", 0o600);
+        let errs = parse(&with_key_files(&good, &[&group])).unwrap_err();
+        assert!(
+            errs.0.iter().any(|p| p.field == "accepted_key_files[0]"),
+            "{errs}"
+        );
+        let next = key_file(dir.path(), "next.key", 0o400);
+        let v = parse(&with_key_files(&good, &[&next])).unwrap();
+        assert_eq!(v.accepted_keys_hex.len(), 1);
+    }
+
+    #[test]
+    fn keygen_writes_0600_and_never_overwrites() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.key");
+        write_new_key_file(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let first = std::fs::read_to_string(&p).unwrap();
+        assert!(quorate_wire::ClusterKey::from_hex(first.trim()).is_ok());
+        let err = write_new_key_file(&p).unwrap_err();
+        assert!(err.contains("never overwrites"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), first);
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        let v = parse(GOOD).unwrap();
+        let key = "1111111111111111111111111111111111111111111111111111111111111111";
+        assert!(!format!("{v:?}").contains(key));
+        assert!(!format!("{:?}", v.raw).contains(key));
+        assert_eq!(v.key_hex.expose(), key);
+    }
 }

@@ -14,6 +14,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use quorate_types::Secret;
+
 use crate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
 use crate::report::{AgentEvent, RoleChangeEvent, StatusFile};
 
@@ -87,7 +89,8 @@ impl LoopbackPlan {
     pub fn agent(&self, i: usize, data_dir: &Path) -> AgentConfig {
         AgentConfig {
             cluster_name: self.cluster_name.clone(),
-            cluster_key: Some(self.key_hex.clone()),
+            cluster_key: Some(Secret::new(self.key_hex.clone())),
+            accepted_key_files: Vec::new(),
             cluster_key_file: None,
             node_id: self.names[i].clone(),
             data_dir: data_dir.to_path_buf(),
