@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use quorate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
 use quorate::demo::to_toml;
-use quorate::report::{AgentEvent, RoleChangeEvent, StatusFile};
+use quorate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -504,6 +504,7 @@ impl Cluster {
                 anti_flap_max_failovers: Some(100_000),
                 ..RoleSection::named(ROLE)
             }],
+            startup: Default::default(),
         };
         to_toml(&config)
     }
@@ -925,7 +926,7 @@ impl Cluster {
                 continue;
             };
             for line in text.lines() {
-                if let Some(AgentEvent::RoleChange(rc)) = AgentEvent::parse(line)
+                if let Some(NodeEvent::RoleChange(rc)) = NodeEvent::parse(line)
                     && rc.token == Some(token)
                 {
                     return Some(rc);
@@ -961,7 +962,7 @@ fn count_started(out: &Path) -> usize {
     std::fs::read_to_string(out).map_or(0, |t| {
         t.lines()
             .filter(|l| {
-                matches!(AgentEvent::parse(l), Some(AgentEvent::Started { component, .. }) if component == "failover")
+                matches!(NodeEvent::parse(l), Some(NodeEvent::Started { component, .. }) if component == "failover")
             })
             .count()
     })

@@ -301,7 +301,7 @@ mod tests {
         };
         let mut c = EtcdConfig::etcd_defaults(["http://10.0.0.5:2379"]);
         c.credentials = Some(creds.clone());
-        let err = c.validate().unwrap_err().to_string();
+        let err = c.validate().expect_err("refused").to_string();
         assert!(
             err.contains("password would cross the network in clear"),
             "{err}"
@@ -315,7 +315,7 @@ mod tests {
         assert!(c.validate().is_ok(), "loopback is allowed");
         let mut c = EtcdConfig::etcd_defaults(["http://127.0.0.1:2379"]);
         c.tls = Some(TlsConfig::default());
-        let err = c.validate().unwrap_err().to_string();
+        let err = c.validate().expect_err("refused").to_string();
         assert!(err.contains("plain http but tls is set"), "{err}");
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use quorate_types::Secret;
 
 use crate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
-use crate::report::{AgentEvent, RoleChangeEvent, StatusFile};
+use crate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 
 /// The demo role's name.
 pub const ROLE: &str = "demo-primary";
@@ -120,6 +120,7 @@ impl LoopbackPlan {
             },
             checks: Vec::new(),
             roles: Vec::new(),
+            startup: Default::default(),
         }
     }
 }
@@ -169,7 +170,7 @@ fn write_configs(dir: &Path) -> Result<Vec<Node>> {
     Ok(nodes)
 }
 
-fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, AgentEvent)>) -> Result<()> {
+fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, NodeEvent)>) -> Result<()> {
     let exe = std::env::current_exe().context("finding the quorate executable")?;
     let mut child = Command::new(exe)
         .arg("agent")
@@ -192,7 +193,7 @@ fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, AgentEvent)>) -> Result<()>
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(e) = AgentEvent::parse(&line)
+            if let Some(e) = NodeEvent::parse(&line)
                 && tx.send((name.clone(), e)).await.is_err()
             {
                 break;
@@ -245,7 +246,7 @@ fn why(dir: &Path) -> String {
 /// Waits for a role change naming a new primary other than `not`; returns it. On timeout the
 /// error carries each node's health and last role decision (read from `dir`).
 async fn wait_primary(
-    rx: &mut mpsc::Receiver<(String, AgentEvent)>,
+    rx: &mut mpsc::Receiver<(String, NodeEvent)>,
     not: Option<&str>,
     t0: Instant,
     wait: Duration,
@@ -264,7 +265,7 @@ async fn wait_primary(
             })?
             .context("all agents exited")?;
         match e {
-            AgentEvent::RoleChange(rc) => {
+            NodeEvent::RoleChange(rc) => {
                 println!("{}", describe(&from, &rc, t0));
                 if let Some(p) = rc.new_primary
                     && Some(p.as_str()) != not
@@ -272,7 +273,7 @@ async fn wait_primary(
                     return Ok(p);
                 }
             }
-            AgentEvent::Started { component, pid, .. } if component == "failover" => {
+            NodeEvent::Started { component, pid, .. } if component == "failover" => {
                 println!(
                     "[{:>7.2} s] {from} is up (pid {pid})",
                     t0.elapsed().as_secs_f64(),
@@ -444,7 +445,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                         tokio::select! {
                             r = &mut rejoin => { r?; break; }
                             Some((from, e)) = rx.recv() => {
-                                if let AgentEvent::RoleChange(rc) = e {
+                                if let NodeEvent::RoleChange(rc) = e {
                                     println!("{}", describe(&from, &rc, t0));
                                     if let Some(p) = rc.new_primary {
                                         primary = p;

@@ -85,6 +85,67 @@ pub struct AgentConfig {
     /// Roles this node can take.
     #[serde(default, rename = "role")]
     pub roles: Vec<RoleSection>,
+    /// Startup and shutdown timing.
+    #[serde(default)]
+    pub startup: StartupSection,
+}
+
+/// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartupSection {
+    /// How long one startup stage may take before startup fails (default 60 s).
+    #[serde(default = "default_stage_timeout", with = "humantime_serde")]
+    pub stage_timeout: Duration,
+    /// How long the coordination stage may wait for a quorum and catch up (default 5 min:
+    /// the other voters may still be starting).
+    #[serde(default = "default_coordination_timeout", with = "humantime_serde")]
+    pub coordination_timeout: Duration,
+    /// How long one hook command may run (default 10 s). It really applies: the failover
+    /// manager's own hook limit is set from it.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// On shutdown, how long to wait for each role's successor to confirm (default 5 s).
+    #[serde(default = "default_handover_wait", with = "humantime_serde")]
+    pub handover_wait: Duration,
+    /// The whole graceful shutdown's budget (default 30 s); a second signal cuts it short.
+    #[serde(default = "default_stop_budget", with = "humantime_serde")]
+    pub stop_budget: Duration,
+    /// How many node events a slow subscriber may fall behind (default 1024).
+    #[serde(default = "default_events_capacity")]
+    pub events_capacity: usize,
+}
+
+fn default_stage_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_coordination_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_handover_wait() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_stop_budget() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_events_capacity() -> usize {
+    1024
+}
+
+impl Default for StartupSection {
+    fn default() -> Self {
+        StartupSection {
+            stage_timeout: default_stage_timeout(),
+            coordination_timeout: default_coordination_timeout(),
+            hook_timeout: default_hook_timeout(),
+            handover_wait: default_handover_wait(),
+            stop_budget: default_stop_budget(),
+            events_capacity: default_events_capacity(),
+        }
+    }
 }
 
 fn default_profile() -> String {
@@ -418,6 +479,8 @@ pub struct Validated {
     pub profile: ProfileName,
     /// The kind of each `[[check]]`, in the order of `raw.checks`.
     pub check_kinds: Vec<CheckKind>,
+    /// Startup and shutdown timing.
+    pub startup: StartupSection,
 }
 
 /// Reads and validates the config at `path`.
@@ -545,8 +608,8 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         match CheckKind::parse(&c.kind, &c.target) {
             Ok(k) => {
                 // The agent's own constructor: a target it would refuse is refused here.
-                if let Err(e) = crate::agent::build_check(c, k) {
-                    errs.push(format!("{f}.target"), format!("{e:#}"));
+                if let Err(e) = crate::node::build_check(c, k) {
+                    errs.push(format!("{f}.target"), e);
                 }
                 check_kinds.push(k);
             }
@@ -565,6 +628,21 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
                 ),
             );
         }
+    }
+    let st = &raw.startup;
+    for (field, d) in [
+        ("startup.stage_timeout", st.stage_timeout),
+        ("startup.coordination_timeout", st.coordination_timeout),
+        ("startup.hook_timeout", st.hook_timeout),
+        ("startup.handover_wait", st.handover_wait),
+        ("startup.stop_budget", st.stop_budget),
+    ] {
+        if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+            errs.push(field, format!("{d:?} must be above zero and at most 24 h"));
+        }
+    }
+    if !(16..=1 << 20).contains(&st.events_capacity) {
+        errs.push("startup.events_capacity", "must be 16 to 1048576");
     }
     let mut roles = Vec::new();
     for (i, r) in raw.roles.iter().enumerate() {
@@ -605,6 +683,7 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
+    let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
             raw,
@@ -615,6 +694,7 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             accepted_keys_hex,
             profile,
             check_kinds,
+            startup,
         }),
         _ => Err(errs),
     }

@@ -3,8 +3,8 @@
 //! (`before_promote`, `on_promote`, `on_demote`, `on_role_change`), `QUORATE_ROLE`,
 //! `QUORATE_NODE`, `QUORATE_FENCING_TOKEN` (when known), and for `on_role_change`
 //! `QUORATE_OLD_PRIMARY`, `QUORATE_NEW_PRIMARY`, `QUORATE_CAUSE`. A `before_promote` that exits
-//! non-zero vetoes the promotion. Every role change is also printed to stdout as one JSON line
-//! (`{"event":"role_change",...}`), which `quorate demo` reads.
+//! non-zero vetoes the promotion. Every role change is also sent as a
+//! [`NodeEvent::RoleChange`] (the agent prints it as one JSON line, which `quorate demo` reads).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use quorate_failover::shell::{HookContext, RoleChange, RoleHooks};
 use tokio::process::Command;
 
 use crate::config::RoleSection;
-use crate::report::{AgentEvent, RoleChangeEvent};
+use crate::report::{NodeEvent, RoleChangeEvent};
+use tokio::sync::broadcast;
 
 /// The most bytes of a hook's output kept for the log.
 const OUTPUT_BYTES_MAX: usize = 4096;
@@ -24,12 +25,22 @@ pub struct CommandHooks {
     section: RoleSection,
     /// Bound on one command's run; the failover manager applies its own hook timeout too.
     timeout: Duration,
+    /// Where role changes go as [`NodeEvent::RoleChange`].
+    events: broadcast::Sender<NodeEvent>,
 }
 
 impl CommandHooks {
-    /// Hooks for one role section.
-    pub fn new(section: RoleSection, timeout: Duration) -> Self {
-        Self { section, timeout }
+    /// Hooks for one role section; role changes are sent to `events`.
+    pub fn new(
+        section: RoleSection,
+        timeout: Duration,
+        events: broadcast::Sender<NodeEvent>,
+    ) -> Self {
+        Self {
+            section,
+            timeout,
+            events,
+        }
     }
 
     async fn run(
@@ -123,7 +134,7 @@ impl RoleHooks for CommandHooks {
     }
 
     async fn on_role_change(&self, change: &RoleChange) {
-        crate::agent::emit(&role_change_event(change));
+        let _ = self.events.send(role_change_event(change));
         let opt = |n: &Option<quorate_types::NodeId>| {
             n.as_ref().map(ToString::to_string).unwrap_or_default()
         };
@@ -147,9 +158,9 @@ impl RoleHooks for CommandHooks {
 }
 
 /// A role change as its typed event (what `quorate demo` and the e2e tests read).
-pub fn role_change_event(change: &RoleChange) -> AgentEvent {
+pub fn role_change_event(change: &RoleChange) -> NodeEvent {
     let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    AgentEvent::RoleChange(RoleChangeEvent {
+    NodeEvent::RoleChange(RoleChangeEvent {
         role: change.role.to_string(),
         old_primary: change.old_primary.as_ref().map(ToString::to_string),
         new_primary: change.new_primary.as_ref().map(ToString::to_string),
