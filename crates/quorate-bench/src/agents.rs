@@ -615,8 +615,8 @@ impl QuorateTarget {
             .tempdir()
             .map_err(|e| io("creating the benchmark directory", e))?;
         let n = config.nodes.max(1);
-        let layout =
-            LoopbackPlan::new(CLUSTER_NAME, n).map_err(|e| io("planning the agents", e))?;
+        let layout = LoopbackPlan::new(CLUSTER_NAME, n, dir.path())
+            .map_err(|e| io("planning the agents", e))?;
         let key = ClusterKey::from_hex(&layout.key_hex).map_err(|e| io("reading the key", e))?;
         let wire = WireConfig::new(CLUSTER_NAME, KeyRing::new(key, vec![]))
             .map_err(|e| io("building the wire config", e))?;
@@ -852,7 +852,7 @@ mod tests {
     #[test]
     fn generated_configs_validate() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = LoopbackPlan::new(CLUSTER_NAME, 3).unwrap();
+        let layout = LoopbackPlan::new(CLUSTER_NAME, 3, dir.path()).unwrap();
         for i in 0..3 {
             let path = write_config(&layout, i, dir.path(), |c| c.profile = "wan".into()).unwrap();
             let v = quorate::config::load(&path).unwrap();

@@ -342,7 +342,6 @@ pub struct Cluster {
     /// Removed on drop unless [`Cluster::keep`] took it.
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
-    key: String,
     nodes: Vec<Node>,
     /// Every fault injected, for [`hooklog::check`].
     pub faults: Vec<Fault>,
@@ -357,7 +356,8 @@ impl Cluster {
             .prefix("quorate-chaos-")
             .tempdir()?;
         let world = World::create(spec.size, dir.path()).await?;
-        let key = quorate::wire::ClusterKey::generate()?.to_hex();
+        quorate::config::write_new_key_file(&dir.path().join("cluster.key"))
+            .map_err(anyhow::Error::msg)?;
         std::fs::write(dir.path().join("role.sh"), role_script(dir.path()))?;
         std::fs::write(dir.path().join("actions.log"), "")?;
         let nodes = (0..spec.size)
@@ -373,7 +373,6 @@ impl Cluster {
             spec,
             dir: dir.path().to_path_buf(),
             tmp: Some(dir),
-            key,
             nodes,
             faults: Vec::new(),
             world,
@@ -472,9 +471,9 @@ impl Cluster {
         let script = dir.join("role.sh");
         let config = AgentConfig {
             cluster_name: "quorate-chaos".to_owned(),
-            cluster_key: Some(quorate::types::Secret::new(self.key.clone())),
+            cluster_key: None,
             accepted_key_files: Vec::new(),
-            cluster_key_file: None,
+            cluster_key_file: Some(dir.join("cluster.key")),
             node_id: name.clone(),
             data_dir: dir.join(name),
             profile: "lan".to_owned(),

@@ -339,13 +339,16 @@ impl RoleSection {
     }
 }
 
-/// One problem in a config: the field and what is wrong with it.
+/// One problem in a config: the field, where it was set, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// The field, as written in the file (`raft.voters`, `check[2].kind`).
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// Where the value came from: `FILE:LINE` (or `FILE:LINE:COLUMN` for a syntax error), or
+    /// `env QUORATE_...`; `None` for a key that is missing.
+    pub source: Option<String>,
 }
 
 /// Every problem found in a config.
@@ -357,6 +360,7 @@ impl ConfigErrors {
         self.0.push(Problem {
             field: field.into(),
             message: message.into(),
+            source: None,
         });
     }
 }
@@ -365,7 +369,10 @@ impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} problem(s) in the config:", self.0.len())?;
         for p in &self.0 {
-            writeln!(f, "  - {}: {}", p.field, p.message)?;
+            match &p.source {
+                Some(src) => writeln!(f, "  - {} ({src}): {}", p.field, p.message)?,
+                None => writeln!(f, "  - {}: {}", p.field, p.message)?,
+            }
         }
         Ok(())
     }
@@ -483,28 +490,334 @@ pub struct Validated {
     pub startup: StartupSection,
 }
 
-/// Reads and validates the config at `path`.
+/// Reads and validates the config at `path`, with `QUORATE_...` environment overrides.
 pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut errs = ConfigErrors::default();
         errs.push(path.display().to_string(), format!("cannot read: {e}"));
         errs
     })?;
-    parse(&text)
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    parse_with(&text, &path.display().to_string(), &env)
 }
 
-/// Parses and validates config text, reporting every problem at once.
+/// Parses and validates config text (no environment), reporting every problem at once.
 pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
-    let raw: AgentConfig = toml::from_str(text).map_err(|e| {
-        let mut errs = ConfigErrors::default();
-        let span = e
-            .span()
-            .map(|s| format!("at byte {}", s.start))
-            .unwrap_or_default();
-        errs.push(format!("toml {span}"), e.message().to_owned());
-        errs
-    })?;
-    validate(raw)
+    parse_with(text, "config", &[])
+}
+
+/// The prefix of environment overrides: `QUORATE_NODE_ID`, `QUORATE_RAFT__LISTEN` (a double
+/// underscore separates a section from its key), `QUORATE_CLUSTER_KEY`.
+pub const ENV_PREFIX: &str = "QUORATE_";
+
+/// Top-level keys and sections an environment variable may set.
+const TOP_KEYS: &[&str] = &[
+    "cluster_name",
+    "cluster_key",
+    "cluster_key_file",
+    "accepted_key_files",
+    "node_id",
+    "data_dir",
+    "profile",
+];
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("raft", &["listen", "advertise"]),
+    ("gossip", &["listen", "advertise", "seeds", "bootstrap"]),
+    (
+        "startup",
+        &[
+            "stage_timeout",
+            "coordination_timeout",
+            "hook_timeout",
+            "handover_wait",
+            "stop_budget",
+            "events_capacity",
+        ],
+    ),
+];
+const LIST_KEYS: &[&str] = &["accepted_key_files", "gossip.seeds"];
+
+/// Parses `text` (named `file` in messages) with the environment overrides `env`, and
+/// validates the whole: syntax errors by line and column; then every unknown key, wrong type
+/// and invalid value, each with its key path and where it was set (`FILE:LINE` or the
+/// environment variable), in one report.
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    env: &[(String, String)],
+) -> Result<Validated, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let mut table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            errs.0.push(Problem {
+                field: "(syntax)".to_owned(),
+                message: e.message().to_owned(),
+                source: Some(format!("{file}:{line}:{col}")),
+            });
+            return Err(errs);
+        }
+    };
+    // An inline key in the file is refused: the key comes from a file or the environment.
+    let key_in_file = table.contains_key("cluster_key");
+    let mut from_env: Vec<(String, String)> = Vec::new();
+    apply_env(&mut table, env, &mut errs, &mut from_env);
+    if key_in_file {
+        errs.0.push(Problem {
+            field: "cluster_key".to_owned(),
+            message: "the key must not be written in the config file: put it in a file (`quorate keygen --out FILE`, then cluster_key_file = \"FILE\") or in QUORATE_CLUSTER_KEY".to_owned(),
+            source: locate(text, file, "cluster_key"),
+        });
+        table.remove("cluster_key");
+    }
+    // Deserialise, collecting every unknown key and wrong type: each offending key is reported
+    // and removed, and deserialisation tried again (bounded).
+    let mut raw = None;
+    for _ in 0..64 {
+        match toml::Value::Table(table.clone()).try_into::<AgentConfig>() {
+            Ok(r) => {
+                raw = Some(r);
+                break;
+            }
+            Err(e) => {
+                let shown = e.to_string();
+                let path = shown
+                    .rsplit_once("in `")
+                    .and_then(|(_, p)| p.split('`').next())
+                    .unwrap_or("")
+                    .to_owned();
+                let message = e.message().to_owned();
+                let field_name = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_owned);
+                let missing = message.starts_with("missing field");
+                let full = match (&field_name, path.is_empty()) {
+                    (Some(f), true) => f.clone(),
+                    (Some(f), false) => format!("{path}.{f}"),
+                    (None, _) => path.clone(),
+                };
+                let removed = if missing || full.is_empty() {
+                    None
+                } else {
+                    remove_path(&mut table, &full)
+                };
+                let full = removed.clone().unwrap_or(full);
+                let source = from_env
+                    .iter()
+                    .find(|(p, _)| *p == full)
+                    .map(|(_, var)| format!("env {var}"))
+                    .or_else(|| locate(text, file, &full));
+                let message = match &field_name {
+                    Some(_) => format!("unknown key: {message}"),
+                    None => message,
+                };
+                errs.0.push(Problem {
+                    field: if full.is_empty() {
+                        "(config)".to_owned()
+                    } else {
+                        full.clone()
+                    },
+                    message,
+                    source,
+                });
+                if removed.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(raw) = raw else {
+        return Err(errs);
+    };
+    match validate(raw) {
+        Ok(v) if errs.0.is_empty() => Ok(v),
+        Ok(_) => Err(errs),
+        Err(more) => {
+            for mut p in more.0 {
+                if p.source.is_none() {
+                    p.source = from_env
+                        .iter()
+                        .find(|(f, _)| *f == p.field || p.field.starts_with(&format!("{f}.")))
+                        .map(|(_, var)| format!("env {var}"))
+                        .or_else(|| locate(text, file, &p.field));
+                }
+                errs.0.push(p);
+            }
+            Err(errs)
+        }
+    }
+}
+
+/// Applies `QUORATE_...` overrides to `table`. A variable naming no config key is ignored
+/// (other tools use the prefix too) unless it names a known section with an unknown key, which
+/// is a typo and reported. Values are TOML (`true`, `3`, `["a", "b"]`) or else strings; list
+/// keys also take comma-separated strings.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+    errs: &mut ConfigErrors,
+    from_env: &mut Vec<(String, String)>,
+) {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let (section, key) = match lower.split_once("__") {
+            Some((s, k)) => (Some(s.to_owned()), k.to_owned()),
+            None => (None, lower.clone()),
+        };
+        let path = match &section {
+            None if TOP_KEYS.contains(&key.as_str()) => key.clone(),
+            None => continue,
+            Some(s) => match SECTIONS.iter().find(|(name, _)| name == s) {
+                Some((_, keys)) if keys.contains(&key.as_str()) => format!("{s}.{key}"),
+                Some((_, keys)) => {
+                    errs.0.push(Problem {
+                        field: format!("{s}.{key}"),
+                        message: format!(
+                            "unknown key; [{s}] takes {} from the environment",
+                            keys.join(", ")
+                        ),
+                        source: Some(format!("env {var}")),
+                    });
+                    continue;
+                }
+                None => continue,
+            },
+        };
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"));
+        let v = match parsed {
+            Some(v) => v,
+            None if LIST_KEYS.contains(&path.as_str()) => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(|x| toml::Value::String(x.trim().to_owned()))
+                    .filter(|x| x.as_str().is_some_and(|s| !s.is_empty()))
+                    .collect(),
+            ),
+            None => toml::Value::String(value.clone()),
+        };
+        let target = match &section {
+            None => &mut *table,
+            Some(s) => {
+                match table
+                    .entry(s.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    toml::Value::Table(t) => t,
+                    _ => {
+                        errs.0.push(Problem {
+                        field: s.clone(),
+                        message: "is not a table in the file, so the environment cannot set a key in it".to_owned(),
+                        source: Some(format!("env {var}")),
+                    });
+                        continue;
+                    }
+                }
+            }
+        };
+        target.insert(key, v);
+        from_env.push((path, var.clone()));
+    }
+}
+
+/// Removes `path` (`a.b`, `check[2].kind`; an array segment without an index means its first
+/// element holding the rest) from `table`; returns the precise path removed (with indices), or
+/// `None` when it is not there.
+fn remove_path(table: &mut toml::Table, path: &str) -> Option<String> {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let (name, idx) = match head.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (head, None),
+    };
+    let Some(rest) = rest else {
+        return match idx {
+            None => table.remove(name).map(|_| name.to_owned()),
+            Some(i) => match table.get_mut(name) {
+                Some(toml::Value::Array(a)) if i < a.len() => {
+                    a.remove(i);
+                    Some(format!("{name}[{i}]"))
+                }
+                _ => None,
+            },
+        };
+    };
+    match (table.get_mut(name), idx) {
+        (Some(toml::Value::Table(inner)), None) => {
+            remove_path(inner, rest).map(|p| format!("{name}.{p}"))
+        }
+        (Some(toml::Value::Array(a)), Some(i)) => match a.get_mut(i) {
+            Some(toml::Value::Table(inner)) => {
+                remove_path(inner, rest).map(|p| format!("{name}[{i}].{p}"))
+            }
+            _ => None,
+        },
+        (Some(toml::Value::Array(a)), None) => {
+            a.iter_mut().enumerate().find_map(|(i, v)| match v {
+                toml::Value::Table(inner) => {
+                    remove_path(inner, rest).map(|p| format!("{name}[{i}].{p}"))
+                }
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// `FILE:LINE` of the key `path` (`raft.listen`, `check[2].kind`, `gossip.tags.x`) in `text`:
+/// the line that sets it, else the line of the nearest enclosing key or table found.
+fn locate(text: &str, file: &str, path: &str) -> Option<String> {
+    let mut section = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(usize, usize)> = None; // (matched length, line)
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        let here = if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_insert(0);
+            section = format!("{name}[{n}]");
+            *n += 1;
+            section.clone()
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.trim().to_owned();
+            section.clone()
+        } else if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            if k.is_empty() || k.starts_with('#') {
+                continue;
+            }
+            if section.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{section}.{k}")
+            }
+        } else {
+            continue;
+        };
+        let matches = path == here || path.starts_with(&format!("{here}."));
+        if matches && best.is_none_or(|(len, _)| here.len() > len) {
+            best = Some((here.len(), i + 1));
+        }
+    }
+    best.map(|(_, line)| format!("{file}:{line}"))
 }
 
 fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
@@ -521,14 +834,14 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         (Some(_), Some(_)) => {
             errs.push(
                 "cluster_key",
-                "give cluster_key or cluster_key_file, not both",
+                "give QUORATE_CLUSTER_KEY or cluster_key_file, not both",
             );
             None
         }
         (None, None) => {
             errs.push(
                 "cluster_key",
-                "missing: give 64 hex digits (`quorate keygen` prints a new key) or cluster_key_file",
+                "missing: set cluster_key_file (`quorate keygen --out FILE` makes one) or the environment variable QUORATE_CLUSTER_KEY (64 hex digits)",
             );
             None
         }
@@ -829,9 +1142,19 @@ fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
 mod tests {
     use super::*;
 
+    const KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// Parses with the key from the environment (the file may not hold it).
+    fn parse(text: &str) -> Result<Validated, ConfigErrors> {
+        parse_with(
+            text,
+            "node.toml",
+            &[("QUORATE_CLUSTER_KEY".to_owned(), KEY.to_owned())],
+        )
+    }
+
     const GOOD: &str = r#"
 cluster_name = "demo"
-cluster_key = "1111111111111111111111111111111111111111111111111111111111111111"
 node_id = "n1"
 data_dir = "/tmp/q/n1"
 
@@ -885,11 +1208,7 @@ on_promote = "echo promoted"
         )
         .unwrap_err();
         assert!(e.to_string().contains("data_dri"), "{e}");
-        let e = parse(&GOOD.replace(
-            "cluster_key = \"1111111111111111111111111111111111111111111111111111111111111111\"",
-            "",
-        ))
-        .unwrap_err();
+        let e = super::parse(GOOD).unwrap_err();
         assert!(e.to_string().contains("keygen"), "{e}");
     }
 
@@ -1089,13 +1408,10 @@ on_promote = "echo promoted"
             .iter()
             .map(|p| format!("{:?}", p.display().to_string()))
             .collect();
-        GOOD.replace(
-            "cluster_key = \"1111111111111111111111111111111111111111111111111111111111111111\"",
-            &format!(
-                "cluster_key_file = {:?}\naccepted_key_files = [{}]",
-                main.display().to_string(),
-                list.join(", ")
-            ),
+        format!(
+            "cluster_key_file = {:?}\naccepted_key_files = [{}]\n{GOOD}",
+            main.display().to_string(),
+            list.join(", ")
         )
     }
 
@@ -1103,7 +1419,7 @@ on_promote = "echo promoted"
     fn a_key_file_readable_by_others_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let open = key_file(dir.path(), "open.key", 0o644);
-        let errs = parse(&with_key_files(&open, &[])).unwrap_err();
+        let errs = super::parse(&with_key_files(&open, &[])).unwrap_err();
         let p = errs
             .0
             .iter()
@@ -1113,13 +1429,13 @@ on_promote = "echo promoted"
         assert!(p.message.contains("chmod 600"), "{errs}");
         let group = key_file(dir.path(), "group.key", 0o640);
         let good = key_file(dir.path(), "good.key", 0o600);
-        let errs = parse(&with_key_files(&good, &[&group])).unwrap_err();
+        let errs = super::parse(&with_key_files(&good, &[&group])).unwrap_err();
         assert!(
             errs.0.iter().any(|p| p.field == "accepted_key_files[0]"),
             "{errs}"
         );
         let next = key_file(dir.path(), "next.key", 0o400);
-        let v = parse(&with_key_files(&good, &[&next])).unwrap();
+        let v = super::parse(&with_key_files(&good, &[&next])).unwrap();
         assert_eq!(v.accepted_keys_hex.len(), 1);
     }
 
@@ -1141,9 +1457,102 @@ on_promote = "echo promoted"
     #[test]
     fn the_key_never_shows_in_debug_output() {
         let v = parse(GOOD).unwrap();
-        let key = "1111111111111111111111111111111111111111111111111111111111111111";
-        assert!(!format!("{v:?}").contains(key));
-        assert!(!format!("{:?}", v.raw).contains(key));
-        assert_eq!(v.key_hex.expose(), key);
+        assert!(!format!("{v:?}").contains(KEY));
+        assert!(!format!("{:?}", v.raw).contains(KEY));
+        assert_eq!(v.key_hex.expose(), KEY);
+    }
+
+    /// A config with several mistakes of different kinds: every one is reported in one run,
+    /// each with its key path and its source (file:line or the environment variable).
+    #[test]
+    fn several_mistakes_are_all_reported_with_their_sources() {
+        let text = GOOD
+            .replace("node_id = \"n1\"", "node_id = \"N 1\"\nprofil = \"lan\"")
+            .replacen("[raft]\n", "[raft]\nlistne = \"x\"\n", 1)
+            .replace("\nname = \"demo\"", "\nname = \"demo\"\nlease_ttl = 5");
+        let env = [
+            ("QUORATE_CLUSTER_KEY".to_owned(), KEY.to_owned()),
+            ("QUORATE_GOSSIP__LISTEN".to_owned(), "nowhere".to_owned()),
+            ("QUORATE_GOSSIP__LISTN".to_owned(), "x".to_owned()),
+            ("QUORATE_CHAOS".to_owned(), "1".to_owned()),
+        ];
+        let errs = parse_with(&text, "node.toml", &env).unwrap_err();
+        let find = |field: &str| {
+            errs.0
+                .iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("{field} not reported: {errs}"))
+        };
+        assert!(find("profil").message.contains("unknown key"), "{errs}");
+        assert_eq!(
+            find("profil").source.as_deref(),
+            Some("node.toml:4"),
+            "{errs}"
+        );
+        assert!(
+            find("raft.listne").message.contains("unknown key"),
+            "{errs}"
+        );
+        assert!(
+            find("role[0].lease_ttl").message.contains("invalid type"),
+            "{errs}"
+        );
+        assert_eq!(
+            find("gossip.listn").source.as_deref(),
+            Some("env QUORATE_GOSSIP__LISTN")
+        );
+        // The file parsed, so the values are validated too, in the same run.
+        assert_eq!(
+            find("node_id").source.as_deref(),
+            Some("node.toml:3"),
+            "{errs}"
+        );
+        assert_eq!(
+            find("gossip.listen").source.as_deref(),
+            Some("env QUORATE_GOSSIP__LISTEN"),
+            "{errs}"
+        );
+        let shown = errs.to_string();
+        assert!(shown.contains("node_id (node.toml:3)"), "{shown}");
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let errs = parse("cluster_name = \"x\"\nnode_id = [1,\nx = 2\n").unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(errs.0[0].source.as_deref(), Some("node.toml:3:3"), "{errs}");
+    }
+
+    #[test]
+    fn the_key_is_refused_inline_and_taken_from_the_environment() {
+        let inline = format!("cluster_key = \"{KEY}\"\n{GOOD}");
+        let errs = super::parse(&inline).unwrap_err();
+        let p = errs.0.iter().find(|p| p.field == "cluster_key").unwrap();
+        assert!(
+            p.message.contains("must not be written in the config file"),
+            "{errs}"
+        );
+        assert_eq!(p.source.as_deref(), Some("config:1"));
+        let v = parse(GOOD).unwrap();
+        assert_eq!(v.key_hex.expose(), KEY);
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let env = [
+            ("QUORATE_CLUSTER_KEY".to_owned(), KEY.to_owned()),
+            ("QUORATE_NODE_ID".to_owned(), "n2".to_owned()),
+            (
+                "QUORATE_GOSSIP__SEEDS".to_owned(),
+                "127.0.0.1:7103, 127.0.0.1:7104".to_owned(),
+            ),
+            ("QUORATE_STARTUP__STOP_BUDGET".to_owned(), "7s".to_owned()),
+            ("QUORATE_GOSSIP__BOOTSTRAP".to_owned(), "true".to_owned()),
+        ];
+        let v = parse_with(GOOD, "node.toml", &env).unwrap();
+        assert_eq!(v.node_id.to_string(), "n2");
+        assert_eq!(v.raw.gossip.seeds, vec!["127.0.0.1:7103", "127.0.0.1:7104"]);
+        assert_eq!(v.startup.stop_budget, Duration::from_secs(7));
+        assert!(v.raw.gossip.bootstrap);
     }
 }

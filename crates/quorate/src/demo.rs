@@ -14,8 +14,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use quorate_types::Secret;
-
 use crate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
 use crate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 
@@ -59,6 +57,8 @@ pub struct LoopbackPlan {
     pub cluster_name: String,
     /// The key, as hex.
     pub key_hex: String,
+    /// The key file every node's config names (mode 0600).
+    pub key_file: std::path::PathBuf,
     /// Node names (`n1`, `n2`, ...).
     pub names: Vec<String>,
     /// Raft listen addresses, by node.
@@ -68,11 +68,16 @@ pub struct LoopbackPlan {
 }
 
 impl LoopbackPlan {
-    /// `n` nodes on free loopback ports with a fresh key.
-    pub fn new(cluster_name: &str, n: usize) -> Result<LoopbackPlan> {
+    /// `n` nodes on free loopback ports with a fresh key, written to `dir/cluster.key`
+    /// (mode 0600: the config may not hold the key itself).
+    pub fn new(cluster_name: &str, n: usize, dir: &Path) -> Result<LoopbackPlan> {
+        let key_file = dir.join("cluster.key");
+        quorate_startup::config::write_new_key_file(&key_file).map_err(anyhow::Error::msg)?;
+        let key_hex = std::fs::read_to_string(&key_file)?.trim().to_owned();
         let mut plan = LoopbackPlan {
             cluster_name: cluster_name.to_owned(),
-            key_hex: quorate_wire::ClusterKey::generate()?.to_hex(),
+            key_hex,
+            key_file,
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             raft: Vec::new(),
             gossip: Vec::new(),
@@ -89,9 +94,9 @@ impl LoopbackPlan {
     pub fn agent(&self, i: usize, data_dir: &Path) -> AgentConfig {
         AgentConfig {
             cluster_name: self.cluster_name.clone(),
-            cluster_key: Some(Secret::new(self.key_hex.clone())),
+            cluster_key: None,
             accepted_key_files: Vec::new(),
-            cluster_key_file: None,
+            cluster_key_file: Some(self.key_file.clone()),
             node_id: self.names[i].clone(),
             data_dir: data_dir.to_path_buf(),
             profile: "lan".to_owned(),
@@ -131,7 +136,7 @@ pub fn to_toml(config: &AgentConfig) -> Result<String> {
 }
 
 fn write_configs(dir: &Path) -> Result<Vec<Node>> {
-    let plan = LoopbackPlan::new("quorate-demo", 3)?;
+    let plan = LoopbackPlan::new("quorate-demo", 3, dir)?;
     let log = dir.join("actions.log");
     let hook = |what: &str| {
         format!(
