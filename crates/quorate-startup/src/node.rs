@@ -94,6 +94,7 @@ pub struct NodeContext {
 /// Builds a [`Node`] from a validated config.
 pub struct NodeBuilder {
     config: Validated,
+    events: broadcast::Sender<NodeEvent>,
     plugins: Vec<Arc<dyn Plugin>>,
     notifier: Arc<dyn Notifier>,
     hooks: Vec<(RoleName, Arc<dyn quorate_failover::shell::RoleHooks>)>,
@@ -240,8 +241,10 @@ impl Started {
 impl Node {
     /// A builder for a node run from `config`.
     pub fn builder(config: Validated) -> NodeBuilder {
+        let (events, _) = broadcast::channel(config.startup.events_capacity);
         NodeBuilder {
             config,
+            events,
             plugins: Vec::new(),
             notifier: Arc::new(SdNotifier),
             hooks: Vec::new(),
@@ -438,6 +441,12 @@ async fn handover(failover: &FailoverManager, role: &RoleName, wait: Duration) -
 }
 
 impl NodeBuilder {
+    /// Node events from the first stage on (subscribe before [`NodeBuilder::start`] to see
+    /// the stages as they end; the node's own [`Node::events`] is the same stream).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
     /// Adds a plugin, started after the roles stage (in the order added).
     pub fn plugin(mut self, plugin: Arc<dyn Plugin>) -> Self {
         self.plugins.push(plugin);
@@ -471,7 +480,7 @@ impl NodeBuilder {
     /// Starts the stages in order (see the module docs). On failure, the stages already
     /// started are stopped in reverse order and the error names the failed stage.
     pub async fn start(self) -> Result<Node, StartupError> {
-        let (events, _) = broadcast::channel(self.config.startup.events_capacity);
+        let events = self.events.clone();
         let mut report = StartupReport::default();
         let mut started = Started::default();
         match self.start_stages(&events, &mut report, &mut started).await {

@@ -22,29 +22,30 @@ fn emit(e: &NodeEvent) {
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
     let builder = Node::builder(v);
-    // Events from the very first stage on: subscribe through a printer task fed by the node's
-    // stream once it exists; stage lines are printed from the report as they come.
-    let node = match builder.start().await {
-        Ok(node) => node,
-        Err(e) => {
-            for s in &e.report.stages {
-                emit(&NodeEvent::Stage(s.clone()));
+    // Every event from the first stage on, printed as it happens (stages included), so a
+    // supervisor or test sees how far startup got.
+    let mut events = builder.events();
+    let start = builder.start();
+    tokio::pin!(start);
+    let node = loop {
+        tokio::select! {
+            r = &mut start => match r {
+                Ok(node) => break node,
+                Err(e) => {
+                    while let Ok(ev) = events.try_recv() {
+                        emit(&ev);
+                    }
+                    eprint!("startup report:\n{}", e.report);
+                    return Err(anyhow::anyhow!("{e}"));
+                }
+            },
+            e = events.recv() => {
+                if let Ok(e) = e {
+                    emit(&e);
+                }
             }
-            eprint!("startup report:\n{}", e.report);
-            return Err(anyhow::anyhow!("{e}"));
         }
     };
-    for s in &node.startup_report().stages {
-        emit(&NodeEvent::Stage(s.clone()));
-    }
-    for component in ["health", "raft", "membership", "failover"] {
-        emit(&NodeEvent::Started {
-            component: component.to_owned(),
-            node: node.context().config.node_id.to_string(),
-            pid: std::process::id(),
-        });
-    }
-    let mut events = node.events();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
