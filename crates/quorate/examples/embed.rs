@@ -5,7 +5,11 @@
 //! resource ([`FencedFile`]) refuses a token lower than the highest it has seen, so a stale
 //! primary (paused, partitioned) can never overwrite a newer one's work. Ctrl-C hands the role
 //! over before exiting.
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "an example program")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "an example program"
+)]
 
 use std::io::Write as _;
 use std::path::PathBuf;
