@@ -138,6 +138,20 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
     Ok(())
 }
 
+/// Command line of the coordination benchmarks.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// A tiny run (seconds, for CI), not the full one.
+    #[arg(long)]
+    tiny: bool,
+    /// Failover trials (default: the run's own number).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Where to write the table.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("agent") {
@@ -149,30 +163,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut cfg = BenchConfig::full();
-    let mut out =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt");
-    let mut it = argv.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--tiny" => cfg = BenchConfig::tiny(),
-            "--trials" => {
-                cfg.failover_trials = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(cfg.failover_trials);
-            }
-            "--out" => {
-                if let Some(p) = it.next() {
-                    out = PathBuf::from(p);
-                }
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; use --tiny, --trials N, --out PATH");
-                return ExitCode::from(2);
-            }
+    let parsed = match <Args as clap::Parser>::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
         }
+    };
+    let mut cfg = if parsed.tiny {
+        BenchConfig::tiny()
+    } else {
+        BenchConfig::full()
+    };
+    if let Some(t) = parsed.trials {
+        cfg.failover_trials = t;
     }
+    let out = parsed.out.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt")
+    });
     let args: String = argv.iter().map(|a| format!(" {a}")).collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
