@@ -12,6 +12,9 @@
 //!   rustup proxies at `/opt/rust/bin`, and cargo-nextest at `/usr/local/bin` unless
 //!   `--bare-toolchain`). `CARGO_HOME` is the root's own empty `/root/.cargo`: the crate
 //!   registry cache and `cargo install`ed tools are downloaded afresh and stay in the root.
+//! - The host's CA bundle is mounted read-only at `/opt/rust/host-ca.crt` and named in
+//!   `CARGO_HTTP_CAINFO`, for machines whose egress proxy intercepts TLS; the root's own
+//!   `/etc/ssl` is untouched.
 //! - Everything is mounted in a private mount namespace (`unshare --mount`): `/proc`, `/sys`,
 //!   `/dev`, a tmpfs on `/run` (for `ip netns`), the host's `resolv.conf`. The mounts vanish
 //!   when the command ends, whether it succeeds, fails or is interrupted, and never show on the
@@ -189,7 +192,7 @@ pub(crate) fn inner(args: &[String]) -> Result<()> {
     };
     mounts(&dir, toolchain == "nextest")?;
     let clone_dir = format!("/{CLONE}");
-    let env: Vec<String> = vec![
+    let mut env: Vec<String> = vec![
         "HOME=/root".into(),
         "USER=root".into(),
         "LOGNAME=root".into(),
@@ -202,6 +205,10 @@ pub(crate) fn inner(args: &[String]) -> Result<()> {
             "PATH=/root/.cargo/bin:/{RUST_DIR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         ),
     ];
+    if host_ca_bundle().is_some() {
+        // Cargo only (crates.io over HTTPS); apt uses plain HTTP and the tests make their own CAs.
+        env.push(format!("CARGO_HTTP_CAINFO=/{RUST_DIR}/host-ca.crt"));
+    }
     let passed: Vec<String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("QUORATE_"))
         .map(|(k, v)| format!("{k}={v}"))
@@ -415,6 +422,17 @@ fn clone(repo: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The host's CA bundle, given to cargo in the root so that crates.io is reachable through a
+/// TLS-intercepting egress proxy whose CA the host trusts (as on the machines this project is
+/// built on). On an open network it changes nothing. `SSL_CERT_FILE`, else Debian's bundle.
+fn host_ca_bundle() -> Option<PathBuf> {
+    let p = std::env::var("SSL_CERT_FILE").map_or_else(
+        |_| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        PathBuf::from,
+    );
+    p.is_file().then_some(p)
+}
+
 /// Where the host's Rust toolchain is: `RUSTUP_HOME` and the directory of the rustup proxies.
 fn host_toolchain() -> Result<(PathBuf, PathBuf)> {
     let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
@@ -472,6 +490,14 @@ fn mounts(dir: &Path, with_nextest: bool) -> Result<()> {
     mount(&["-t", "tmpfs"], Path::new("tmpfs"), &dir.join("run"))?;
     std::fs::create_dir_all(dir.join("run/lock"))?;
     bind_ro(Path::new("/etc/resolv.conf"), &dir.join("etc/resolv.conf"))?;
+    let ca = host_ca_bundle();
+    if let Some(ca) = &ca {
+        let to = dir.join(RUST_DIR).join("host-ca.crt");
+        if !to.exists() {
+            std::fs::write(&to, "")?;
+        }
+        bind_ro(ca, &to)?;
+    }
     let (rustup, bin) = host_toolchain()?;
     bind_ro(&rustup, &dir.join(RUST_DIR).join("rustup"))?;
     bind_ro(&bin, &dir.join(RUST_DIR).join("bin"))?;
