@@ -327,15 +327,19 @@ fn unpack(snapshot: &Path, dir: &Path) -> Result<()> {
             mounted.join(", ")
         );
     }
-    let t = Instant::now();
     if dir.exists() {
-        println!("fresh-root: removing the old root {}", dir.display());
+        let t = Instant::now();
         crate::phases::run(
             Command::new("rm")
                 .args(["-rf", "--one-file-system"])
                 .arg(dir),
         )?;
+        println!(
+            "fresh-root: removed the old root in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
+    let t = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::phases::run(
         Command::new("tar")

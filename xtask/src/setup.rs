@@ -7,8 +7,8 @@
 //! needs is named here, not pulled in as a Recommends); otherwise the exact `sudo apt-get
 //! install` line is printed and the command fails. The packaged services that Debian starts on
 //! install are stopped: the tests start their own servers on loopback ports. Then cargo-nextest
-//! is installed when missing (the CI's test runner), and cargo-fuzz when missing (optional: the
-//! fuzz phase skips without it).
+//! is installed when missing (the CI's test runner), and cargo-fuzz when missing on a CI
+//! machine (root or `CI` set; optional: the fuzz phase skips without it).
 
 use std::process::{Command, Stdio};
 
@@ -285,18 +285,27 @@ fn cargo_tools(check_only: bool) -> Result<()> {
             bail!("`cargo install cargo-nextest --locked` exited with {status}");
         }
     }
-    if !has_cargo_tool("fuzz") && !check_only {
-        println!("setup: installing cargo-fuzz (for the time-boxed fuzz phase)");
-        let ok = Command::new(cargo_bin())
-            .args(["install", "cargo-fuzz", "--locked"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            println!(
-                "setup: cargo-fuzz could not be installed: the fuzz phase will say so and skip"
-            );
-        }
+    if has_cargo_tool("fuzz") || check_only {
+        return Ok(());
+    }
+    // Building cargo-fuzz takes a minute or more: done on CI machines (root or CI set), where
+    // the fuzz phase should run, and not on every developer's `cargo xtask ci`.
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if !ci && !is_root() {
+        println!(
+            "setup: cargo-fuzz is not installed, so the fuzz phase will skip \
+             (`cargo install cargo-fuzz --locked` to run it)"
+        );
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (for the time-boxed fuzz phase)");
+    let ok = Command::new(cargo_bin())
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("setup: cargo-fuzz could not be installed: the fuzz phase will say so and skip");
     }
     Ok(())
 }
