@@ -544,3 +544,30 @@ fn kill_leftovers(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn options_parse_and_the_command_follows_the_separator() {
+        let o = parse(&args(&[
+            "--dir", "/x/root", "--fresh", "--", "cargo", "--fresh",
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no options"));
+        assert_eq!(o.dir, PathBuf::from("/x/root"));
+        assert!(o.fresh && !o.new_snapshot && !o.bare_toolchain);
+        assert_eq!(o.command, args(&["cargo", "--fresh"]));
+        assert!(parse(&args(&["--frehs"])).is_err());
+        assert!(parse(&args(&["--dir"])).is_err());
+        assert_eq!(
+            snapshot_path(Path::new("/work/fresh-root")),
+            PathBuf::from("/work/fresh-root.tar")
+        );
+    }
+}
