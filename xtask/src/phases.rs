@@ -1,4 +1,5 @@
-//! The phases of `cargo xtask ci`, in the order the plan builds the system: tidy, fmt, one
+//! The phases of `cargo xtask ci`, in the order the plan builds the system: setup (the Debian
+//! packages and cargo tools the tests need), tidy, fmt, one
 //! clippy and one build of the whole workspace, then tests layer by layer, then docs,
 //! simulation and fuzzing.
 //!
@@ -13,6 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::setup;
+
 /// One step of the CI.
 struct Phase {
     name: &'static str,
@@ -21,6 +24,8 @@ struct Phase {
 }
 
 enum Kind {
+    /// `cargo xtask setup`: the Debian packages and cargo tools the tests need.
+    Setup,
     /// `cargo test -p xtask`: the tidy tests.
     Tidy,
     /// `cargo fmt --check`.
@@ -41,6 +46,11 @@ enum Kind {
 const FUZZ_TARGETS: &[&str] = &["frame_decode"];
 
 const PHASES: &[Phase] = &[
+    Phase {
+        name: "setup",
+        what: "install the Debian packages and cargo tools the tests need (root), or name them",
+        kind: Kind::Setup,
+    },
     Phase {
         name: "tidy",
         what: "workspace rules: lints inherited, folder = crate name, //! headers, pure cores",
@@ -189,6 +199,11 @@ enum Outcome {
 
 fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
     match phase.kind {
+        Kind::Setup => {
+            if let setup::Done::NotDebian(why) = setup::ensure(false)? {
+                return Ok(Outcome::Skipped(why));
+            }
+        }
         Kind::Tidy => {
             cargo(
                 root,
@@ -272,7 +287,7 @@ fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
                 .unwrap_or(false);
             if !has_fuzz {
                 return Ok(Outcome::Skipped(
-                    "cargo-fuzz is not installed (.ci/run installs it)".into(),
+                    "cargo-fuzz is not installed (`cargo xtask setup` tries to install it)".into(),
                 ));
             }
             let secs = std::env::var("QUORATE_FUZZ_SECONDS").unwrap_or_else(|_| "30".into());
@@ -350,13 +365,13 @@ fn cargo_bin() -> String {
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     if args.first() == Some(&"nextest-missing") {
         bail!(
-            "cargo-nextest is not installed: `cargo install cargo-nextest --locked` (.ci/run does)"
+            "cargo-nextest is not installed: `cargo install cargo-nextest --locked` (`cargo xtask setup` does)"
         );
     }
     run(Command::new(cargo_bin()).current_dir(root).args(args))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
