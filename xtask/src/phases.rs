@@ -42,6 +42,20 @@ enum Kind {
     Fuzz,
 }
 
+/// Every crate some layer phase tests (the tidy test `every_crate_is_tested_by_a_phase` checks
+/// that no crate is left out).
+pub(crate) fn layer_crates() -> Vec<&'static str> {
+    PHASES
+        .iter()
+        .filter_map(|p| match p.kind {
+            Kind::Layer(c) => Some(c),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// The cargo-fuzz targets in `fuzz/fuzz_targets/`.
 const FUZZ_TARGETS: &[&str] = &["frame_decode"];
 
@@ -74,6 +88,7 @@ const PHASES: &[Phase] = &[
             "quorate-health-api",
             "quorate-membership-api",
             "quorate-coord-api",
+            "quorate-clock",
         ]),
     },
     Phase {
@@ -84,7 +99,7 @@ const PHASES: &[Phase] = &[
     Phase {
         name: "harness",
         what: "simulation harness and history checkers",
-        kind: Kind::Layer(&["quorate-sim"]),
+        kind: Kind::Layer(&["quorate-sim", "quorate-testkit"]),
     },
     Phase {
         name: "health",
@@ -107,9 +122,19 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-failover"]),
     },
     Phase {
+        name: "startup",
+        what: "the node assembly: stages, config, notification, shutdown",
+        kind: Kind::Layer(&["quorate-startup"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
-        kind: Kind::Layer(&["quorate"]),
+        kind: Kind::Layer(&["quorate", "quorate-chaos"]),
+    },
+    Phase {
+        name: "bench",
+        what: "every benchmark, run tiny (figures are printed, never asserted)",
+        kind: Kind::Layer(&["quorate-bench"]),
     },
     Phase {
         name: "doc",

@@ -346,6 +346,22 @@ fn test_only_crates_are_never_normal_dependencies() {
 }
 
 #[test]
+fn every_crate_is_tested_by_a_phase() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let layers = crate::phases::layer_crates();
+    let findings = member_manifests(&root)
+        .into_iter()
+        .filter_map(|m| {
+            let folder = m.parent()?.file_name()?.to_string_lossy().into_owned();
+            (folder != "xtask" && !layers.contains(&folder.as_str())).then(|| {
+                format!("{folder} is in no layer phase of xtask/src/phases.rs: its tests would never run in CI")
+            })
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
 fn every_crate_is_named_in_architecture_md() {
     let root = root().unwrap_or_else(|e| panic!("{e}"));
     let arch = read(&root.join("ARCHITECTURE.md"));

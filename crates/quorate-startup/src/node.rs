@@ -643,11 +643,10 @@ impl NodeBuilder {
             let m = quorate_membership::start(TokioNet, mc, wire.clone(), Some(health.clone()))
                 .await
                 .map_err(|e| format!("starting membership: {e}"))?;
-            let mut sub = m.subscribe();
-            while !m.snapshot().joined {
-                // Any event may be the join; a lagging receiver just looks again.
-                let _ = sub.recv().await;
-            }
+            // The join flips the snapshot (not necessarily with an event): wait on the snapshot.
+            m.wait_for(|s| s.joined)
+                .await
+                .map_err(|e| format!("membership stopped before joining: {e}"))?;
             Ok(m)
         })
         .await?;
