@@ -1,0 +1,306 @@
+//! The remote client (`client::CoordClient`) against real-TCP clusters: a watch resumes
+//! without a gap when the node it polls is killed, a lock waiter is woken by the holder's
+//! unlock (a held watch poll, not a timer), and bad client requests get typed errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use quorate_coord_api::{
+    Consistency, Coord, CoordError, EventKind, LeaseId, RangeRequest, Revision,
+};
+use quorate_raft::Limits;
+use quorate_raft::client::RemoteClient;
+use quorate_raft::machine::Command;
+use quorate_raft::network::{
+    ClientRequest, Request, Response, Transport, TransportConfig, WatchPoll,
+};
+use quorate_wire::net::TokioNet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_without_a_gap_after_its_node_is_killed() {
+    let mut c = common::Cluster::start_with(3, true, Limits::default()).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    // The watcher starts at the follower; reads and polls never move it (no NotLeader).
+    let mut addrs = c.addrs.clone();
+    addrs.rotate_left(follower);
+    let watcher = common::remote_client(addrs).await;
+    let writer = Arc::new(common::remote_client(c.addrs.clone()).await);
+    let mut stream = watcher.watch("resume/", None).await.unwrap();
+    assert_eq!(watcher.current(), Some(c.addrs[follower].as_str()));
+
+    let mut written = Vec::new();
+    for i in 0..5 {
+        let p = writer
+            .put(&format!("resume/{i}"), vec![i], None)
+            .await
+            .unwrap();
+        written.push((format!("resume/{i}"), p.revision));
+    }
+    for (key, rev) in &written[..5] {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("an event")
+            .expect("the stream goes on")
+            .unwrap();
+        assert_eq!((&ev.kv.key, ev.revision()), (key, *rev));
+    }
+    // The next poll is now held by the follower; kill it, then write more.
+    c.kill(follower).await;
+    for i in 5..10 {
+        let p = writer
+            .put(&format!("resume/{i}"), vec![i], None)
+            .await
+            .unwrap();
+        written.push((format!("resume/{i}"), p.revision));
+    }
+    for (key, rev) in &written[5..] {
+        let ev = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("an event after the kill")
+            .expect("the stream survives the kill")
+            .unwrap();
+        assert_eq!(
+            (&ev.kv.key, ev.revision(), ev.kind),
+            (key, *rev, EventKind::Put),
+            "a gap or a duplicate after the node change"
+        );
+    }
+    assert_ne!(watcher.current(), Some(c.addrs[follower].as_str()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_is_woken_by_the_unlock_not_by_polling() {
+    let mut c = common::Cluster::start(3).await;
+    c.leader().await;
+    let holder = common::remote_client(c.addrs.clone()).await;
+    let waiter = common::remote_client(c.addrs.clone()).await;
+    let ttl = Duration::from_secs(10);
+    let l1 = holder.lease_grant(ttl).await.unwrap().id;
+    let l2 = waiter.lease_grant(ttl).await.unwrap().id;
+    let g1 = holder.lock("wake", l1).await.unwrap();
+
+    let before = waiter.calls_sent();
+    let w = waiter.clone();
+    let task = tokio::spawn(async move { w.lock("wake", l2).await });
+    // Until the waiter's key is queued.
+    loop {
+        let info = holder.lease_time_to_live(l2).await.unwrap();
+        if !info.keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Hold the lock a while: a polling waiter (1-16 ms back-off) would send dozens of calls
+    // meanwhile; a watching one sends its one held poll.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !task.is_finished(),
+        "the waiter got the lock while it was held"
+    );
+    holder.unlock(&g1).await.unwrap();
+    let g2 = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the waiter wakes after the unlock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(g2.lease, l2);
+    assert!(g2.token > g1.token);
+    let calls = waiter.calls_sent() - before;
+    // The lock write (plus a hop or two to the leader), one held poll, one position read.
+    assert!(calls <= 6, "the waiter sent {calls} calls: it polls");
+    c.shutdown().await;
+}
+
+fn transport() -> Transport<TokioNet> {
+    let limits = Limits::default();
+    Transport::new(
+        TokioNet,
+        TransportConfig {
+            wire: common::wire(),
+            frame_bytes_max: limits.frame_bytes_max,
+            connect_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(10),
+            idle_per_peer_max: 1,
+            inbound_connections_max: 1,
+            inbound_idle_timeout: Duration::from_secs(10),
+        },
+    )
+}
+
+#[track_caller]
+fn check(
+    r: Result<quorate_raft::network::ClientResponse, CoordError>,
+    want: fn(&CoordError) -> bool,
+) {
+    match r {
+        Err(e) if want(&e) => {}
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_requests_get_typed_errors() {
+    let mut c = common::Cluster::start(3).await;
+    let leader = c.leader().await;
+    let client = common::remote_client(c.addrs.clone()).await;
+    let caps = client.capabilities();
+    client.put("kept", b"1".to_vec(), None).await.unwrap();
+    let limits = Limits::default();
+    let poll = |prefix: String, max_events: u32, wait: Duration, from: u64| {
+        ClientRequest::WatchPoll(WatchPoll {
+            prefix,
+            from_revision: Revision(from),
+            skip: 0,
+            max_events,
+            wait,
+        })
+    };
+    let invalid = |e: &CoordError| matches!(e, CoordError::InvalidArgument { .. });
+    let long = "p".repeat(caps.key_bytes_max + 1);
+    for node in 0..3 {
+        check(
+            client
+                .call_node(node, poll(long.clone(), 10, Duration::ZERO, 1))
+                .await,
+            |e| matches!(e, CoordError::KeyTooLarge { .. }),
+        );
+        check(
+            client
+                .call_node(node, poll("a".into(), 0, Duration::ZERO, 1))
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(node, poll("a".into(), u32::MAX, Duration::ZERO, 1))
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    poll(
+                        "a".into(),
+                        limits.watch_events_max.get() + 1,
+                        Duration::ZERO,
+                        1,
+                    ),
+                )
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    poll(
+                        "a".into(),
+                        10,
+                        limits.watch_wait_max + Duration::from_millis(1),
+                        1,
+                    ),
+                )
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    poll("a".into(), 10, Duration::from_secs(u64::MAX / 4), 1),
+                )
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(node, poll("a".into(), 10, Duration::ZERO, 0))
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    ClientRequest::Range(RangeRequest::prefix(long.clone())),
+                )
+                .await,
+            |e| matches!(e, CoordError::KeyTooLarge { .. }),
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    ClientRequest::LockHolder {
+                        name: "n".repeat(10_000),
+                        consistency: Consistency::Local,
+                    },
+                )
+                .await,
+            invalid,
+        );
+        check(
+            client
+                .call_node(
+                    node,
+                    ClientRequest::Position {
+                        key: "not/a/queue/key".into(),
+                        lease: LeaseId(1),
+                    },
+                )
+                .await,
+            invalid,
+        );
+    }
+    // A client cannot propose a lease expiry: refused by the client layer, and by a node that
+    // receives one as a raw proposal.
+    let expire = Command::LeaseExpire {
+        leases: vec![(LeaseId(1), 1)],
+    };
+    let mut old = RemoteClient::new(
+        TokioNet,
+        TransportConfig {
+            wire: common::wire(),
+            frame_bytes_max: limits.frame_bytes_max,
+            connect_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(10),
+            idle_per_peer_max: 1,
+            inbound_connections_max: 1,
+            inbound_idle_timeout: Duration::from_secs(10),
+        },
+        c.addrs.clone(),
+    );
+    let e = old.propose(&expire, 3).await.unwrap_err();
+    assert!(invalid(&e), "{e:?}");
+    let t = transport();
+    match t
+        .call(&c.addrs[leader], &Request::Propose(expire), None)
+        .await
+        .unwrap()
+    {
+        Response::Propose(Err(e)) => assert!(invalid(&e), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A poll within the bounds is answered (held, then empty); the cluster still works.
+    let got = client
+        .call_node(
+            leader,
+            poll("nothing/".into(), 10, Duration::from_millis(50), 1),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&got, quorate_raft::network::ClientResponse::Watch(b) if b.events.is_empty()),
+        "{got:?}"
+    );
+    let kept = client.get("kept", Consistency::Linearizable).await.unwrap();
+    assert_eq!(kept.kv.map(|kv| kv.value), Some(b"1".to_vec()));
+    c.shutdown().await;
+}
