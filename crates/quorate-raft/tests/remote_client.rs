@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quorate_coord_api::{
-    Consistency, Coord, CoordError, EventKind, LeaseId, RangeRequest, Revision,
+    Consistency, Coord, CoordError, EventKind, LeaseId, RangeRequest, Revision, Txn, TxnOp,
 };
 use quorate_raft::Limits;
 use quorate_raft::client::RemoteClient;
@@ -20,28 +20,48 @@ use quorate_raft::network::{
 };
 use quorate_wire::net::TokioNet;
 
+/// Writes `n` puts under `prefix` in one transaction (one revision); returns (key, revision).
+async fn txn_puts(c: &dyn Coord, prefix: &str, n: u8) -> Vec<(String, Revision)> {
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let t = c
+        .txn(Txn {
+            success: keys
+                .iter()
+                .map(|k| TxnOp::Put {
+                    key: k.clone(),
+                    value: b"v".to_vec(),
+                    lease: None,
+                })
+                .collect(),
+            ..Txn::default()
+        })
+        .await
+        .unwrap();
+    keys.into_iter().map(|k| (k, t.revision)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_without_a_gap_after_its_node_is_killed() {
     let mut c = common::Cluster::start_with(3, true, Limits::default()).await;
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
-    // The watcher starts at the follower; reads and polls never move it (no NotLeader).
+    // The watcher starts at the follower; reads and polls never move it (no NotLeader). Two
+    // events per poll: a transaction's three events at one revision span two polls.
     let mut addrs = c.addrs.clone();
     addrs.rotate_left(follower);
-    let watcher = common::remote_client(addrs).await;
+    let mut config = common::remote_config();
+    config.watch_events_max = std::num::NonZeroU32::new(2).unwrap();
+    let watcher = quorate_raft::client::CoordClient::connect(TokioNet, config, addrs)
+        .await
+        .unwrap();
     let writer = Arc::new(common::remote_client(c.addrs.clone()).await);
     let mut stream = watcher.watch("resume/", None).await.unwrap();
     assert_eq!(watcher.current(), Some(c.addrs[follower].as_str()));
 
-    let mut written = Vec::new();
-    for i in 0..5 {
-        let p = writer
-            .put(&format!("resume/{i}"), vec![i], None)
-            .await
-            .unwrap();
-        written.push((format!("resume/{i}"), p.revision));
-    }
-    for (key, rev) in &written[..5] {
+    let mut written = txn_puts(&*writer, "resume/a", 3).await;
+    written.extend(txn_puts(&*writer, "resume/b", 3).await);
+    // Four of the six: the cursor now sits inside the second transaction's revision.
+    for (key, rev) in &written[..4] {
         let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
             .expect("an event")
@@ -49,27 +69,38 @@ async fn a_watch_resumes_without_a_gap_after_its_node_is_killed() {
             .unwrap();
         assert_eq!((&ev.kv.key, ev.revision()), (key, *rev));
     }
-    // The next poll is now held by the follower; kill it, then write more.
+    for (key, rev) in &written[4..] {
+        let ev = stream.next().await.unwrap().unwrap();
+        assert_eq!((&ev.kv.key, ev.revision()), (key, *rev));
+    }
+    // The next poll is sent (and held by the follower, which has nothing new); then the
+    // follower is killed and more is written.
+    let sent = watcher.calls_sent();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            match stream.next().await {
+                Some(Ok(ev)) => got.push((ev.kv.key.clone(), ev.revision(), ev.kind)),
+                other => panic!("the stream failed: {other:?}"),
+            }
+        }
+        got
+    });
+    while watcher.calls_sent() == sent {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     c.kill(follower).await;
-    for i in 5..10 {
-        let p = writer
-            .put(&format!("resume/{i}"), vec![i], None)
-            .await
-            .unwrap();
-        written.push((format!("resume/{i}"), p.revision));
-    }
-    for (key, rev) in &written[5..] {
-        let ev = tokio::time::timeout(Duration::from_secs(60), stream.next())
-            .await
-            .expect("an event after the kill")
-            .expect("the stream survives the kill")
-            .unwrap();
-        assert_eq!(
-            (&ev.kv.key, ev.revision(), ev.kind),
-            (key, *rev, EventKind::Put),
-            "a gap or a duplicate after the node change"
-        );
-    }
+    let mut after = txn_puts(&*writer, "resume/c", 3).await;
+    after.extend(txn_puts(&*writer, "resume/d", 3).await);
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("events after the kill")
+        .unwrap();
+    let want: Vec<_> = after
+        .into_iter()
+        .map(|(k, r)| (k, r, EventKind::Put))
+        .collect();
+    assert_eq!(got, want, "a gap or a duplicate across the node change");
     assert_ne!(watcher.current(), Some(c.addrs[follower].as_str()));
     c.shutdown().await;
 }

@@ -173,16 +173,22 @@ impl Cluster {
     }
 }
 
-/// A remote client (`CoordClient`) of the test cluster's nodes at `addrs`, with the
-/// capabilities read from a node.
-pub(crate) async fn remote_client(
-    addrs: Vec<String>,
-) -> quorate_raft::client::CoordClient<TokioNet> {
+/// The remote client settings of the tests.
+pub(crate) fn remote_config() -> quorate_raft::client::ClientConfig {
     let mut config = quorate_raft::client::ClientConfig::lan(wire());
     // The cluster runs the `wan` profile: an election takes up to ~3 s; keep trying through it.
     config.attempts = std::num::NonZeroUsize::new(40).unwrap();
     config.retry_pause = Duration::from_millis(100);
     config.watch_wait = Duration::from_secs(2);
+    config
+}
+
+/// A remote client (`CoordClient`) of the test cluster's nodes at `addrs`, with the
+/// capabilities read from a node.
+pub(crate) async fn remote_client(
+    addrs: Vec<String>,
+) -> quorate_raft::client::CoordClient<TokioNet> {
+    let config = remote_config();
     let mut last = None;
     for _ in 0..50 {
         match quorate_raft::client::CoordClient::connect(TokioNet, config.clone(), addrs.clone())
