@@ -295,6 +295,31 @@ mod tests {
     }
 
     #[test]
+    fn watch_poll_bounds_are_validated() {
+        let err = |l: Limits| {
+            l.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let held = Limits {
+            watch_polls_held_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            ..Limits::default()
+        };
+        assert!(err(held).contains("watch_polls_held_max"));
+        let zero = Limits {
+            watch_wait_max: Duration::ZERO,
+            ..Limits::default()
+        };
+        assert!(err(zero).contains("watch_wait_max"));
+        let long = Limits {
+            watch_wait_max: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        assert!(err(long).contains("watch_wait_max"));
+    }
+
+    #[test]
     fn raft_ids_are_stable() {
         let a = NodeId::new("n1").unwrap_or_else(|e| panic!("{e}"));
         let b = NodeId::new("n2").unwrap_or_else(|e| panic!("{e}"));

@@ -16,7 +16,7 @@ use quorate_raft::Limits;
 use quorate_raft::client::RemoteClient;
 use quorate_raft::machine::Command;
 use quorate_raft::network::{
-    ClientRequest, Request, Response, Transport, TransportConfig, WatchPoll,
+    ClientRequest, ClientResponse, Request, Response, Transport, TransportConfig, WatchPoll,
 };
 use quorate_wire::net::TokioNet;
 
@@ -333,5 +333,52 @@ async fn bad_client_requests_get_typed_errors() {
     );
     let kept = client.get("kept", Consistency::Linearizable).await.unwrap();
     assert_eq!(kept.kv.map(|kv| kv.value), Some(b"1".to_vec()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_watch_polls_are_bounded_per_node() {
+    let limits = Limits {
+        watch_polls_held_max: std::num::NonZeroUsize::new(1).unwrap(),
+        ..Limits::default()
+    };
+    let mut c = common::Cluster::start_with(1, false, limits).await;
+    c.leader().await;
+    let client = common::remote_client(c.addrs.clone()).await;
+    let poll = ClientRequest::WatchPoll(WatchPoll {
+        prefix: "held/".into(),
+        from_revision: Revision(1_000_000),
+        skip: 0,
+        max_events: 1,
+        wait: Duration::from_secs(2),
+    });
+    // Two polls at once: one holds the only slot, the other is refused. (Both answered
+    // normally only if the second arrived after the first's whole hold: then try again.)
+    let mut refused = false;
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            client.call_node(0, poll.clone()),
+            client.call_node(0, poll.clone())
+        );
+        let exhausted = |r: &Result<ClientResponse, CoordError>| {
+            matches!(r, Err(CoordError::ResourceExhausted { .. }))
+        };
+        let held = |r: &Result<ClientResponse, CoordError>| matches!(r, Ok(ClientResponse::Watch(b)) if b.events.is_empty());
+        assert!(
+            (exhausted(&a) || held(&a)) && (exhausted(&b) || held(&b)),
+            "{a:?} {b:?}"
+        );
+        assert!(!(exhausted(&a) && exhausted(&b)), "both refused: {a:?}");
+        if exhausted(&a) || exhausted(&b) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "a second poll was never refused while one was held"
+    );
+    // The node still answers.
+    client.put("held/x", b"1".to_vec(), None).await.unwrap();
     c.shutdown().await;
 }
