@@ -227,7 +227,8 @@ impl<N: Net> Core<N> {
     }
 
     /// One watch long-poll: the events from the asked point on, at once if there are any,
-    /// else when one is applied, else an empty batch when the wait runs out.
+    /// else when one is applied, else an empty batch when the wait runs out (after a read
+    /// barrier that fails on a node cut off from the majority).
     async fn watch_poll(&self, p: WatchPoll) -> Result<WatchBatch, CoordError> {
         self.check_key(&p.prefix)?;
         let events_max = self.limits.watch_events_max.get();
@@ -267,7 +268,17 @@ impl<N: Net> Core<N> {
                     revision: m.revision(),
                 }
             };
-            if !batch.events.is_empty() || Instant::now() >= deadline {
+            if !batch.events.is_empty() {
+                return Ok(batch);
+            }
+            if Instant::now() >= deadline {
+                if held.is_some() {
+                    // Nothing came for a whole hold: prove this node is still with the
+                    // majority, so a watcher of a cut-off node moves on (NotLeader/NoQuorum)
+                    // rather than wait here for events that are applied elsewhere.
+                    drop(held);
+                    self.linearizable_barrier().await?;
+                }
                 return Ok(batch);
             }
             if held.is_none() {
