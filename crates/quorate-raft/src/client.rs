@@ -988,3 +988,76 @@ impl<N: Net> RemoteClient<N> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
+mod tests {
+    use quorate_wire::net::TokioNet;
+    use quorate_wire::{ClusterKey, KeyRing};
+
+    use super::*;
+
+    fn config() -> ClientConfig {
+        let key = ClusterKey::from_bytes([3; 32]);
+        ClientConfig::lan(WireConfig::new("client-test", KeyRing::new(key, vec![])).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_client_without_nodes_fails_with_a_clear_error() {
+        let c = CoordClient::new(TokioNet, config(), vec![]);
+        let err = c.put("k", b"v".to_vec(), None).await.unwrap_err();
+        assert!(matches!(err, CoordError::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains("no node addresses"), "{err}");
+        let err = c.watch("", None).await.err().unwrap();
+        assert!(matches!(err, CoordError::InvalidArgument { .. }), "{err}");
+        let err = c.status().await.unwrap_err();
+        assert!(matches!(err, CoordError::InvalidArgument { .. }), "{err}");
+        assert_eq!(c.calls_sent(), 0);
+    }
+
+    #[test]
+    fn a_cursor_counts_the_events_of_its_revision() {
+        let ev = |rev: u64| WatchEvent {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: "k".into(),
+                value: Vec::new(),
+                create_revision: Revision(rev),
+                mod_revision: Revision(rev),
+                version: 1,
+                lease: None,
+            },
+        };
+        let mut c = Cursor::new("k".into(), Revision(5));
+        c.advance(&ev(5));
+        c.advance(&ev(5));
+        assert_eq!((c.next, c.skip), (Revision(5), 2));
+        c.advance(&ev(7));
+        assert_eq!((c.next, c.skip), (Revision(7), 1));
+    }
+
+    #[test]
+    fn clients_may_not_propose_raft_internal_commands() {
+        let expire = Command::LeaseExpire {
+            leases: vec![(LeaseId(1), 1)],
+        };
+        assert!(matches!(
+            ClientWrite::try_from(expire),
+            Err(CoordError::InvalidArgument { .. })
+        ));
+        let chosen = Command::LeaseGrant {
+            id: Some(LeaseId(9)),
+            ttl_ms: 5_000,
+        };
+        assert!(ClientWrite::try_from(chosen).is_err());
+        let put = Command::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            lease: None,
+        };
+        assert_eq!(
+            ClientWrite::try_from(put.clone()).unwrap().into_command(),
+            put
+        );
+    }
+}
