@@ -44,6 +44,7 @@ enum Kind {
 
 /// Every crate some layer phase tests (the tidy test `every_crate_is_tested_by_a_phase` checks
 /// that no crate is left out).
+#[cfg(test)]
 pub(crate) fn layer_crates() -> Vec<&'static str> {
     PHASES
         .iter()

@@ -152,6 +152,15 @@ pub struct Limits {
     pub inbound_idle_timeout: Duration,
     /// How long a client write may wait for its commit before it reports `Timeout`.
     pub write_timeout: Duration,
+    /// The longest a node holds a remote watch poll (`network::WatchPoll::wait`) that has no
+    /// event to send yet; a poll asking for more is refused with `InvalidArgument`.
+    pub watch_wait_max: Duration,
+    /// The most events one watch poll may ask for (`network::WatchPoll::max_events`).
+    pub watch_events_max: NonZeroU32,
+    /// The most watch polls a node holds at once. Each held poll keeps one inbound
+    /// connection, so this stays below `inbound_connections_max` (peers need the rest); a
+    /// poll beyond it fails with `ResourceExhausted`.
+    pub watch_polls_held_max: NonZeroUsize,
 }
 
 impl Default for Limits {
@@ -172,6 +181,9 @@ impl Default for Limits {
             inbound_connections_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             inbound_idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(5),
+            watch_wait_max: Duration::from_secs(10),
+            watch_events_max: NonZeroU32::new(1024).unwrap_or(NonZeroU32::MIN),
+            watch_polls_held_max: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -208,6 +220,19 @@ impl Limits {
                 "limits: rpc_timeout, connect_timeout, forward_timeout and write_timeout must be > 0"
                     .to_owned(),
             ));
+        }
+        if self.watch_polls_held_max >= self.inbound_connections_max {
+            return Err(NodeError::Config(format!(
+                "limits: watch_polls_held_max = {} must be below inbound_connections_max = {} \
+                 (peers need connections too): lower the one or raise the other",
+                self.watch_polls_held_max, self.inbound_connections_max
+            )));
+        }
+        if self.watch_wait_max.is_zero() || self.watch_wait_max > Duration::from_secs(300) {
+            return Err(NodeError::Config(format!(
+                "limits: watch_wait_max = {:?} must be between 1 ms and 300 s",
+                self.watch_wait_max
+            )));
         }
         Ok(())
     }
@@ -267,6 +292,31 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("command_bytes_max"), "{err}");
+    }
+
+    #[test]
+    fn watch_poll_bounds_are_validated() {
+        let err = |l: Limits| {
+            l.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let held = Limits {
+            watch_polls_held_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            ..Limits::default()
+        };
+        assert!(err(held).contains("watch_polls_held_max"));
+        let zero = Limits {
+            watch_wait_max: Duration::ZERO,
+            ..Limits::default()
+        };
+        assert!(err(zero).contains("watch_wait_max"));
+        let long = Limits {
+            watch_wait_max: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        assert!(err(long).contains("watch_wait_max"));
     }
 
     #[test]

@@ -12,9 +12,13 @@
 //!   connection at the first frame that fails to open (wrong key, wrong cluster, replay,
 //!   corruption, oversize), so an unauthenticated peer gets no answer at all.
 //!
-//! Message kinds: `0x0201` Raft request / `0x0202` Raft response, `0x0301`/`0x0302` client
-//! (forwarded proposals and read-index), `0x0401`/`0x0402` admin (forwarded membership
-//! changes).
+//! Message kinds: `0x0201` Raft request / `0x0202` Raft response; `0x0501`/`0x0502` peer
+//! forwards (a follower's proposal or read-index to the leader); `0x0401`/`0x0402` admin
+//! (forwarded membership changes); `0x0301`/`0x0302` remote client requests
+//! ([`Request::Client`] with a [`ClientRequest`], and the legacy [`Request::Get`]). A client
+//! request is answered by [`crate::node`]'s client handler only: it never reaches openraft's
+//! RPC handling, and its writes are a closed set ([`ClientWrite`]) that cannot name a
+//! Raft-internal command such as a lease expiry.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +33,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use quorate_coord_api::{CoordError, KeyValue};
+use quorate_coord_api::{
+    Capabilities, ClusterStatus, Consistency, CoordError, ElectionLeader, GetResponse, KeyValue,
+    LeaseId, LeaseInfo, LockGrant, RangeRequest, RangeResponse, Revision, Txn, WatchEvent,
+};
 use quorate_wire::net::{Listener, Net};
 use quorate_wire::{MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError};
 use serde::{Deserialize, Serialize};
@@ -37,17 +44,21 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::machine::{Command, Outcome};
+use crate::machine::{Command, Outcome, QueuePosition};
 use crate::types::{PeerNode, TypeConfig};
 
 /// Raft RPC request frames.
 pub const KIND_RAFT_REQ: MessageKind = MessageKind(0x0201);
 /// Raft RPC response frames.
 pub const KIND_RAFT_RESP: MessageKind = MessageKind(0x0202);
-/// Client RPC request frames (forwarded proposals, read-index).
+/// Remote client request frames ([`Request::Client`], legacy [`Request::Get`]).
 pub const KIND_CLIENT_REQ: MessageKind = MessageKind(0x0301);
-/// Client RPC response frames.
+/// Remote client response frames.
 pub const KIND_CLIENT_RESP: MessageKind = MessageKind(0x0302);
+/// Peer forward request frames (a follower's [`Request::Propose`] or [`Request::ReadIndex`]).
+pub const KIND_FORWARD_REQ: MessageKind = MessageKind(0x0501);
+/// Peer forward response frames.
+pub const KIND_FORWARD_RESP: MessageKind = MessageKind(0x0502);
 /// Admin request frames (forwarded membership changes).
 pub const KIND_ADMIN_REQ: MessageKind = MessageKind(0x0401);
 /// Admin response frames.
@@ -63,7 +74,7 @@ pub const KIND_HELLO: MessageKind = MessageKind(0x0203);
 pub const PRE_AUTH_FRAME_BYTES_MAX: u32 = 64 * 1024;
 
 /// A membership change forwarded to the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {
     /// Add a learner.
     AddLearner {
@@ -84,6 +95,295 @@ pub enum AdminRequest {
     },
 }
 
+/// A write a remote client may propose: the client-facing subset of [`Command`]. It has no
+/// variant for Raft-internal commands (lease expiry) and lets the machine pick lease ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientWrite {
+    /// `Coord::put`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease to attach it to.
+        lease: Option<LeaseId>,
+    },
+    /// `Coord::delete`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// `Coord::txn`.
+    Txn(Txn),
+    /// `Coord::lease_grant` (the machine picks the id).
+    LeaseGrant {
+        /// Time to live, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// `Coord::lease_keep_alive`.
+    LeaseKeepAlive {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// `Coord::lease_revoke`.
+    LeaseRevoke {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// Join (or re-join) lock `name`'s queue; answered at once with the place in the queue
+    /// (the client waits by watching the key ahead).
+    Lock {
+        /// The lock name.
+        name: String,
+        /// The lease holding the place.
+        lease: LeaseId,
+    },
+    /// `Coord::unlock`.
+    Unlock {
+        /// The lock key.
+        key: String,
+        /// Its create revision.
+        create_revision: Revision,
+    },
+    /// Join (or re-join) election `election`'s queue; answered at once with the place.
+    Campaign {
+        /// The election name.
+        election: String,
+        /// The candidate's value.
+        value: Vec<u8>,
+        /// The lease holding the place.
+        lease: LeaseId,
+    },
+    /// `Coord::proclaim`.
+    Proclaim {
+        /// The leader key.
+        key: String,
+        /// Its create revision.
+        create_revision: Revision,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// `Coord::resign`.
+    Resign {
+        /// The candidate key.
+        key: String,
+        /// Its create revision.
+        create_revision: Revision,
+    },
+}
+
+impl ClientWrite {
+    /// The state machine command this write proposes.
+    pub fn into_command(self) -> Command {
+        match self {
+            ClientWrite::Put { key, value, lease } => Command::Put { key, value, lease },
+            ClientWrite::Delete { key } => Command::Delete { key },
+            ClientWrite::Txn(t) => Command::Txn(t),
+            ClientWrite::LeaseGrant { ttl_ms } => Command::LeaseGrant { id: None, ttl_ms },
+            ClientWrite::LeaseKeepAlive { id } => Command::LeaseKeepAlive { id },
+            ClientWrite::LeaseRevoke { id } => Command::LeaseRevoke { id },
+            ClientWrite::Lock { name, lease } => Command::Lock { name, lease },
+            ClientWrite::Unlock {
+                key,
+                create_revision,
+            } => Command::Unlock {
+                key,
+                create_revision,
+            },
+            ClientWrite::Campaign {
+                election,
+                value,
+                lease,
+            } => Command::Campaign {
+                election,
+                value,
+                lease,
+            },
+            ClientWrite::Proclaim {
+                key,
+                create_revision,
+                value,
+            } => Command::Proclaim {
+                key,
+                create_revision,
+                value,
+            },
+            ClientWrite::Resign {
+                key,
+                create_revision,
+            } => Command::Resign {
+                key,
+                create_revision,
+            },
+        }
+    }
+}
+
+impl TryFrom<Command> for ClientWrite {
+    type Error = CoordError;
+
+    /// The client write of `cmd`; `InvalidArgument` for commands a client may not propose
+    /// (lease expiry, a lease grant naming its id).
+    fn try_from(cmd: Command) -> Result<ClientWrite, CoordError> {
+        Ok(match cmd {
+            Command::Put { key, value, lease } => ClientWrite::Put { key, value, lease },
+            Command::Delete { key } => ClientWrite::Delete { key },
+            Command::Txn(t) => ClientWrite::Txn(t),
+            Command::LeaseGrant { id: None, ttl_ms } => ClientWrite::LeaseGrant { ttl_ms },
+            Command::LeaseKeepAlive { id } => ClientWrite::LeaseKeepAlive { id },
+            Command::LeaseRevoke { id } => ClientWrite::LeaseRevoke { id },
+            Command::Lock { name, lease } => ClientWrite::Lock { name, lease },
+            Command::Unlock {
+                key,
+                create_revision,
+            } => ClientWrite::Unlock {
+                key,
+                create_revision,
+            },
+            Command::Campaign {
+                election,
+                value,
+                lease,
+            } => ClientWrite::Campaign {
+                election,
+                value,
+                lease,
+            },
+            Command::Proclaim {
+                key,
+                create_revision,
+                value,
+            } => ClientWrite::Proclaim {
+                key,
+                create_revision,
+                value,
+            },
+            Command::Resign {
+                key,
+                create_revision,
+            } => ClientWrite::Resign {
+                key,
+                create_revision,
+            },
+            Command::LeaseGrant { id: Some(_), .. } | Command::LeaseExpire { .. } => {
+                return Err(CoordError::invalid(
+                    "a remote client may not propose lease expiries or choose lease ids: use lease_grant / lease_revoke",
+                ));
+            }
+        })
+    }
+}
+
+/// A resumable long-poll of a watch: "every event under `prefix` from `from_revision` on,
+/// except the first `skip` events at `from_revision` (already delivered)". The node answers at
+/// once when it has such events, else holds the request up to `wait` (at most the node's
+/// `Limits::watch_wait_max`) for one to be applied. Bounded: `1 <= max_events <=
+/// Limits::watch_events_max`, `prefix` at most `key_bytes_max` bytes, and the answer fits one
+/// frame (fewer events come back when they are large).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchPoll {
+    /// Keys starting with this prefix.
+    pub prefix: String,
+    /// The first revision wanted.
+    pub from_revision: Revision,
+    /// How many events at `from_revision` the client already has (they are skipped).
+    pub skip: u32,
+    /// The most events in the answer.
+    pub max_events: u32,
+    /// The longest the node may hold the request when it has nothing to send.
+    pub wait: Duration,
+}
+
+/// The answer to a [`WatchPoll`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchBatch {
+    /// Events in revision order (possibly none, when the hold ran out).
+    pub events: Vec<WatchEvent>,
+    /// The node's applied revision when it answered.
+    pub revision: Revision,
+}
+
+/// A remote client request: one per `quorate_coord_api::Coord` operation that is not a wait
+/// (lock and campaign waits are client-side watches of the key ahead, `watch` and `observe`
+/// are [`WatchPoll`]s). Writes go to the leader (`NotLeader` names it); reads and polls are
+/// answered by any node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// A write, proposed on this node if it leads (never forwarded).
+    Write(ClientWrite),
+    /// `Coord::get`.
+    Get {
+        /// The key.
+        key: String,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// `Coord::range` (the node may return fewer keys than asked, with `more`, so the answer
+    /// fits a frame).
+    Range(RangeRequest),
+    /// `Coord::lease_time_to_live`.
+    LeaseTimeToLive {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// A lock or election waiter's current place, read linearizably; `lease`'s error
+    /// (`LeaseExpired` / `LeaseNotFound`) if the key is gone.
+    Position {
+        /// The queue key.
+        key: String,
+        /// Its lease.
+        lease: LeaseId,
+    },
+    /// `Coord::lock_holder`.
+    LockHolder {
+        /// The lock name.
+        name: String,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// `Coord::leader` (linearizable).
+    Leader {
+        /// The election name.
+        election: String,
+    },
+    /// A watch long-poll.
+    WatchPoll(WatchPoll),
+    /// `Coord::status` of the answering node.
+    Status,
+    /// The answering node's `Coord::capabilities`.
+    Capabilities,
+    /// `Coord::add_learner` / `promote_voter` / `remove_node` (on the leader; not forwarded).
+    Admin(AdminRequest),
+}
+
+/// The answer to a [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// To a write: its log index and the machine's outcome (`Outcome::Rejected` when the
+    /// machine refused it; nothing changed then).
+    Written(u64, Outcome),
+    /// To `Get`.
+    Get(GetResponse),
+    /// To `Range`.
+    Range(RangeResponse),
+    /// To `LeaseTimeToLive`.
+    LeaseInfo(LeaseInfo),
+    /// To `Position`: the revision read at and the place.
+    Position(Revision, QueuePosition),
+    /// To `LockHolder`.
+    LockHolder(Option<LockGrant>),
+    /// To `Leader`: the revision read at and the leader.
+    Leader(Revision, Option<ElectionLeader>),
+    /// To `WatchPoll`.
+    Watch(WatchBatch),
+    /// To `Status`.
+    Status(ClusterStatus),
+    /// To `Capabilities`.
+    Capabilities(Capabilities),
+    /// To `Admin`.
+    Admin,
+}
+
 /// Every request a node answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -93,15 +393,19 @@ pub enum Request {
     Vote(VoteRequest<u64>),
     /// Raft InstallSnapshot (one chunk).
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A client command forwarded by a follower to the leader.
+    /// A command forwarded by a follower to the leader (peer only; a remote client writes
+    /// with [`ClientRequest::Write`]). `Command::LeaseExpire` is refused: only the leader's
+    /// own expiry loop proposes it, never through the network.
     Propose(Command),
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
     /// A membership change forwarded to the leader.
     Admin(AdminRequest),
     /// A remote client's linearizable read of one key (answered by any node: a follower
-    /// uses a read index from the leader).
+    /// uses a read index from the leader). Legacy: [`ClientRequest::Get`] does the same.
     Get(String),
+    /// A remote client request (see [`ClientRequest`]).
+    Client(ClientRequest),
 }
 
 impl Request {
@@ -110,7 +414,8 @@ impl Request {
             Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) => {
                 KIND_RAFT_REQ
             }
-            Request::Propose(_) | Request::ReadIndex | Request::Get(_) => KIND_CLIENT_REQ,
+            Request::Propose(_) | Request::ReadIndex => KIND_FORWARD_REQ,
+            Request::Get(_) | Request::Client(_) => KIND_CLIENT_REQ,
             Request::Admin(_) => KIND_ADMIN_REQ,
         }
     }
@@ -133,6 +438,8 @@ pub enum Response {
     Admin(Result<(), CoordError>),
     /// To [`Request::Get`]: the revision read at and the key, if present.
     Get(Result<(u64, Option<KeyValue>), CoordError>),
+    /// To [`Request::Client`].
+    Client(Result<ClientResponse, CoordError>),
 }
 
 impl Response {
@@ -141,7 +448,8 @@ impl Response {
             Response::AppendEntries(_) | Response::Vote(_) | Response::InstallSnapshot(_) => {
                 KIND_RAFT_RESP
             }
-            Response::Propose(_) | Response::ReadIndex(_) | Response::Get(_) => KIND_CLIENT_RESP,
+            Response::Propose(_) | Response::ReadIndex(_) => KIND_FORWARD_RESP,
+            Response::Get(_) | Response::Client(_) => KIND_CLIENT_RESP,
             Response::Admin(_) => KIND_ADMIN_RESP,
         }
     }
@@ -298,7 +606,8 @@ impl<N: Net> Transport<N> {
         })
     }
 
-    /// Sends `req` to `addr` and waits for the response, within `timeout` (or the default).
+    /// Sends `req` to `addr` and waits for the response, within `timeout` (or the default;
+    /// never longer than `rpc_timeout`).
     pub async fn call(
         &self,
         addr: &str,
@@ -306,6 +615,17 @@ impl<N: Net> Transport<N> {
         timeout: Option<Duration>,
     ) -> Result<Response, CallError> {
         let timeout = timeout.map_or(self.config.rpc_timeout, |t| t.min(self.config.rpc_timeout));
+        self.call_within(addr, req, timeout).await
+    }
+
+    /// Sends `req` to `addr` and waits for the response for exactly `timeout` (a watch poll
+    /// the node may hold needs longer than `rpc_timeout`).
+    pub async fn call_within(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         let probe = (self.wire.frame_bytes_max.get() as usize)
             .saturating_sub(quorate_wire::HEADER_BYTES + quorate_wire::TAG_BYTES);
         let plain = postcard::to_allocvec(req).map_err(|e| CallError::Failed {

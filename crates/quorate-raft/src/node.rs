@@ -8,6 +8,8 @@
 //! (the leader confirms its leadership with a quorum), wait until the follower has applied it,
 //! then read locally.
 
+mod client_api;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,6 +151,8 @@ struct Core<N: Net> {
     /// The last `millis_since_quorum_ack` and when it was observed.
     ack: Mutex<(Option<u64>, Instant)>,
     view: watch::Sender<ClusterView>,
+    /// Slots for held remote watch polls (`Limits::watch_polls_held_max`).
+    watch_holds: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -280,6 +284,9 @@ impl<N: Net> RaftNode<N> {
             committed,
             ack: Mutex::new((None, Instant::now())),
             view,
+            watch_holds: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.watch_polls_held_max.get(),
+            )),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -362,9 +369,7 @@ impl<N: Net> RaftNode<N> {
     /// expiry slack of drift (1 % of a 10 s TTL), one expiry check period (a heartbeat) and
     /// two election timeouts (a leader change in between).
     pub fn capabilities(&self) -> quorate_coord_api::Capabilities {
-        let t = &self.core.timing;
-        let slack = t.heartbeat + t.election_max * 2 + Duration::from_millis(100);
-        crate::backend::capabilities("quorate-raft", &self.core.machine_limits, slack, true)
+        self.core.capabilities()
     }
 
     /// This node as a `quorate_coord_api::Coord`.
@@ -379,6 +384,13 @@ impl<N: Net> RaftNode<N> {
 }
 
 impl<N: Net> Core<N> {
+    /// See [`RaftNode::capabilities`].
+    fn capabilities(&self) -> quorate_coord_api::Capabilities {
+        let t = &self.timing;
+        let slack = t.heartbeat + t.election_max * 2 + Duration::from_millis(100);
+        crate::backend::capabilities("quorate-raft", &self.machine_limits, slack, true)
+    }
+
     fn name_of(&self, id: u64) -> Option<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -938,6 +950,12 @@ impl<N: Net> Handler for Core<N> {
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
+            Request::Propose(Command::LeaseExpire { .. }) => {
+                // Only this node's own expiry loop proposes expiries (`propose_local`).
+                Response::Propose(Err(CoordError::invalid(
+                    "lease expiries are proposed by the leader's own lease clock, never over the network",
+                )))
+            }
             Request::Propose(cmd) => {
                 let r = match self.check_size(&cmd) {
                     Err(e) => Err(e),
@@ -963,6 +981,7 @@ impl<N: Net> Handler for Core<N> {
                 Local::Done(r) => r,
                 Local::Forward(l) => Err(self.not_leader(l.as_ref())),
             }),
+            Request::Client(c) => Response::Client(self.handle_client(c).await),
         }
     }
 }

@@ -173,6 +173,35 @@ impl Cluster {
     }
 }
 
+/// The remote client settings of the tests.
+pub(crate) fn remote_config() -> quorate_raft::client::ClientConfig {
+    let mut config = quorate_raft::client::ClientConfig::lan(wire());
+    // The cluster runs the `wan` profile: an election takes up to ~3 s; keep trying through it.
+    config.attempts = std::num::NonZeroUsize::new(40).unwrap();
+    config.retry_pause = Duration::from_millis(100);
+    config.watch_wait = Duration::from_secs(2);
+    config
+}
+
+/// A remote client (`CoordClient`) of the test cluster's nodes at `addrs`, with the
+/// capabilities read from a node.
+pub(crate) async fn remote_client(
+    addrs: Vec<String>,
+) -> quorate_raft::client::CoordClient<TokioNet> {
+    let config = remote_config();
+    let mut last = None;
+    for _ in 0..50 {
+        match quorate_raft::client::CoordClient::connect(TokioNet, config.clone(), addrs.clone())
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no node answered the remote client: {last:?}");
+}
+
 /// Opens a redb file, retrying while a just-stopped node's last handle is being dropped.
 pub(crate) async fn open_retry(path: &Path) -> Storage {
     let mut last = None;
