@@ -3,8 +3,8 @@
 //! loopback: every `Coord` method crosses the authenticated client transport of a real
 //! cluster. One client per agent, each starting at its own node.
 //!
-//! The agent launcher below is deliberately small and self-contained (configs as TOML text,
-//! fresh loopback ports, children killed on drop); it is meant to move into a test-kit crate.
+//! The agents' configs come from the test kit (`quorate_testkit::agents`, built from the
+//! agent's own config types); children are killed on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
 
 use std::path::{Path, PathBuf};
@@ -15,21 +15,11 @@ use std::time::Duration;
 use quorate_coord_api::Coord;
 use quorate_coord_api::conformance::{SuiteConfig, run_all};
 use quorate_raft::client::{ClientConfig, CoordClient};
+use quorate_testkit::agents::{LoopbackPlan, write_config};
 use quorate_wire::net::TokioNet;
 use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 
 const CLUSTER: &str = "remote-conformance";
-
-/// A loopback port free for TCP and UDP (Raft and gossip).
-fn free_port() -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// Three agents; killed and reaped on drop.
 struct Agents {
@@ -43,48 +33,16 @@ struct Agents {
 impl Agents {
     fn start(n: usize) -> Agents {
         let dir = tempfile::tempdir().unwrap();
-        let key = ClusterKey::generate().unwrap();
-        let wire = WireConfig::new(CLUSTER, KeyRing::new(key.clone(), vec![])).unwrap();
-        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let raft: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let gossip: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let voters: Vec<String> = names
-            .iter()
-            .zip(&raft)
-            .map(|(n, a)| format!("{n} = \"{a}\""))
-            .collect();
+        let plan = LoopbackPlan::new(CLUSTER, n, dir.path()).unwrap();
+        let key = ClusterKey::from_hex(&plan.key_hex).unwrap();
+        let wire = WireConfig::new(CLUSTER, KeyRing::new(key, vec![])).unwrap();
         let mut children = Vec::new();
         let mut logs = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let seeds: Vec<String> = gossip
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, g)| format!("\"{g}\""))
-                .collect();
-            let data = dir.path().join(name);
+        for i in 0..n {
             // `wan` timing: three agents and the test share two busy cores, where `lan`'s
             // 300 ms election timeout fires spuriously.
-            let text = format!(
-                "cluster_name = \"{CLUSTER}\"\ncluster_key = \"{key}\"\nnode_id = \"{name}\"\n\
-                 data_dir = \"{data}\"\nprofile = \"wan\"\n\n[raft]\nlisten = \"{raft}\"\n\
-                 voters = {{ {voters} }}\n\n[gossip]\nlisten = \"{gossip}\"\nseeds = [{seeds}]\n\
-                 bootstrap = {bootstrap}\n",
-                key = key.to_hex(),
-                data = data.display(),
-                raft = raft[i],
-                voters = voters.join(", "),
-                gossip = gossip[i],
-                seeds = seeds.join(", "),
-                bootstrap = i == 0,
-            );
-            let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(&config, text).unwrap();
-            let log = dir.path().join(format!("{name}.log"));
+            let config = write_config(&plan, i, dir.path(), |c| c.profile = "wan".into()).unwrap();
+            let log = dir.path().join(format!("{}.log", plan.names[i]));
             let child = Command::new(env!("CARGO_BIN_EXE_quorate"))
                 .arg("agent")
                 .arg("--config")
@@ -101,7 +59,7 @@ impl Agents {
         Agents {
             children,
             logs,
-            raft,
+            raft: plan.raft.clone(),
             wire,
             _dir: dir,
         }
