@@ -38,7 +38,7 @@ enum Kind {
 }
 
 /// The cargo-fuzz targets in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["frame_decode"];
+const FUZZ_TARGETS: &[&str] = &["frame_decode", "gossip_payload"];
 
 const PHASES: &[Phase] = &[
     Phase {

@@ -173,8 +173,18 @@ pub async fn run(v: Validated) -> Result<()> {
     let status_path = raw.data_dir.join("status.json");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A membership that stops (a fatal error) publishes a stopped view with no majority, which
+    // makes failover give up its roles; the agent then stops too, loudly, rather than run on.
+    let mut membership_died = std::pin::pin!(membership.wait_for(|s| s.stopped.is_some()));
+    let mut failure = None;
     loop {
         tokio::select! {
+            died = &mut membership_died => {
+                let why = died.ok().and_then(|s| s.stopped).map_or_else(|| "stopped".to_owned(), |r| r.to_string());
+                emit(&serde_json::json!({"event": "component_failed", "component": "membership", "node": v.node_id.to_string(), "reason": why}));
+                failure = Some(why);
+                break;
+            }
             _ = tick.tick() => {
                 let s = crate::status::collect(&v, &raft, &membership_view, &health, &manager);
                 let tmp = status_path.with_extension("json.tmp");
@@ -193,5 +203,8 @@ pub async fn run(v: Validated) -> Result<()> {
     raft.shutdown().await;
     monitor.shutdown().await;
     emit(&serde_json::json!({"event": "stopped", "node": v.node_id.to_string()}));
-    Ok(())
+    match failure {
+        Some(why) => anyhow::bail!("membership stopped ({why}); the agent stopped with it"),
+        None => Ok(()),
+    }
 }
