@@ -454,7 +454,15 @@ impl Core {
         }
         let entry = self.duplicate_evidence.entry(other).or_insert((now, 0));
         entry.1 += 1;
-        if entry.1 >= DUPLICATE_EVIDENCE_MIN {
+        let confirmed = entry.1 >= DUPLICATE_EVIDENCE_MIN;
+        // Ask the other side who it is (also when confirmed, so that it learns too): a small
+        // sync sealed for our own id. A real duplicate opens it, counts it as evidence in turn
+        // and asks back, so both sides collect the evidence they need within a few round
+        // trips; a key-less replay gets no answer.
+        if !self.leaving {
+            self.send_sync(other, Some(self.local.id.clone()), 0, Some(Vec::new()));
+        }
+        if confirmed {
             self.fatal = Some(MembershipError::DuplicateNodeId {
                 id: self.local.id.clone(),
                 other,
@@ -1502,6 +1510,29 @@ mod tests {
             a.counters().duplicate_claims,
             u64::from(DUPLICATE_EVIDENCE_MIN)
         );
+    }
+
+    /// A real duplicate is found from one datagram: each side asks the other who it is, and
+    /// the answers are the repeated evidence both need.
+    #[test]
+    fn a_real_duplicate_is_confirmed_by_asking_back() {
+        let t0 = crate::simulation::epoch();
+        let mut a = core(1, true, t0);
+        let mut imposter = core(1, true, t0);
+        imposter.local.addr = SocketAddr::from(([10, 0, 0, 77], 7946));
+        imposter.join(&[a.local().addr], t0);
+        for o in imposter.drain_outgoing() {
+            a.handle_packet(imposter.local().addr, o.kind, &o.payload, t0);
+        }
+        assert!(a.fatal().is_none(), "one datagram is not enough");
+        exchange(&mut a, &mut imposter, t0);
+        for c in [&a, &imposter] {
+            assert!(
+                matches!(c.fatal(), Some(MembershipError::DuplicateNodeId { .. })),
+                "{:?}",
+                c.fatal()
+            );
+        }
     }
 
     #[test]
