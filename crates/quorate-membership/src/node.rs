@@ -665,3 +665,29 @@ impl<N: Net> Task<N> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_log_is_one_line_per_sender_per_interval_with_the_suppressed_count() {
+        let t0 = crate::simulation::epoch();
+        let mut log = AuthLog::default();
+        let a = SocketAddr::from(([10, 0, 0, 1], 7946));
+        let b = SocketAddr::from(([10, 0, 0, 2], 7946));
+        assert_eq!(log.note(a, t0), Some(0));
+        assert_eq!(log.note(b, t0), Some(0), "another sender gets its own line");
+        for i in 1..=4 {
+            assert_eq!(log.note(a, t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(log.note(a, t0 + AUTH_LOG_INTERVAL), Some(4));
+        assert_eq!(log.note(a, t0 + AUTH_LOG_INTERVAL), None);
+        // Bounded: many senders never grow the map beyond its limit.
+        for i in 0..(AUTH_LOG_SENDERS_MAX as u16 + 10) {
+            log.note(SocketAddr::from(([10, 1, 0, 1], i)), t0);
+        }
+        assert!(log.senders.len() <= AUTH_LOG_SENDERS_MAX);
+    }
+}
