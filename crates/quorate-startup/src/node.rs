@@ -837,6 +837,26 @@ fn spawn_forwarders(
             }
         }
     });
+    // A membership that stops on its own (a fatal error) publishes a stopped view with no
+    // majority, which makes failover give up its roles; the node reports it so that its owner
+    // (the agent) stops too, loudly, rather than run on with a frozen view.
+    let (m, events, c) = (membership.clone(), ctx.events.clone(), cancel.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            biased;
+            () = c.cancelled() => {}
+            died = m.wait_for(|s| s.stopped.is_some()) => {
+                let reason = died
+                    .ok()
+                    .and_then(|s| s.stopped)
+                    .map_or_else(|| "stopped".to_owned(), |r| r.to_string());
+                let _ = events.send(NodeEvent::ComponentFailed {
+                    component: "membership".to_owned(),
+                    reason,
+                });
+            }
+        }
+    });
     let mut sub = membership.subscribe();
     let (events, c) = (ctx.events.clone(), cancel.clone());
     tracker.spawn(async move {

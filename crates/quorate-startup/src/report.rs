@@ -62,6 +62,13 @@ pub enum NodeEvent {
         /// Voters it can reach.
         voters_reachable: usize,
     },
+    /// A component stopped on its own (a fatal error): the node gives up its roles and stops.
+    ComponentFailed {
+        /// `membership`, ...
+        component: String,
+        /// Why.
+        reason: String,
+    },
     /// The agent got SIGTERM or Ctrl-C and is stopping.
     Stopping {
         /// This node.

@@ -6,10 +6,16 @@
 //! associated data, so a frame of another cluster, or one changed in any byte, is rejected
 //! before its payload is decoded.
 //!
+//! A **datagram** is also bound to its recipient: [`Sealer::seal_datagram`] adds the
+//! recipient's identity (for gossip, its node id) to the associated data, and
+//! [`Opener::open_datagram`] checks it against the receiver's own, so a datagram sealed for
+//! node A fails authentication at node B. Only a first-contact datagram (a join request to a
+//! seed address, whose node id the sender cannot know yet) is sealed for [`RECIPIENT_ANYONE`].
+//!
 //! ```text
 //! offset size field
 //!  0     4    magic "QRTW"
-//!  4     1    protocol version (1)
+//!  4     1    protocol version (2)
 //!  5     2    message kind (big endian), see MessageKind
 //!  7     1    key hint: which key of the ring sealed the frame
 //!  8     4    cluster tag: FNV-1a of the cluster name, for a clear "wrong cluster" error
@@ -31,6 +37,10 @@
 //!   starts at the opener's creation time minus `clock_skew_max` and rises to the newest
 //!   timestamp of any session it forgets, so neither a restart of the receiver nor eviction
 //!   opens a replay window wider than `clock_skew_max`.
+//!
+//! An opener also rejects, with [`WireError::OwnSession`], an authentic frame of a session
+//! registered with [`Opener::add_own_session`]: a node registers its own sealers, so a copy of
+//! one of its own datagrams sent back to it (which its replay guard has never seen) is dropped.
 //!
 //! On a stream, a [`StreamOpener`] additionally requires one session per connection and strictly
 //! increasing sequence numbers. What is left: right after a receiver restarts, a frame sealed in
@@ -72,8 +82,15 @@ use replay::ReplayGuard;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"QRTW";
-/// The protocol version this build writes and reads.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build writes and reads. Version 2 binds a datagram's recipient
+/// into its associated data ([`Sealer::seal_datagram`]); version 1 did not.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The recipient of a datagram sealed for whoever receives it (first contact only).
+pub const RECIPIENT_ANYONE: &[u8] = b"";
+/// The longest recipient identity a datagram can be bound to, in bytes.
+pub const RECIPIENT_BYTES_MAX: usize = 1024;
+/// How many own sender sessions an [`Opener`] remembers ([`Opener::add_own_session`]).
+pub const OWN_SESSIONS_MAX: usize = 64;
 /// Size of the fixed frame header, in bytes.
 pub const HEADER_BYTES: usize = 40;
 /// Size of the AEAD tag at the end of the ciphertext, in bytes.
@@ -129,12 +146,21 @@ pub enum WireError {
         /// Our tag.
         ours: u32,
     },
-    /// Authentication failed: wrong key, another cluster's name, or a changed byte.
-    #[error("frame failed authentication: wrong cluster key, or tampered with")]
+    /// Authentication failed: wrong key, another cluster's name, a datagram sealed for
+    /// another recipient, or a changed byte.
+    #[error(
+        "frame failed authentication: wrong cluster key or cluster name, sealed for another node, or tampered with"
+    )]
     AuthFailed,
     /// The frame was authentic but was already accepted, or is too old.
     #[error("replayed or stale frame rejected: {0}")]
     Replay(&'static str),
+    /// The frame is authentic but carries one of this node's own sender sessions: a copy of a
+    /// frame this node sent, sent back to it (a reflection or replay). Nothing was delivered.
+    #[error(
+        "frame carries this node's own sender session {0:016x}: a copy of our own frame sent back to us, dropped"
+    )]
+    OwnSession(u64),
     /// The authenticated payload did not decode as the expected message type.
     #[error("authentic frame with undecodable payload: {0}")]
     Decode(postcard::Error),
@@ -440,6 +466,41 @@ fn aad(header: &[u8; HEADER_BYTES], cluster_name: &str) -> Vec<u8> {
     a
 }
 
+/// The associated data of a datagram: header, then the cluster name and the recipient, each
+/// with a 2-byte length, so that no (name, recipient) pair can be read as another. It can never
+/// equal a stream frame's (header, name): it is longer by at least four bytes.
+fn datagram_aad(
+    header: &[u8; HEADER_BYTES],
+    cluster_name: &str,
+    recipient: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    if recipient.len() > RECIPIENT_BYTES_MAX {
+        return Err(WireError::Config(format!(
+            "datagram recipient of {} bytes exceeds {RECIPIENT_BYTES_MAX}: use a node id",
+            recipient.len()
+        )));
+    }
+    let mut a = Vec::with_capacity(HEADER_BYTES + 4 + cluster_name.len() + recipient.len());
+    a.extend_from_slice(header);
+    for part in [cluster_name.as_bytes(), recipient] {
+        a.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        a.extend_from_slice(part);
+    }
+    Ok(a)
+}
+
+/// The message kind in a datagram's header, read **before** authentication (so that the
+/// receiver can pick the recipient to open it as; the kind is authenticated when it is opened).
+/// `None` if the bytes are too short to hold a header.
+pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
+    match frame {
+        [_, _, _, _, _, hi, lo, ..] if frame.len() >= HEADER_BYTES => {
+            Some(MessageKind(u16::from_be_bytes([*hi, *lo])))
+        }
+        _ => None,
+    }
+}
+
 /// The sending side: seals messages into frames under the ring's send key. One sealer is one
 /// sender session (a random id) with its own sequence counter; it may be shared between tasks.
 pub struct Sealer {
@@ -489,6 +550,36 @@ impl Sealer {
         }
     }
 
+    /// This sealer's session id (register it with [`Opener::add_own_session`] on the same
+    /// node, so that copies of its frames sent back to the node are dropped).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Encodes `msg` with postcard and seals it into one datagram for `recipient` (the
+    /// receiver's identity, e.g. its node id; [`RECIPIENT_ANYONE`] for first contact).
+    pub fn seal_datagram<T: Serialize + ?Sized>(
+        &self,
+        kind: MessageKind,
+        msg: &T,
+        recipient: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        let plain = postcard::to_allocvec(msg).map_err(WireError::Encode)?;
+        self.seal_datagram_bytes(kind, &plain, recipient)
+    }
+
+    /// Seals already-encoded bytes into one datagram for `recipient`.
+    pub fn seal_datagram_bytes(
+        &self,
+        kind: MessageKind,
+        plain: &[u8],
+        recipient: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        self.seal_with(kind, plain, |h| {
+            datagram_aad(h, &self.cluster_name, recipient)
+        })
+    }
+
     /// The largest encoded message this sealer can send.
     pub fn payload_bytes_max(&self) -> usize {
         self.frame_bytes_max.get() as usize - HEADER_BYTES - TAG_BYTES
@@ -506,6 +597,15 @@ impl Sealer {
 
     /// Seals already-encoded bytes into one frame.
     pub fn seal_bytes(&self, kind: MessageKind, plain: &[u8]) -> Result<Vec<u8>, WireError> {
+        self.seal_with(kind, plain, |h| Ok(aad(h, &self.cluster_name)))
+    }
+
+    fn seal_with(
+        &self,
+        kind: MessageKind,
+        plain: &[u8],
+        make_aad: impl FnOnce(&[u8; HEADER_BYTES]) -> Result<Vec<u8>, WireError>,
+    ) -> Result<Vec<u8>, WireError> {
         let len = plain.len() + TAG_BYTES;
         let total = (HEADER_BYTES + len) as u64;
         if total > u64::from(self.frame_bytes_max.get()) {
@@ -525,13 +625,14 @@ impl Sealer {
             len: len as u32,
         };
         let hbytes = header.encode();
+        let aad = make_aad(&hbytes)?;
         let ct = self
             .cipher
             .encrypt(
                 &header.nonce(),
                 Payload {
                     msg: plain,
-                    aad: &aad(&hbytes, &self.cluster_name),
+                    aad: &aad,
                 },
             )
             .map_err(|_| WireError::AuthFailed)?;
@@ -549,6 +650,7 @@ struct OpenerInner {
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
     guard: Mutex<ReplayGuard>,
+    own_sessions: Mutex<std::collections::VecDeque<u64>>,
 }
 
 /// The receiving side: authenticates frames, rejects replays, decodes payloads. Cheap to clone;
@@ -596,6 +698,7 @@ impl Opener {
                     config.clock_skew_max,
                     config.sessions_max,
                 )),
+                own_sessions: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -612,8 +715,41 @@ impl Opener {
         Ok((f.kind, msg))
     }
 
+    /// Registers a sender session of this node (see [`Sealer::session`]): authentic frames
+    /// carrying it are rejected with [`WireError::OwnSession`]. At most [`OWN_SESSIONS_MAX`]
+    /// are kept; registering more forgets the oldest.
+    pub fn add_own_session(&self, session: u64) {
+        let mut own = self
+            .inner
+            .own_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !own.contains(&session) {
+            if own.len() >= OWN_SESSIONS_MAX {
+                own.pop_front();
+            }
+            own.push_back(session);
+        }
+    }
+
+    /// Opens one whole datagram sealed for `recipient` (this node's identity, or
+    /// [`RECIPIENT_ANYONE`]) without decoding the payload. A datagram sealed for another
+    /// recipient fails with [`WireError::AuthFailed`].
+    pub fn open_datagram(&self, frame: &[u8], recipient: &[u8]) -> Result<OpenedFrame, WireError> {
+        let (h, hbytes) = self.parse_whole(frame)?;
+        let aad = datagram_aad(&hbytes, &self.inner.cluster_name, recipient)?;
+        self.authenticate_with(&h, &aad, &frame[HEADER_BYTES..])
+    }
+
     /// Opens one whole frame without decoding the payload.
     pub fn open_raw(&self, frame: &[u8]) -> Result<OpenedFrame, WireError> {
+        let (h, hbytes) = self.parse_whole(frame)?;
+        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..])
+    }
+
+    /// Parses the header of a whole frame and checks that the frame is exactly as long as
+    /// the header says.
+    fn parse_whole(&self, frame: &[u8]) -> Result<(Header, [u8; HEADER_BYTES]), WireError> {
         let (h, hbytes) = self.parse_header(frame)?;
         let needed = HEADER_BYTES + h.len as usize;
         if frame.len() < needed {
@@ -625,7 +761,7 @@ impl Opener {
         if frame.len() > needed {
             return Err(WireError::Decode(postcard::Error::DeserializeBadEncoding));
         }
-        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..])
+        Ok((h, hbytes))
     }
 
     fn parse_header(&self, frame: &[u8]) -> Result<(Header, [u8; HEADER_BYTES]), WireError> {
@@ -646,6 +782,16 @@ impl Opener {
         hbytes: &[u8; HEADER_BYTES],
         ct: &[u8],
     ) -> Result<OpenedFrame, WireError> {
+        let aad = aad(hbytes, &self.inner.cluster_name);
+        self.authenticate_with(h, &aad, ct)
+    }
+
+    fn authenticate_with(
+        &self,
+        h: &Header,
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<OpenedFrame, WireError> {
         let inner = &self.inner;
         if h.cluster_tag != inner.cluster_tag {
             return Err(WireError::WrongCluster {
@@ -653,14 +799,23 @@ impl Opener {
                 ours: inner.cluster_tag,
             });
         }
-        let aad = aad(hbytes, &inner.cluster_name);
         let nonce = h.nonce();
         let payload = inner
             .keys
             .iter()
             .filter(|(hint, _)| *hint == h.key_hint)
-            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad: &aad }).ok())
+            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad }).ok())
             .ok_or(WireError::AuthFailed)?;
+        // Authentic: checked after the AEAD so that the error (and its counter) means a real
+        // copy of our own frame, not any bytes with our session id in them.
+        if inner
+            .own_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&h.session)
+        {
+            return Err(WireError::OwnSession(h.session));
+        }
         let now = (inner.wall_clock)();
         inner
             .guard

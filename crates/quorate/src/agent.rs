@@ -48,10 +48,17 @@ pub async fn run(v: Validated) -> Result<()> {
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut failure = None;
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Ok(e) => emit(&e),
+                Ok(e) => {
+                    emit(&e);
+                    if let NodeEvent::ComponentFailed { component, reason } = e {
+                        failure = Some(format!("{component} stopped ({reason}); the agent stopped with it"));
+                        break;
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -93,5 +100,8 @@ pub async fn run(v: Validated) -> Result<()> {
         }
     }
     emit(&NodeEvent::Stopped { node: node_name });
-    Ok(())
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
