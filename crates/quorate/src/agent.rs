@@ -66,6 +66,31 @@ fn build_check(c: &CheckSection) -> Result<(ComponentType, Arc<dyn HealthCheck>)
     })
 }
 
+/// The failover manager's config and the roles, as the agent runs them: each role with its
+/// profile's timing, the section's overrides and its shell hooks; the manager's hook limit
+/// derived from the roles' `hook_timeout`s ([`crate::config::manager_hook_timeout`]), so that a
+/// hook's own timeout is the one that applies.
+pub fn failover_setup(v: &Validated) -> (ManagerConfig, Vec<RoleSpec>) {
+    let wan = v.raw.profile == "wan";
+    let roles: Vec<RoleSpec> = v
+        .raw
+        .roles
+        .iter()
+        .zip(&v.roles)
+        .map(|(section, name)| {
+            RoleSpec::new(name.clone(), section.role_config(wan))
+                .with_hooks(Arc::new(CommandHooks::new(section.clone())))
+        })
+        .collect();
+    let mut mgr_config = ManagerConfig::lan(v.node_id.clone());
+    if wan {
+        mgr_config.tick_interval = Duration::from_millis(250);
+    }
+    mgr_config.hook_timeout =
+        crate::config::manager_hook_timeout(&v.raw.roles, mgr_config.hook_timeout);
+    (mgr_config, roles)
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(v: Validated) -> Result<()> {
     let raw = &v.raw;
@@ -140,22 +165,7 @@ pub async fn run(v: Validated) -> Result<()> {
     );
 
     // 4. Failover.
-    let roles: Vec<RoleSpec> = raw
-        .roles
-        .iter()
-        .zip(&v.roles)
-        .map(|(section, name)| {
-            let config = section.role_config(wan);
-            RoleSpec::new(name.clone(), config).with_hooks(Arc::new(CommandHooks::new(
-                section.clone(),
-                Duration::from_secs(10),
-            )))
-        })
-        .collect();
-    let mut mgr_config = ManagerConfig::lan(v.node_id.clone());
-    if wan {
-        mgr_config.tick_interval = Duration::from_millis(250);
-    }
+    let (mgr_config, roles) = failover_setup(&v);
     let manager = FailoverManager::start(
         mgr_config,
         coord,

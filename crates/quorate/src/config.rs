@@ -36,6 +36,7 @@
 //! failback = false                       # optional: move back to a higher-priority node
 //! failback_hold_down = "5m"              # optional: ...once it has been fit this long
 //! handover_timeout = "5s"                # optional: a switchover or failback gives up after
+//! hook_timeout = "10s"                   # optional: one hook run; then its process group is killed
 //! ```
 //!
 //! Omitted role knobs take the profile's value (`RoleConfig::lan`/`wan` in quorate-failover);
@@ -193,9 +194,41 @@ pub struct RoleSection {
     /// (default: the profile's, 5 s on `lan`, 30 s on `wan`).
     #[serde(default, with = "humantime_serde")]
     pub handover_timeout: Option<Duration>,
+    /// How long one hook command may run before its whole process group is killed (default
+    /// [`HOOK_TIMEOUT_DEFAULT`], at most [`HOOK_TIMEOUT_MAX`]). A `before_promote` that times
+    /// out vetoes. The failover manager's own hook limit is derived from the largest of these
+    /// (see [`manager_hook_timeout`]), so this is the limit that applies.
+    #[serde(default, with = "humantime_serde")]
+    pub hook_timeout: Option<Duration>,
+}
+
+/// A role's hook timeout when `hook_timeout` is not given.
+pub const HOOK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The longest `hook_timeout` accepted: a hook is a step of a failover, not a batch job.
+pub const HOOK_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// What the failover manager allows a hook call beyond the command's own timeout: the runner
+/// kills the process group at the hook timeout and reaps it, then reports; the manager's limit
+/// must not fire first, or the command's timeout would never apply (and its message be lost).
+pub const HOOK_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The failover manager's hook limit (`ManagerConfig::hook_timeout`, one value for every role)
+/// for these roles: the largest role `hook_timeout` plus [`HOOK_KILL_GRACE`], and never below
+/// the manager profile's own value `profile_default`.
+pub fn manager_hook_timeout(roles: &[RoleSection], profile_default: Duration) -> Duration {
+    roles
+        .iter()
+        .map(|r| r.hook_timeout().saturating_add(HOOK_KILL_GRACE))
+        .fold(profile_default, Duration::max)
 }
 
 impl RoleSection {
+    /// This role's hook timeout: `hook_timeout`, or [`HOOK_TIMEOUT_DEFAULT`].
+    pub fn hook_timeout(&self) -> Duration {
+        self.hook_timeout.unwrap_or(HOOK_TIMEOUT_DEFAULT)
+    }
+
     /// The role's configuration: the profile's (`wan` or `lan`) with this section's overrides.
     /// An anti-flap budget of 0 is left at the profile's value here; config validation refuses it.
     pub fn role_config(&self, wan: bool) -> quorate_failover::policy::config::RoleConfig {
@@ -445,6 +478,17 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         if r.anti_flap_window.is_some_and(|w| w.is_zero()) {
             errs.push(format!("role[{i}].anti_flap_window"), "must be positive");
         }
+        if let Some(t) = r.hook_timeout
+            && (t.is_zero() || t > HOOK_TIMEOUT_MAX)
+        {
+            errs.push(
+                format!("role[{i}].hook_timeout"),
+                format!(
+                    "{t:?} must be positive and at most {HOOK_TIMEOUT_MAX:?} (a longer job \
+                     belongs in a service the hook starts, not in the hook)"
+                ),
+            );
+        }
         // The failover crate's own checks (lease arithmetic, hold-down against grace, handover
         // against the lease), reported against the key that sets the value.
         if let Err(quorate_failover::FailoverError::Config(e)) =
@@ -614,6 +658,38 @@ on_promote = "echo promoted"
             "failback = false\nfailback_hold_down = \"500ms\"",
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn hook_timeout_is_configurable_checked_and_sets_the_manager_limit() {
+        let v = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "on_promote = \"echo promoted\"\nhook_timeout = \"8s\"",
+        ))
+        .unwrap();
+        assert_eq!(v.raw.roles[0].hook_timeout(), Duration::from_secs(8));
+        let lan = Duration::from_secs(5);
+        // The manager's limit covers the longest hook and the kill after it.
+        assert_eq!(
+            manager_hook_timeout(&v.raw.roles, lan),
+            Duration::from_secs(8) + HOOK_KILL_GRACE
+        );
+        let d = parse(GOOD).unwrap();
+        assert_eq!(d.raw.roles[0].hook_timeout(), HOOK_TIMEOUT_DEFAULT);
+        assert!(manager_hook_timeout(&d.raw.roles, lan) > HOOK_TIMEOUT_DEFAULT);
+        // No roles: the profile's value.
+        assert_eq!(manager_hook_timeout(&[], lan), lan);
+        for bad in ["0s", "11m"] {
+            let e = parse(&GOOD.replace(
+                "on_promote = \"echo promoted\"",
+                &format!("hook_timeout = \"{bad}\""),
+            ))
+            .unwrap_err();
+            assert!(
+                e.0.iter().any(|p| p.field == "role[0].hook_timeout"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
