@@ -101,10 +101,6 @@ pub struct StartupSection {
     /// the other voters may still be starting).
     #[serde(default = "default_coordination_timeout", with = "humantime_serde")]
     pub coordination_timeout: Duration,
-    /// How long one hook command may run (default 10 s). It really applies: the failover
-    /// manager's own hook limit is set from it.
-    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
-    pub hook_timeout: Duration,
     /// On shutdown, how long to wait for each role's successor to confirm (default 5 s).
     #[serde(default = "default_handover_wait", with = "humantime_serde")]
     pub handover_wait: Duration,
@@ -122,9 +118,6 @@ fn default_stage_timeout() -> Duration {
 fn default_coordination_timeout() -> Duration {
     Duration::from_secs(300)
 }
-fn default_hook_timeout() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_handover_wait() -> Duration {
     Duration::from_secs(5)
 }
@@ -140,7 +133,6 @@ impl Default for StartupSection {
         StartupSection {
             stage_timeout: default_stage_timeout(),
             coordination_timeout: default_coordination_timeout(),
-            hook_timeout: default_hook_timeout(),
             handover_wait: default_handover_wait(),
             stop_budget: default_stop_budget(),
             events_capacity: default_events_capacity(),
@@ -281,9 +273,45 @@ pub struct RoleSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub handover_timeout: Option<Duration>,
+    /// How long one hook command may run before its whole process group is killed (default
+    /// [`HOOK_TIMEOUT_DEFAULT`], at most [`HOOK_TIMEOUT_MAX`]). A `before_promote` that times
+    /// out vetoes. The failover manager's own hook limit is derived from the largest of these
+    /// (see [`manager_hook_timeout`]), so this is the limit that applies.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hook_timeout: Option<Duration>,
+}
+
+/// A role's hook timeout when `hook_timeout` is not given.
+pub const HOOK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The longest `hook_timeout` accepted: a hook is a step of a failover, not a batch job.
+pub const HOOK_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// What the failover manager allows a hook call beyond the command's own timeout: the runner
+/// kills the process group at the hook timeout and reaps it, then reports; the manager's limit
+/// must not fire first, or the command's timeout would never apply (and its message be lost).
+pub const HOOK_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The failover manager's hook limit (`ManagerConfig::hook_timeout`, one value for every role)
+/// for these roles: the largest role `hook_timeout` plus [`HOOK_KILL_GRACE`], and never below
+/// the manager profile's own value `profile_default`.
+pub fn manager_hook_timeout(roles: &[RoleSection], profile_default: Duration) -> Duration {
+    roles
+        .iter()
+        .map(|r| r.hook_timeout().saturating_add(HOOK_KILL_GRACE))
+        .fold(profile_default, Duration::max)
 }
 
 impl RoleSection {
+    /// This role's hook timeout: `hook_timeout`, or [`HOOK_TIMEOUT_DEFAULT`].
+    pub fn hook_timeout(&self) -> Duration {
+        self.hook_timeout.unwrap_or(HOOK_TIMEOUT_DEFAULT)
+    }
+
     /// A role named `name` with no hooks and the profile's settings.
     pub fn named(name: &str) -> RoleSection {
         RoleSection {
@@ -299,6 +327,7 @@ impl RoleSection {
             failback: None,
             failback_hold_down: None,
             handover_timeout: None,
+            hook_timeout: None,
         }
     }
 
@@ -530,7 +559,6 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "stage_timeout",
             "coordination_timeout",
-            "hook_timeout",
             "handover_wait",
             "stop_budget",
             "events_capacity",
@@ -946,7 +974,6 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     for (field, d) in [
         ("startup.stage_timeout", st.stage_timeout),
         ("startup.coordination_timeout", st.coordination_timeout),
-        ("startup.hook_timeout", st.hook_timeout),
         ("startup.handover_wait", st.handover_wait),
         ("startup.stop_budget", st.stop_budget),
     ] {
@@ -974,6 +1001,17 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         }
         if r.anti_flap_window.is_some_and(|w| w.is_zero()) {
             errs.push(format!("role[{i}].anti_flap_window"), "must be positive");
+        }
+        if let Some(t) = r.hook_timeout
+            && (t.is_zero() || t > HOOK_TIMEOUT_MAX)
+        {
+            errs.push(
+                format!("role[{i}].hook_timeout"),
+                format!(
+                    "{t:?} must be positive and at most {HOOK_TIMEOUT_MAX:?} (a longer job \
+                     belongs in a service the hook starts, not in the hook)"
+                ),
+            );
         }
         // The failover crate's own checks (lease arithmetic, hold-down against grace, handover
         // against the lease), reported against the key that sets the value.
@@ -1554,5 +1592,39 @@ on_promote = "echo promoted"
         assert_eq!(v.raw.gossip.seeds, vec!["127.0.0.1:7103", "127.0.0.1:7104"]);
         assert_eq!(v.startup.stop_budget, Duration::from_secs(7));
         assert!(v.raw.gossip.bootstrap);
+    }
+
+    #[test]
+    fn hook_timeout_is_configurable_checked_and_sets_the_manager_limit() {
+        let v = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "on_promote = \"echo promoted\"\nhook_timeout = \"8s\"",
+        ))
+        .unwrap();
+        assert_eq!(v.raw.roles[0].hook_timeout(), Duration::from_secs(8));
+        let lan = Duration::from_secs(5);
+        // The manager's limit covers the longest hook and the kill after it.
+        assert_eq!(
+            manager_hook_timeout(&v.raw.roles, lan),
+            Duration::from_secs(8) + HOOK_KILL_GRACE
+        );
+        // Never below the manager profile's own limit.
+        let short = parse(&GOOD.replace(
+            "on_promote = \"echo promoted\"",
+            "on_promote = \"echo promoted\"\nhook_timeout = \"1s\"",
+        ))
+        .unwrap();
+        assert_eq!(manager_hook_timeout(&short.raw.roles, lan), lan);
+        for bad in ["0s", "11m"] {
+            let e = parse(&GOOD.replace(
+                "on_promote = \"echo promoted\"",
+                &format!("on_promote = \"echo promoted\"\nhook_timeout = \"{bad}\""),
+            ))
+            .unwrap_err();
+            assert!(
+                e.0.iter().any(|p| p.field == "role[0].hook_timeout"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -171,6 +171,40 @@ pub fn build_check(
     })
 }
 
+/// The failover manager's config and the roles, as the node runs them: each role with its
+/// profile's timing, its section's overrides and its hooks (`custom` for an embedding
+/// service's Rust hooks, else the section's shell commands); the manager's hook limit derived
+/// from the roles' `hook_timeout`s ([`crate::config::manager_hook_timeout`]), so that a hook's
+/// own timeout is the one that applies.
+pub fn failover_setup(
+    v: &Validated,
+    events: &broadcast::Sender<NodeEvent>,
+    custom: &[(RoleName, Arc<dyn quorate_failover::shell::RoleHooks>)],
+) -> (ManagerConfig, Vec<RoleSpec>) {
+    let wan = v.profile.is_wan();
+    let roles = v
+        .raw
+        .roles
+        .iter()
+        .zip(&v.roles)
+        .map(|(section, name)| {
+            let hooks = custom
+                .iter()
+                .find(|(r, _)| r == name)
+                .map(|(_, h)| Arc::clone(h))
+                .unwrap_or_else(|| Arc::new(CommandHooks::new(section.clone(), events.clone())));
+            RoleSpec::new(name.clone(), section.role_config(wan)).with_hooks(hooks)
+        })
+        .collect();
+    let mut mgr_config = ManagerConfig::lan(v.node_id.clone());
+    if wan {
+        mgr_config.tick_interval = Duration::from_millis(250);
+    }
+    mgr_config.hook_timeout =
+        crate::config::manager_hook_timeout(&v.raw.roles, mgr_config.hook_timeout);
+    (mgr_config, roles)
+}
+
 /// Runs `fut` as one stage: bounded by `timeout`, recorded in `report`.
 async fn stage<T, F>(
     report: &mut StartupReport,
@@ -655,31 +689,7 @@ impl NodeBuilder {
         let _ = events.send(started_event("membership"));
 
         let manager = stage(report, n, events, "roles", timeout, async {
-            let roles: Vec<RoleSpec> = raw
-                .roles
-                .iter()
-                .zip(&v.roles)
-                .map(|(section, name)| {
-                    let config = section.role_config(wan);
-                    let hooks = self
-                        .hooks
-                        .iter()
-                        .find(|(r, _)| r == name)
-                        .map(|(_, h)| Arc::clone(h))
-                        .unwrap_or_else(|| {
-                            Arc::new(CommandHooks::new(
-                                section.clone(),
-                                v.startup.hook_timeout,
-                                events.clone(),
-                            ))
-                        });
-                    RoleSpec::new(name.clone(), config).with_hooks(hooks)
-                })
-                .collect();
-            let mut mgr_config = ManagerConfig::lan(v.node_id.clone());
-            if wan {
-                mgr_config.tick_interval = Duration::from_millis(250);
-            }
+            let (mgr_config, roles) = failover_setup(&v, events, &self.hooks);
             let manager = FailoverManager::start(
                 mgr_config,
                 Arc::clone(&coord),
