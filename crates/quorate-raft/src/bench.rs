@@ -152,13 +152,13 @@ fn wire() -> Result<WireConfig, NodeError> {
 
 fn transport(wire: WireConfig, timeout: Duration) -> TransportConfig {
     TransportConfig {
-        wire,
         frame_bytes_max: crate::config::Limits::default().frame_bytes_max,
         connect_timeout: Duration::from_millis(300),
         rpc_timeout: timeout,
         idle_per_peer_max: 4,
         inbound_connections_max: 256,
         inbound_idle_timeout: Duration::from_secs(60),
+        ..TransportConfig::from_limits(wire, &crate::config::Limits::default())
     }
 }
 

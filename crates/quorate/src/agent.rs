@@ -69,7 +69,7 @@ fn build_check(c: &CheckSection) -> Result<(ComponentType, Arc<dyn HealthCheck>)
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(v: Validated) -> Result<()> {
     let raw = &v.raw;
-    std::fs::create_dir_all(&raw.data_dir)
+    quorate_raft::store::create_data_dir(&raw.data_dir)
         .with_context(|| format!("creating data_dir {}", raw.data_dir.display()))?;
     let wan = raw.profile == "wan";
     let key = ClusterKey::from_hex(&v.key_hex)?;
