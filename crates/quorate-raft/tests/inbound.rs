@@ -332,3 +332,35 @@ async fn clock_skewed_peer_gets_backoff_and_bounded_logs() {
     assert!(lines <= 7, "{lines} warning lines in 60 s");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_from_one_connection_is_refused_on_another_node() {
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
+    // A genuine request on a connection to A, answered there.
+    let mut to_a = connect_from([127, 0, 0, 1], a.addr).await;
+    let challenge = Challenge::read_from(&mut to_a).await.unwrap();
+    let frame = seal(&Sealer::bound(&wire(), &challenge), &Request::ReadIndex);
+    to_a.write_all(&frame).await.unwrap();
+    let mut opener =
+        quorate_wire::StreamOpener::bound(&quorate_wire::Opener::new(&wire()), &challenge);
+    let (_, resp): (_, Response) = quorate_wire::read_frame(&mut to_a, &mut opener)
+        .await
+        .unwrap();
+    assert!(matches!(resp, Response::ReadIndex(Ok(7))), "{resp:?}");
+    // The same bytes replayed to B (which never saw them): refused, no answer.
+    let mut to_b = connect_from([127, 0, 0, 1], b.addr).await;
+    Challenge::read_from(&mut to_b).await.unwrap();
+    to_b.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), to_b.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a frame replayed to another node was answered: {r:?} {} bytes",
+        rest.len()
+    );
+    let stats = b.transport.inbound_stats();
+    assert_eq!(stats.rejected_frames.load(Ordering::Relaxed), 1);
+    a.stop().await;
+    b.stop().await;
+}
