@@ -140,13 +140,13 @@ impl RemoteCoord {
         let transport = Transport::new(
             TokioNet,
             TransportConfig {
-                wire,
                 frame_bytes_max: limits.frame_bytes_max,
                 connect_timeout: config.connect_timeout,
                 rpc_timeout: config.rpc_timeout,
                 idle_per_peer_max: config.idle_connections_per_node,
                 inbound_connections_max: 1,
                 inbound_idle_timeout: Duration::from_secs(1),
+                ..TransportConfig::from_limits(wire, &quorate_raft::Limits::default())
             },
         );
         let machine = MachineLimits {

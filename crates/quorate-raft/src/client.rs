@@ -171,6 +171,10 @@ impl<N: Net> CoordClient<N> {
                 idle_per_peer_max: config.idle_connections_per_node,
                 inbound_connections_max: 1,
                 inbound_idle_timeout: Duration::from_secs(1),
+                ..TransportConfig::from_limits(
+                    config.wire.clone(),
+                    &crate::config::Limits::default(),
+                )
             },
         );
         CoordClient {

@@ -154,6 +154,8 @@ struct Core<N: Net> {
     /// Slots for held remote watch polls (`Limits::watch_polls_held_max`).
     watch_holds: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
+    /// Stops the storage writer (after openraft has shut down).
+    store_stop: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -227,21 +229,18 @@ impl<N: Net> RaftNode<N> {
         let id = raft_id(&config.name);
         let transport = Arc::new(Transport::new(
             net,
-            TransportConfig {
-                wire: config.wire.clone(),
-                frame_bytes_max: config.limits.frame_bytes_max,
-                connect_timeout: config.limits.connect_timeout,
-                rpc_timeout: config.limits.rpc_timeout,
-                idle_per_peer_max: config.limits.idle_connections_per_peer,
-                inbound_connections_max: config.limits.inbound_connections_max.get(),
-                inbound_idle_timeout: config.limits.inbound_idle_timeout,
-            },
+            TransportConfig::from_limits(config.wire.clone(), &config.limits),
         ));
+        storage.check_identity(config.name.as_str(), &config.wire.cluster_name)?;
         let fresh = storage.is_fresh()?;
+        let tracker = TaskTracker::new();
+        let store_stop = CancellationToken::new();
         let log = LogStore::new(
             storage.clone(),
             config.limits.write_queue_max.get(),
             config.limits.group_commit_max.get(),
+            &tracker,
+            store_stop.clone(),
         )?;
         let committed = log.committed_index();
         let sm = SmShared::open(
@@ -288,7 +287,8 @@ impl<N: Net> RaftNode<N> {
                 config.limits.watch_polls_held_max.get(),
             )),
             cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            store_stop,
+            tracker,
         });
         core.tracker.spawn(serve(
             listener,
@@ -361,6 +361,7 @@ impl<N: Net> RaftNode<N> {
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.core.store_stop.cancel();
         self.core.tracker.close();
         self.core.tracker.wait().await;
     }

@@ -160,6 +160,7 @@ fn transport() -> Transport<TokioNet> {
             idle_per_peer_max: 1,
             inbound_connections_max: 1,
             inbound_idle_timeout: Duration::from_secs(10),
+            ..TransportConfig::from_limits(common::wire(), &limits)
         },
     )
 }
@@ -305,6 +306,7 @@ async fn bad_client_requests_get_typed_errors() {
             idle_per_peer_max: 1,
             inbound_connections_max: 1,
             inbound_idle_timeout: Duration::from_secs(10),
+            ..TransportConfig::from_limits(common::wire(), &limits)
         },
         c.addrs.clone(),
     );

@@ -554,7 +554,8 @@ impl NodeBuilder {
         stage(report, n, events, "config", timeout, async { Ok(()) }).await?;
 
         let storage = stage(report, n, events, "storage", timeout, async {
-            create_private_dir(&raw.data_dir)?;
+            quorate_raft::store::create_data_dir(&raw.data_dir)
+                .map_err(|e| format!("data_dir {}: {e}", raw.data_dir.display()))?;
             Storage::open(&raw.data_dir.join("raft.redb"))
                 .map_err(|e| format!("opening {}: {e}", raw.data_dir.join("raft.redb").display()))
         })
@@ -905,14 +906,4 @@ fn membership_event(e: &MembershipEvent) -> Option<NodeEvent> {
         },
         _ => return None,
     })
-}
-
-/// Creates `dir` (and its parents) and makes it private to this user (0700): it holds the
-/// Raft log, the vote and the status file.
-fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("creating data_dir {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("making data_dir {} private (0700): {e}", dir.display()))
 }

@@ -43,9 +43,19 @@
 //! one of its own datagrams sent back to it (which its replay guard has never seen) is dropped.
 //!
 //! On a stream, a [`StreamOpener`] additionally requires one session per connection and strictly
-//! increasing sequence numbers. What is left: right after a receiver restarts, a frame sealed in
-//! the last `clock_skew_max` before that restart can be replayed once. The protocols above
-//! (Raft with terms, SWIM with incarnations) treat such a stale message as stale.
+//! increasing sequence numbers.
+//!
+//! # Stream binding (server challenge)
+//! A TCP server first sends a [`Challenge`] (`"QRTC"` and 16 random bytes, unauthenticated) on
+//! every connection it accepts. Both sides then seal and open every frame of that connection
+//! with the challenge appended to the associated data ([`Sealer::bound`],
+//! [`StreamOpener::bound`]). A frame therefore authenticates only on the one connection it was
+//! sealed for: a frame captured on another connection, or sent to another node, fails
+//! authentication instead of being accepted once as "new". Datagrams carry no challenge.
+//!
+//! What is left: right after a receiver restarts, a datagram sealed in the last
+//! `clock_skew_max` before that restart can be replayed once. The protocols above (Raft with
+//! terms, SWIM with incarnations) treat such a stale message as stale.
 //!
 //! # Example
 //! ```
@@ -101,6 +111,10 @@ pub const FRAME_BYTES_MIN: u32 = 512;
 pub const FRAME_BYTES_LIMIT: u32 = 64 << 20;
 /// The most keys a [`KeyRing`] holds (one to send plus those also accepted).
 pub const KEYS_MAX: usize = 8;
+/// The four bytes a server's [`Challenge`] starts with.
+pub const CHALLENGE_MAGIC: [u8; 4] = *b"QRTC";
+/// Size of a challenge message on the wire: magic and 16 random bytes.
+pub const CHALLENGE_BYTES: usize = 20;
 
 /// A frame could not be sealed or opened, or a config was invalid. Nothing was delivered.
 #[derive(Debug, thiserror::Error)]
@@ -459,10 +473,13 @@ impl Header {
     }
 }
 
-fn aad(header: &[u8; HEADER_BYTES], cluster_name: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(HEADER_BYTES + cluster_name.len());
+fn aad(header: &[u8; HEADER_BYTES], cluster_name: &str, binding: Option<&Challenge>) -> Vec<u8> {
+    let mut a = Vec::with_capacity(HEADER_BYTES + cluster_name.len() + 16);
     a.extend_from_slice(header);
     a.extend_from_slice(cluster_name.as_bytes());
+    if let Some(c) = binding {
+        a.extend_from_slice(&c.0);
+    }
     a
 }
 
@@ -501,6 +518,70 @@ pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
     }
 }
 
+/// A server's random challenge for one stream connection; frames sealed for that connection
+/// carry it in their associated data (see the crate docs, "Stream binding").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Challenge([u8; 16]);
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Challenge(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Challenge {
+    /// A fresh challenge from the operating system's randomness.
+    pub fn generate() -> Result<Self, WireError> {
+        let mut c = [0u8; 16];
+        getrandom::fill(&mut c)
+            .map_err(|e| WireError::Config(format!("no OS randomness for a challenge: {e}")))?;
+        Ok(Self(c))
+    }
+
+    /// A challenge with given bytes (tests and simulation).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The challenge as sent on the wire ([`CHALLENGE_BYTES`] bytes).
+    pub fn encode(&self) -> [u8; CHALLENGE_BYTES] {
+        let mut out = [0u8; CHALLENGE_BYTES];
+        out[..4].copy_from_slice(&CHALLENGE_MAGIC);
+        out[4..].copy_from_slice(&self.0);
+        out
+    }
+
+    /// Parses a challenge as received; anything not starting with [`CHALLENGE_MAGIC`] is
+    /// [`WireError::BadMagic`] (not a quorate server, or an older one without challenges).
+    pub fn decode(bytes: &[u8; CHALLENGE_BYTES]) -> Result<Self, WireError> {
+        let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if magic != CHALLENGE_MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        let mut c = [0u8; 16];
+        c.copy_from_slice(&bytes[4..]);
+        Ok(Self(c))
+    }
+
+    /// Reads a server's challenge from a fresh connection (the client side).
+    pub async fn read_from<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Self, WireError> {
+        let mut b = [0u8; CHALLENGE_BYTES];
+        reader.read_exact(&mut b).await?;
+        Self::decode(&b)
+    }
+
+    /// Writes this challenge to a fresh connection and flushes (the server side).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> Result<(), WireError> {
+        writer.write_all(&self.encode()).await?;
+        writer.flush().await?;
+        Ok(())
+    }
+}
+
 /// The sending side: seals messages into frames under the ring's send key. One sealer is one
 /// sender session (a random id) with its own sequence counter; it may be shared between tasks.
 pub struct Sealer {
@@ -512,6 +593,7 @@ pub struct Sealer {
     seq: AtomicU64,
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
+    binding: Option<Challenge>,
 }
 
 impl fmt::Debug for Sealer {
@@ -535,6 +617,14 @@ impl Sealer {
         Self::with_session(config, u64::from_be_bytes(s))
     }
 
+    /// A sealer for one stream connection whose server sent `challenge`: a fresh session, and
+    /// every frame bound to that connection (see the crate docs, "Stream binding").
+    pub fn bound(config: &WireConfig, challenge: &Challenge) -> Self {
+        let mut s = Self::new(config);
+        s.binding = Some(*challenge);
+        s
+    }
+
     /// A sealer with a given session id: for deterministic simulation. Two sealers under one
     /// key must never share a session id.
     pub fn with_session(config: &WireConfig, session: u64) -> Self {
@@ -547,6 +637,7 @@ impl Sealer {
             seq: AtomicU64::new(1),
             frame_bytes_max: config.frame_bytes_max,
             wall_clock: config.wall_clock.clone(),
+            binding: None,
         }
     }
 
@@ -597,7 +688,9 @@ impl Sealer {
 
     /// Seals already-encoded bytes into one frame.
     pub fn seal_bytes(&self, kind: MessageKind, plain: &[u8]) -> Result<Vec<u8>, WireError> {
-        self.seal_with(kind, plain, |h| Ok(aad(h, &self.cluster_name)))
+        self.seal_with(kind, plain, |h| {
+            Ok(aad(h, &self.cluster_name, self.binding.as_ref()))
+        })
     }
 
     fn seal_with(
@@ -744,7 +837,7 @@ impl Opener {
     /// Opens one whole frame without decoding the payload.
     pub fn open_raw(&self, frame: &[u8]) -> Result<OpenedFrame, WireError> {
         let (h, hbytes) = self.parse_whole(frame)?;
-        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..])
+        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..], None)
     }
 
     /// Parses the header of a whole frame and checks that the frame is exactly as long as
@@ -781,8 +874,9 @@ impl Opener {
         h: &Header,
         hbytes: &[u8; HEADER_BYTES],
         ct: &[u8],
+        binding: Option<&Challenge>,
     ) -> Result<OpenedFrame, WireError> {
-        let aad = aad(hbytes, &self.inner.cluster_name);
+        let aad = aad(hbytes, &self.inner.cluster_name, binding);
         self.authenticate_with(h, &aad, ct)
     }
 
@@ -838,14 +932,27 @@ impl Opener {
 pub struct StreamOpener {
     opener: Opener,
     last: Option<(u64, u64)>,
+    binding: Option<Challenge>,
 }
 
 impl StreamOpener {
-    /// A stream opener for one new connection.
+    /// A stream opener for one new connection whose frames are not bound to it (no
+    /// challenge was exchanged).
     pub fn new(opener: &Opener) -> Self {
         Self {
             opener: opener.clone(),
             last: None,
+            binding: None,
+        }
+    }
+
+    /// A stream opener for one connection with the given challenge (the server's, sent on
+    /// accept): it accepts only frames sealed with [`Sealer::bound`] for this challenge.
+    pub fn bound(opener: &Opener, challenge: &Challenge) -> Self {
+        Self {
+            opener: opener.clone(),
+            last: None,
+            binding: Some(*challenge),
         }
     }
 
@@ -860,7 +967,9 @@ impl StreamOpener {
         let h = Header::decode(&hbytes, self.opener.inner.frame_bytes_max)?;
         let mut body = vec![0u8; h.len as usize];
         reader.read_exact(&mut body).await?;
-        let f = self.opener.authenticate(&h, &hbytes, &body)?;
+        let f = self
+            .opener
+            .authenticate(&h, &hbytes, &body, self.binding.as_ref())?;
         match self.last {
             Some((session, _)) if session != f.session => {
                 return Err(WireError::Replay("sender session changed within a stream"));

@@ -456,3 +456,31 @@ fn own_session_frames_are_rejected() {
         .open_datagram(&h, quorate_wire::RECIPIENT_ANYONE)
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_frame_bound_to_one_connection_does_not_open_on_another() {
+    let c = config_at("prod", key(1), &clock());
+    let o = Opener::new(&c);
+    let first = quorate_wire::Challenge::from_bytes([1; 16]);
+    let second = quorate_wire::Challenge::from_bytes([2; 16]);
+    let frame = Sealer::bound(&c, &first).seal(KIND, &5u8).unwrap();
+    // On another connection (another challenge), or on one without a challenge: refused.
+    for mut so in [StreamOpener::bound(&o, &second), StreamOpener::new(&o)] {
+        let e = read_frame::<u8, _>(&mut frame.as_slice(), &mut so)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WireError::AuthFailed), "{e:?}");
+    }
+    // On its own connection: accepted.
+    let (_, v) = read_frame::<u8, _>(&mut frame.as_slice(), &mut StreamOpener::bound(&o, &first))
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    // A challenge round-trips; anything else is not a challenge.
+    assert_eq!(
+        quorate_wire::Challenge::decode(&first.encode()).unwrap(),
+        first
+    );
+    let e = quorate_wire::Challenge::decode(&[0u8; quorate_wire::CHALLENGE_BYTES]).unwrap_err();
+    assert!(matches!(e, WireError::BadMagic(_)), "{e:?}");
+}

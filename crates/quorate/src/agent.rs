@@ -25,8 +25,7 @@ pub async fn run(v: Validated) -> Result<()> {
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.
     let mut events = builder.events();
-    let start = builder.start();
-    tokio::pin!(start);
+    let mut start = Box::pin(builder.start());
     let node = loop {
         tokio::select! {
             r = &mut start => match r {
@@ -70,8 +69,7 @@ pub async fn run(v: Validated) -> Result<()> {
     emit(&NodeEvent::Stopping {
         node: node_name.clone(),
     });
-    let shutdown = node.shutdown(budget);
-    tokio::pin!(shutdown);
+    let mut shutdown = Box::pin(node.shutdown(budget));
     // Print the events of the shutdown (role hand-off) while it runs; a second signal forces.
     loop {
         tokio::select! {

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use quorate_raft::{Limits, NodeConfig, RaftNode, Storage, Timing};
@@ -93,7 +93,7 @@ impl Cluster {
 
     /// (Re)starts node `i` from its data file.
     pub(crate) async fn restart(&mut self, i: usize) {
-        let storage = open_retry(&self.path(i)).await;
+        let storage = Storage::open(&self.path(i)).unwrap();
         let config = self.config(i);
         let node = if self.own_runtimes {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +130,11 @@ impl Cluster {
         let node = self.nodes[i].take();
         match self.runtimes[i].take() {
             Some(rt) => {
-                rt.shutdown_background();
+                // Abort every task at once (as `kill -9` would), then wait for the runtime's
+                // threads to finish, so that nothing of the node holds its store any more.
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10)))
+                    .await
+                    .unwrap();
                 drop(node);
             }
             None => {
@@ -200,17 +204,4 @@ pub(crate) async fn remote_client(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no node answered the remote client: {last:?}");
-}
-
-/// Opens a redb file, retrying while a just-stopped node's last handle is being dropped.
-pub(crate) async fn open_retry(path: &Path) -> Storage {
-    let mut last = None;
-    for _ in 0..100 {
-        match Storage::open(path) {
-            Ok(s) => return s,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("cannot open {}: {last:?}", path.display());
 }
