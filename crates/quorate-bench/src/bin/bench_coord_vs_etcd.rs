@@ -90,7 +90,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
     let started = Instant::now();
     let (program, agents_from) = match std::env::var_os(QUORATE_BIN_ENV) {
         Some(_) => {
-            let p = quorate_bench::agents::locate_quorate_binary().map_err(|e| e.to_string())?;
+            let p = quorate_testkit::process::locate_quorate_binary().map_err(|e| e.to_string())?;
             let from = format!("{} agent ({QUORATE_BIN_ENV})", p.display());
             (p, from)
         }
@@ -122,7 +122,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned());
     let text = format!(
-        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_bench::agents::RemoteCoord\nwall time: {:.0} s\n\n{}",
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_raft::client::CoordClient\nwall time: {:.0} s\n\n{}",
         machine(),
         started.elapsed().as_secs_f64(),
         report.table()
