@@ -1,0 +1,129 @@
+//! An in-memory keyspace of one merge type: what the redb storage will later persist.
+// tidy:pure-core
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+
+use crate::ReplicationError;
+use crate::conflict::ConflictRecord;
+use crate::crdt::Crdt;
+use crate::digest::{DigestConfig, Hash, MerkleDigest, value_hash};
+
+/// The longest replicated key, in bytes.
+pub const KEY_BYTES_MAX: usize = 256;
+
+/// What merging into a key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// Whether the key's state changed.
+    pub changed: bool,
+    /// The conflict the merge resolved, for the conflict log.
+    pub conflict: Option<ConflictRecord>,
+}
+
+/// A keyspace whose every key holds a `V`, bounded in keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Store<V> {
+    entries: BTreeMap<String, V>,
+    keys_max: NonZeroUsize,
+}
+
+impl<V: Crdt> Store<V> {
+    /// An empty keyspace of at most `keys_max` keys.
+    pub fn new(keys_max: NonZeroUsize) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            keys_max,
+        }
+    }
+
+    /// The state of `key`.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    /// Every key and state, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Merges `incoming` (a delta or a full state from a peer, or a local write's delta) into
+    /// `key`.
+    ///
+    /// # Errors
+    /// [`ReplicationError::KeyTooLong`] or [`ReplicationError::TooLarge`] (a new key beyond
+    /// `keys_max`); nothing changed.
+    pub fn merge(&mut self, key: &str, incoming: &V) -> Result<MergeOutcome, ReplicationError> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(ReplicationError::KeyTooLong {
+                len: key.len(),
+                max: KEY_BYTES_MAX,
+            });
+        }
+        match self.entries.get_mut(key) {
+            Some(cur) => {
+                let conflict = cur.conflict(incoming).map(|resolution| ConflictRecord {
+                    key: key.to_owned(),
+                    kind: V::KIND,
+                    versions: [cur.versions(), incoming.versions()].concat(),
+                    resolution,
+                });
+                let before = cur.clone();
+                cur.merge(incoming);
+                Ok(MergeOutcome {
+                    changed: *cur != before,
+                    conflict,
+                })
+            }
+            None => {
+                if self.entries.len() >= self.keys_max.get() {
+                    return Err(ReplicationError::TooLarge {
+                        what: "keyspace keys",
+                        len: self.entries.len().saturating_add(1),
+                        max: self.keys_max.get(),
+                    });
+                }
+                let mut v = V::bottom();
+                v.merge(incoming);
+                self.entries.insert(key.to_owned(), v);
+                Ok(MergeOutcome {
+                    changed: true,
+                    conflict: None,
+                })
+            }
+        }
+    }
+
+    /// The Merkle digest of the keyspace.
+    ///
+    /// # Errors
+    /// [`ReplicationError::Encode`] when a value cannot be encoded for hashing.
+    pub fn digest(&self, config: DigestConfig) -> Result<MerkleDigest, ReplicationError> {
+        let hashes: Vec<(&str, Hash)> = self
+            .entries
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), value_hash(v)?)))
+            .collect::<Result<_, ReplicationError>>()?;
+        Ok(MerkleDigest::build(config, hashes))
+    }
+
+    /// The keys and states in the given buckets: what to send a peer whose digest differs in
+    /// those buckets.
+    pub fn entries_in_buckets(&self, config: DigestConfig, buckets: &[u32]) -> Vec<(String, V)> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| buckets.binary_search(&config.bucket_of(k)).is_ok())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
