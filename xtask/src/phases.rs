@@ -97,6 +97,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-failover"]),
     },
     Phase {
+        name: "replication",
+        what: "multi-master replication core: HLC, CRDT laws, Merkle digests",
+        kind: Kind::Layer(&["quorate-replication"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
         kind: Kind::Layer(&["quorate"]),

@@ -1,4 +1,5 @@
 //! The one error type of the crate.
+// tidy:pure-core
 
 use quorate_types::NodeId;
 

@@ -32,6 +32,8 @@
 //! assert_eq!(at_a, at_b);
 //! ```
 
+// tidy:pure-core
+
 mod conflict;
 mod counter;
 mod crdt;

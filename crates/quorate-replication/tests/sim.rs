@@ -6,7 +6,8 @@
 //! dropped, and that the OR-set kept every add no remove had observed.
 //!
 //! The checker is shown catching a deliberately broken clock: LWW on wall clocks under skew.
-//! Every run is a seed; a failure names it (replay with `QUORATE_SIM_SEED=<seed>`).
+//! Every run is a seed; a failure names it and the command that replays it
+//! (`QUORATE_SIM_SEED=<seed>`, the same variables as quorate-sim's runner).
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -681,11 +682,30 @@ fn check(out: &Outcome) -> Result<Report, SecError> {
     })
 }
 
+/// The seeds, chosen as quorate-sim's runner does: `QUORATE_SIM_SEED=<n>` runs only `n`
+/// (replay); otherwise `QUORATE_SIM_SEEDS` seeds (default 100) from `QUORATE_SIM_SEED_START`
+/// (default 0). (quorate-sim itself is not a dependency: this crate's tests need none of its
+/// turmoil machinery.)
 fn seeds() -> Vec<u64> {
-    match std::env::var("QUORATE_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("QUORATE_SIM_SEED must be a number")],
-        Err(_) => (0..100).collect(),
+    let var = |name: &str| {
+        std::env::var(name).ok().map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer"))
+        })
+    };
+    if let Some(seed) = var("QUORATE_SIM_SEED") {
+        return vec![seed];
     }
+    let start = var("QUORATE_SIM_SEED_START").unwrap_or(0);
+    (start..start.saturating_add(var("QUORATE_SIM_SEEDS").unwrap_or(100))).collect()
+}
+
+/// The command that replays `seed` of `test`.
+fn replay(seed: u64, test: &str) -> String {
+    format!(
+        "QUORATE_SIM_SEED={seed} cargo test -p quorate-replication --test sim {test} -- --nocapture"
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,27 +713,33 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn multi_master_is_strongly_eventually_consistent_across_seeds() {
+    const TEST: &str = "multi_master_is_strongly_eventually_consistent_across_seeds";
     let mut worst = 0;
-    let mut alarms = 0;
-    for seed in seeds() {
+    let seeds = seeds();
+    for &seed in &seeds {
+        let fail =
+            |why: String| -> ! { panic!("seed {seed}: {why}\nreplay: {}", replay(seed, TEST)) };
         let out = Sim::new(SimConfig::new(seed)).run();
-        let report = check(&out)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e} (replay with QUORATE_SIM_SEED={seed})"));
-        assert!(report.writes > 0, "seed {seed}: the run made no writes");
-        worst = worst.max(report.rounds_to_converge);
-        alarms += out
-            .replicas
-            .iter()
-            .map(|r| r.metrics.clock_alarms)
-            .sum::<u64>();
+        let report = check(&out).unwrap_or_else(|e| fail(e.to_string()));
+        if report.writes == 0 {
+            fail("the run made no writes".into());
+        }
+        let alarms: u64 = out.replicas.iter().map(|r| r.metrics.clock_alarms).sum();
+        if alarms > 0 {
+            fail(format!(
+                "{alarms} clock alarms with every skew within the bound"
+            ));
+        }
         let repaired: u64 = out.replicas.iter().map(|r| r.metrics.keys_repaired).sum();
-        assert!(
-            repaired > 0 || out.replicas.len() < 2,
-            "seed {seed}: anti-entropy never repaired a key despite 20% loss and partitions"
-        );
+        if repaired == 0 {
+            fail("anti-entropy never repaired a key despite 20% loss and partitions".into());
+        }
+        worst = worst.max(report.rounds_to_converge);
     }
-    assert_eq!(alarms, 0, "skew within the bound must raise no clock alarm");
-    println!("converged within {worst} rounds of the heal (bound {CONVERGE_ROUNDS_MAX})");
+    println!(
+        "{} seeds: converged within {worst} rounds of the heal (bound {CONVERGE_ROUNDS_MAX})",
+        seeds.len()
+    );
 }
 
 /// LWW on wall clocks under skew (within the bound the HLC tolerates) lets a write that was
@@ -721,8 +747,10 @@ fn multi_master_is_strongly_eventually_consistent_across_seeds() {
 /// every acknowledged write; only the causal check sees the lost write.
 #[test]
 fn checker_catches_lww_on_wall_clocks_under_skew() {
+    const TEST: &str = "checker_catches_lww_on_wall_clocks_under_skew";
+    let seeds = seeds();
     let mut caught = Vec::new();
-    for seed in seeds() {
+    for &seed in &seeds {
         let cfg = SimConfig {
             wall_clock_lww: true,
             ..SimConfig::new(seed)
@@ -741,7 +769,11 @@ fn checker_catches_lww_on_wall_clocks_under_skew() {
                 assert_eq!((w.key.as_str(), w.observed), (key.as_str(), Some(lost_to)));
                 caught.push(seed);
             }
-            Err(other) => panic!("seed {seed}: expected SecError::LostWrite, got {other}"),
+            Err(other) => panic!(
+                "seed {seed}: expected SecError::LostWrite, got {other} \
+                 \nreplay: {}",
+                replay(seed, TEST)
+            ),
         }
     }
     assert!(
@@ -751,12 +783,16 @@ fn checker_catches_lww_on_wall_clocks_under_skew() {
     // The same seeds with the hybrid logical clock pass (the other test runs them all).
     for &seed in caught.iter().take(5) {
         let out = Sim::new(SimConfig::new(seed)).run();
-        assert!(check(&out).is_ok(), "seed {seed}: the correct clock failed");
+        assert!(
+            check(&out).is_ok(),
+            "seed {seed}: the correct clock failed\nreplay: {}",
+            replay(seed, TEST)
+        );
     }
     println!(
         "wall-clock LWW lost a write in {} of {} seeds",
         caught.len(),
-        seeds().len()
+        seeds.len()
     );
 }
 
