@@ -27,9 +27,11 @@ pub struct ReplicationMetrics {
     pub keys_repaired: u64,
     /// Tombstones and hidden values collected.
     pub tombstones_collected: u64,
-    /// Gauge: hints held for down peers (zero until hinted handoff exists).
+    /// Gauge: hints held for down peers. Set by the node stage (hinted handoff is not built
+    /// yet, so it stays zero).
     pub hints_pending: u64,
-    /// Gauge: replication lag behind the furthest peer, in milliseconds of HLC time.
+    /// Gauge: replication lag behind the furthest peer, in milliseconds of HLC time. Set by
+    /// the node stage (not built yet).
     pub lag_ms: u64,
 }
 

@@ -115,13 +115,21 @@ where
         self.siblings.len() + self.ctx.cloud_len()
     }
 
+    /// A conflict when the merge keeps a sibling from each side that the other side had not
+    /// seen (concurrent writes meeting); siblings both sides already knew are not counted again.
     fn conflict(&self, other: &Self) -> Option<Resolution> {
         let mut joined = self.clone();
         joined.merge(other);
-        (joined.siblings.len() > 1 && joined != *self && joined != *other).then_some({
-            Resolution::SiblingsKept {
-                count: joined.siblings.len(),
-            }
+        let ours_new = joined
+            .siblings
+            .keys()
+            .any(|d| self.siblings.contains_key(d) && !other.ctx.contains(d));
+        let theirs_new = joined
+            .siblings
+            .keys()
+            .any(|d| other.siblings.contains_key(d) && !self.ctx.contains(d));
+        (ours_new && theirs_new).then_some(Resolution::SiblingsKept {
+            count: joined.siblings.len(),
         })
     }
 
@@ -146,10 +154,13 @@ mod tests {
         let mut b = MvRegister::bottom();
         let da = a.set(&n("a"), 1u8);
         let db = b.set(&n("b"), 2);
-        assert!(a.conflict(&db).is_some());
+        assert_eq!(a.conflict(&db), Some(Resolution::SiblingsKept { count: 2 }));
         a.merge(&db);
         b.merge(&da);
         assert_eq!(a, b);
+        // Merging what both already know is not a new conflict.
+        assert_eq!(a.conflict(&b), None);
+        assert_eq!(a.conflict(&da), None);
         assert_eq!(a.values().copied().collect::<Vec<_>>(), [1, 2]);
         let dc = a.set(&n("a"), 3);
         b.merge(&dc);

@@ -78,3 +78,63 @@ impl Stability {
         self.acked.values().min().cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+    use crate::{CausalContext, Dot};
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn ts(ms: u64) -> HlcTimestamp {
+        HlcTimestamp {
+            physical_ms: ms,
+            logical: 0,
+            node: n("a"),
+        }
+    }
+
+    #[test]
+    fn horizon_waits_for_every_replica_moves_forward_only_and_ignores_strangers() {
+        let mut s = Stability::new([n("a"), n("b"), n("c")]);
+        assert!(s.ack(&n("a"), ts(50)));
+        assert!(s.ack(&n("b"), ts(40)));
+        assert!(
+            !s.ack(&n("zz"), ts(99)),
+            "an unknown node's ack is not taken"
+        );
+        assert_eq!(s.stable(), None, "c (maybe down) holds the horizon back");
+        assert!(s.ack(&n("c"), ts(60)));
+        assert_eq!(s.stable(), Some(ts(40)));
+        assert!(!s.ack(&n("b"), ts(30)), "a reordered older ack is ignored");
+        assert_eq!(s.stable(), Some(ts(40)));
+        s.remove_replica(&n("b"));
+        assert_eq!(s.stable(), Some(ts(50)));
+        assert_eq!(Stability::new([]).stable(), None);
+    }
+
+    #[test]
+    fn a_departed_replica_is_forgotten_from_a_context() {
+        let mut cc = CausalContext::new();
+        cc.insert(Dot {
+            node: n("gone"),
+            counter: 1,
+        });
+        cc.insert(Dot {
+            node: n("gone"),
+            counter: 3,
+        });
+        cc.insert(Dot {
+            node: n("a"),
+            counter: 1,
+        });
+        assert!(cc.forget_replica(&n("gone")));
+        assert_eq!(cc.cloud_len(), 0);
+        assert_eq!(cc.version_vector().len(), 1);
+        assert!(!cc.forget_replica(&n("gone")));
+    }
+}

@@ -117,13 +117,85 @@ impl<V: Crdt> Store<V> {
         Ok(MerkleDigest::build(config, hashes))
     }
 
-    /// The keys and states in the given buckets: what to send a peer whose digest differs in
-    /// those buckets.
+    /// The keys and states in the given buckets (in any order, as a peer sent them): what to
+    /// send a peer whose digest differs in those buckets.
     pub fn entries_in_buckets(&self, config: DigestConfig, buckets: &[u32]) -> Vec<(String, V)> {
+        let mut wanted = buckets.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
         self.entries
             .iter()
-            .filter(|(k, _)| buckets.binary_search(&config.bucket_of(k)).is_ok())
+            .filter(|(k, _)| wanted.binary_search(&config.bucket_of(k)).is_ok())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+    use crate::PnCounter;
+    use quorate_types::NodeId;
+
+    fn store(keys_max: usize) -> Store<PnCounter> {
+        Store::new(NonZeroUsize::new(keys_max).unwrap())
+    }
+
+    #[test]
+    fn limits_refuse_and_change_nothing() {
+        let mut s = store(1);
+        let d = PnCounter::bottom()
+            .increment(&NodeId::new("a").unwrap(), 1)
+            .unwrap();
+        assert!(s.merge("k", &d).unwrap().changed);
+        assert!(
+            !s.merge("k", &d).unwrap().changed,
+            "a redelivered delta changes nothing"
+        );
+        assert_eq!(
+            s.merge("other", &d),
+            Err(ReplicationError::TooLarge {
+                what: "keyspace keys",
+                len: 2,
+                max: 1
+            })
+        );
+        let long = "x".repeat(KEY_BYTES_MAX + 1);
+        assert_eq!(
+            s.merge(&long, &d),
+            Err(ReplicationError::KeyTooLong {
+                len: KEY_BYTES_MAX + 1,
+                max: KEY_BYTES_MAX
+            })
+        );
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn digest_diff_and_bucket_entries_repair_a_peer() {
+        let cfg = DigestConfig::new(4, 2).unwrap();
+        let n = NodeId::new("a").unwrap();
+        let (mut a, mut b) = (store(100), store(100));
+        for i in 0..20 {
+            let d = PnCounter::bottom().increment(&n, i + 1).unwrap();
+            a.merge(&format!("k{i}"), &d).unwrap();
+            if i % 3 != 0 {
+                b.merge(&format!("k{i}"), &d).unwrap();
+            }
+        }
+        let mut want = a
+            .digest(cfg)
+            .unwrap()
+            .diff(&b.digest(cfg).unwrap())
+            .unwrap();
+        assert!(!want.is_empty());
+        want.reverse(); // a peer may send the buckets in any order
+        for (k, v) in a.entries_in_buckets(cfg, &want) {
+            b.merge(&k, &v).unwrap();
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.digest(cfg).unwrap().root(), b.digest(cfg).unwrap().root());
     }
 }
