@@ -16,8 +16,8 @@ use std::fmt;
 use std::num::{NonZeroU64, NonZeroUsize};
 
 use quorate_replication::{
-    ConflictLog, Crdt, DigestConfig, Dot, Hlc, HlcConfig, HlcTimestamp, LwwRegister, MerkleDigest,
-    OrSet, PnCounter, ReplicationMetrics, Store,
+    ConflictLog, ConflictRecord, Crdt, CrdtKind, DigestConfig, Dot, Hlc, HlcConfig, HlcTimestamp,
+    LwwRegister, MerkleDigest, MvRegister, OrSet, PnCounter, ReplicationMetrics, Store,
 };
 use quorate_types::NodeId;
 use rand::rngs::StdRng;
@@ -38,15 +38,21 @@ const REGISTER_KEYS: u64 = 6;
 const COUNTER_KEYS: u64 = 3;
 const SET_KEYS: u64 = 3;
 const SET_ELEMENTS: u32 = 6;
+const MV_KEYS: u64 = 3;
+/// The most siblings a multi-value register keeps before its resolver collapses them. The
+/// resolver of a key runs at one replica (`mv-k` at replica `k mod n`): collapses made at
+/// several replicas at once would be concurrent writes themselves, siblings again.
+const MV_SIBLINGS_MAX: usize = 2;
 
 // ---------------------------------------------------------------------------------------------
-// The replicated state of one replica: three keyspaces of three merge types.
+// The replicated state of one replica: four keyspaces of four merge types.
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Payload {
     Reg(LwwRegister<u64>),
     Ctr(PnCounter),
     Set(OrSet<u32>),
+    Mv(MvRegister<u64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +60,7 @@ struct Stores {
     regs: Store<LwwRegister<u64>>,
     ctrs: Store<PnCounter>,
     sets: Store<OrSet<u32>>,
+    mvs: Store<MvRegister<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +68,7 @@ struct Digests {
     regs: MerkleDigest,
     ctrs: MerkleDigest,
     sets: MerkleDigest,
+    mvs: MerkleDigest,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,6 +76,7 @@ struct Buckets {
     regs: Vec<u32>,
     ctrs: Vec<u32>,
     sets: Vec<u32>,
+    mvs: Vec<u32>,
 }
 
 impl Stores {
@@ -77,6 +86,7 @@ impl Stores {
             regs: Store::new(cap),
             ctrs: Store::new(cap),
             sets: Store::new(cap),
+            mvs: Store::new(cap),
         }
     }
 
@@ -91,6 +101,7 @@ impl Stores {
             Payload::Reg(v) => self.regs.merge(key, v),
             Payload::Ctr(v) => self.ctrs.merge(key, v),
             Payload::Set(v) => self.sets.merge(key, v),
+            Payload::Mv(v) => self.mvs.merge(key, v),
         }
         .unwrap();
         if let Some(c) = out.conflict {
@@ -105,6 +116,7 @@ impl Stores {
             regs: self.regs.digest(cfg).unwrap(),
             ctrs: self.ctrs.digest(cfg).unwrap(),
             sets: self.sets.digest(cfg).unwrap(),
+            mvs: self.mvs.digest(cfg).unwrap(),
         }
     }
 
@@ -127,6 +139,12 @@ impl Stores {
                 .entries_in_buckets(cfg, &b.sets)
                 .into_iter()
                 .map(|(k, v)| (k, Payload::Set(v))),
+        );
+        out.extend(
+            self.mvs
+                .entries_in_buckets(cfg, &b.mvs)
+                .into_iter()
+                .map(|(k, v)| (k, Payload::Mv(v))),
         );
         out
     }
@@ -182,6 +200,26 @@ struct History {
     set_adds: BTreeMap<(String, u32), BTreeSet<Dot>>,
     /// Adds (by key and dot) that a remove observed or a later add of the same element superseded.
     set_retired: BTreeSet<(String, Dot)>,
+    /// Every multi-value write (resolver collapses included) by key and dot, with its value.
+    mv_written: BTreeMap<(String, Dot), u64>,
+    /// Multi-value writes a later write at a replica that had seen them replaced.
+    mv_retired: BTreeSet<(String, Dot)>,
+}
+
+/// A multi-value write of `id` at `node`, recorded in the history; returns the delta.
+fn mv_write(
+    h: &mut History,
+    key: &str,
+    reg: &mut MvRegister<u64>,
+    node: &NodeId,
+    id: u64,
+) -> MvRegister<u64> {
+    h.mv_retired
+        .extend(reg.dots().cloned().map(|d| (key.to_owned(), d)));
+    let d = reg.set(node, id);
+    let dot = d.dots().next().unwrap().clone();
+    h.mv_written.insert((key.to_owned(), dot), id);
+    d
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +373,7 @@ impl Sim {
     fn write(&mut self, at: usize) {
         let now = self.now_ms();
         let wall_clock = self.cfg.wall_clock_lww;
-        let kind = self.rng.random_range(0..3);
+        let kind = self.rng.random_range(0..4);
         let r = &mut self.replicas[at];
         let phys = r.physical(now);
         let (key, delta) = match kind {
@@ -379,6 +417,19 @@ impl Sim {
                 };
                 *self.history.ctr_sums.entry(key.clone()).or_insert(0) += signed;
                 (key, Payload::Ctr(d))
+            }
+            3 => {
+                let key = format!("mv-{}", self.rng.random_range(0..MV_KEYS));
+                let id = self.next_write;
+                self.next_write += 1;
+                let mut reg = r
+                    .stores
+                    .mvs
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(MvRegister::bottom);
+                let d = mv_write(&mut self.history, &key, &mut reg, &r.id, id);
+                (key, Payload::Mv(d))
             }
             _ => {
                 let key = format!("set-{}", self.rng.random_range(0..SET_KEYS));
@@ -431,6 +482,7 @@ impl Sim {
                     r.stores.merge(k, p, &mut r.log, &mut r.metrics);
                     r.metrics.deltas_merged += 1;
                 }
+                self.collapse_siblings(to);
             }
             Body::Digest(theirs) => {
                 let ours = self.replicas[to].stores.digests(digest);
@@ -438,8 +490,12 @@ impl Sim {
                     regs: ours.regs.diff(&theirs.regs).unwrap(),
                     ctrs: ours.ctrs.diff(&theirs.ctrs).unwrap(),
                     sets: ours.sets.diff(&theirs.sets).unwrap(),
+                    mvs: ours.mvs.diff(&theirs.mvs).unwrap(),
                 };
-                let empty = want.regs.is_empty() && want.ctrs.is_empty() && want.sets.is_empty();
+                let empty = want.regs.is_empty()
+                    && want.ctrs.is_empty()
+                    && want.sets.is_empty()
+                    && want.mvs.is_empty();
                 if !empty {
                     let entries = self.replicas[to].stores.entries(digest, &want);
                     self.send(
@@ -459,6 +515,7 @@ impl Sim {
                         r.metrics.keys_repaired += 1;
                     }
                 }
+                self.collapse_siblings(to);
                 if let Some(want) = want {
                     let entries = self.replicas[to].stores.entries(digest, &want);
                     self.send(
@@ -471,6 +528,51 @@ impl Sim {
                     );
                 }
             }
+        }
+    }
+
+    /// The resolver: at the replica that resolves a key, siblings over the cap are collapsed
+    /// into their largest value, an ordinary write pushed like any other.
+    fn collapse_siblings(&mut self, at: usize) {
+        let n = self.replicas.len() as u64;
+        for k in (0..MV_KEYS).filter(|k| k % n == at as u64) {
+            let key = format!("mv-{k}");
+            let r = &mut self.replicas[at];
+            let Some(mut reg) = r.stores.mvs.get(&key).cloned() else {
+                continue;
+            };
+            if reg.sibling_count() <= MV_SIBLINGS_MAX {
+                continue;
+            }
+            let seen: Vec<Dot> = reg.dots().cloned().collect();
+            let Some((delta, resolution)) = reg.resolve(&r.id, MV_SIBLINGS_MAX, |vs| {
+                vs.iter().copied().copied().max().unwrap_or(0)
+            }) else {
+                continue;
+            };
+            let value = *delta.values().next().unwrap();
+            let dot = delta.dots().next().unwrap().clone();
+            self.history
+                .mv_retired
+                .extend(seen.into_iter().map(|d| (key.clone(), d)));
+            self.history.mv_written.insert((key.clone(), dot), value);
+            let record = ConflictRecord {
+                key: key.clone(),
+                kind: CrdtKind::MvRegister,
+                versions: Vec::new(),
+                resolution,
+            };
+            r.metrics.record_conflict(&record);
+            r.log.push(record);
+            r.stores.merge(
+                &key,
+                &Payload::Mv(delta.clone()),
+                &mut r.log,
+                &mut r.metrics,
+            );
+            r.metrics.local_writes += 1;
+            r.outbox.push((key.clone(), Payload::Mv(delta.clone())));
+            self.history.acked.push((key, Payload::Mv(delta)));
         }
     }
 
@@ -601,6 +703,12 @@ enum SecError {
     },
     /// A counter does not add up to its acknowledged increments and decrements.
     CounterWrong { key: String, want: i128, got: i128 },
+    /// A multi-value register's siblings are not exactly the writes no later write had seen.
+    SiblingsWrong {
+        key: String,
+        want: Vec<u64>,
+        got: Vec<u64>,
+    },
     /// An OR-set element's presence contradicts its adds and the removes that observed them.
     SetWrong {
         key: String,
@@ -653,7 +761,13 @@ fn check(out: &Outcome) -> Result<Report, SecError> {
             return Err(SecError::NotMergeOfAcked { key: k.to_owned() });
         }
     }
-    if reference.regs.len() != state.regs.len()
+    for (k, v) in reference.mvs.iter() {
+        if state.mvs.get(k) != Some(v) {
+            return Err(SecError::NotMergeOfAcked { key: k.to_owned() });
+        }
+    }
+    if reference.mvs.len() != state.mvs.len()
+        || reference.regs.len() != state.regs.len()
         || reference.ctrs.len() != state.ctrs.len()
         || reference.sets.len() != state.sets.len()
     {
@@ -674,6 +788,31 @@ fn check(out: &Outcome) -> Result<Report, SecError> {
                 key: key.to_owned(),
                 lost: w.id,
                 lost_to: winner,
+            });
+        }
+    }
+    // Multi-value registers: the siblings are exactly the writes no later write had seen.
+    for k in 0..MV_KEYS {
+        let key = format!("mv-{k}");
+        let want: BTreeMap<Dot, u64> = out
+            .history
+            .mv_written
+            .iter()
+            .filter(|((wk, d), _)| {
+                *wk == key && !out.history.mv_retired.contains(&(key.clone(), d.clone()))
+            })
+            .map(|((_, d), v)| (d.clone(), *v))
+            .collect();
+        let got: BTreeMap<Dot, u64> = state
+            .mvs
+            .get(&key)
+            .map(|r| r.dots().cloned().zip(r.values().copied()).collect())
+            .unwrap_or_default();
+        if got != want {
+            return Err(SecError::SiblingsWrong {
+                key,
+                want: want.into_values().collect(),
+                got: got.into_values().collect(),
             });
         }
     }
@@ -750,6 +889,7 @@ fn multi_master_is_strongly_eventually_consistent_across_seeds() {
     const TEST: &str = "multi_master_is_strongly_eventually_consistent_across_seeds";
     let mut worst = 0;
     let mut conflicts = 0;
+    let mut collapses = 0;
     let seeds = seeds();
     for &seed in &seeds {
         let fail =
@@ -775,16 +915,25 @@ fn multi_master_is_strongly_eventually_consistent_across_seeds() {
             .iter()
             .map(|r| r.metrics.conflicts_total())
             .sum::<u64>();
+        collapses += out
+            .replicas
+            .iter()
+            .filter_map(|r| r.metrics.conflicts.get(&(CrdtKind::MvRegister, "resolver")))
+            .sum::<u64>();
     }
     println!(
         "{} seeds: converged within {worst} rounds of the heal (bound {CONVERGE_ROUNDS_MAX}); \
-         {conflicts} conflicts logged",
+         {conflicts} conflicts logged, {collapses} sibling sets collapsed by the resolver",
         seeds.len()
     );
     // Partitions make concurrent register writes: a run that logs none is not counting them.
     assert!(
         seeds.len() < 10 || conflicts > 0,
         "no conflict was ever logged"
+    );
+    assert!(
+        seeds.len() < 10 || collapses > 0,
+        "the sibling resolver never ran"
     );
 }
 
