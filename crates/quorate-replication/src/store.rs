@@ -21,19 +21,22 @@ pub struct MergeOutcome {
     pub conflict: Option<ConflictRecord>,
 }
 
-/// A keyspace whose every key holds a `V`, bounded in keys.
+/// A keyspace whose every key holds a `V`, bounded in keys and in the size of each value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Store<V> {
     entries: BTreeMap<String, V>,
     keys_max: NonZeroUsize,
+    value_size_max: NonZeroUsize,
 }
 
 impl<V: Crdt> Store<V> {
-    /// An empty keyspace of at most `keys_max` keys.
-    pub fn new(keys_max: NonZeroUsize) -> Self {
+    /// An empty keyspace of at most `keys_max` keys, each value holding at most
+    /// `value_size_max` entries ([`Crdt::size`]).
+    pub fn new(keys_max: NonZeroUsize, value_size_max: NonZeroUsize) -> Self {
         Self {
             entries: BTreeMap::new(),
             keys_max,
+            value_size_max,
         }
     }
 
@@ -61,8 +64,10 @@ impl<V: Crdt> Store<V> {
     /// `key`.
     ///
     /// # Errors
-    /// [`ReplicationError::KeyTooLong`] or [`ReplicationError::TooLarge`] (a new key beyond
-    /// `keys_max`); nothing changed.
+    /// [`ReplicationError::KeyTooLong`], or [`ReplicationError::TooLarge`] for a new key
+    /// beyond `keys_max` or a merged value beyond `value_size_max`; nothing changed. A refused
+    /// merge leaves this replica behind its peers on that key until the limit is raised: the
+    /// error is for the operator, never silent.
     pub fn merge(&mut self, key: &str, incoming: &V) -> Result<MergeOutcome, ReplicationError> {
         if key.len() > KEY_BYTES_MAX {
             return Err(ReplicationError::KeyTooLong {
@@ -70,20 +75,30 @@ impl<V: Crdt> Store<V> {
                 max: KEY_BYTES_MAX,
             });
         }
+        let too_large = |len: usize| ReplicationError::TooLarge {
+            what: "replicated value entries",
+            len,
+            max: self.value_size_max.get(),
+        };
+        if incoming.size() > self.value_size_max.get() {
+            return Err(too_large(incoming.size()));
+        }
         match self.entries.get_mut(key) {
             Some(cur) => {
+                let mut merged = cur.clone();
+                merged.merge(incoming);
+                if merged.size() > self.value_size_max.get() {
+                    return Err(too_large(merged.size()));
+                }
                 let conflict = cur.conflict(incoming).map(|resolution| ConflictRecord {
                     key: key.to_owned(),
                     kind: V::KIND,
                     versions: [cur.versions(), incoming.versions()].concat(),
                     resolution,
                 });
-                let before = cur.clone();
-                cur.merge(incoming);
-                Ok(MergeOutcome {
-                    changed: *cur != before,
-                    conflict,
-                })
+                let changed = merged != *cur;
+                *cur = merged;
+                Ok(MergeOutcome { changed, conflict })
             }
             None => {
                 if self.entries.len() >= self.keys_max.get() {
@@ -140,7 +155,10 @@ mod tests {
     use quorate_types::NodeId;
 
     fn store(keys_max: usize) -> Store<PnCounter> {
-        Store::new(NonZeroUsize::new(keys_max).unwrap())
+        Store::new(
+            NonZeroUsize::new(keys_max).unwrap(),
+            NonZeroUsize::new(2).unwrap(),
+        )
     }
 
     #[test]
@@ -171,6 +189,24 @@ mod tests {
             })
         );
         assert_eq!(s.len(), 1);
+        // A value that would hold more entries than the limit is refused whole.
+        let b = PnCounter::bottom()
+            .decrement(&NodeId::new("b").unwrap(), 1)
+            .unwrap();
+        assert!(s.merge("k", &b).unwrap().changed);
+        let before = s.clone();
+        let c = PnCounter::bottom()
+            .increment(&NodeId::new("c").unwrap(), 1)
+            .unwrap();
+        assert_eq!(
+            s.merge("k", &c),
+            Err(ReplicationError::TooLarge {
+                what: "replicated value entries",
+                len: 3,
+                max: 2
+            })
+        );
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -81,12 +81,13 @@ struct Buckets {
 
 impl Stores {
     fn new() -> Self {
-        let cap = NonZeroUsize::new(1024).unwrap();
+        let keys = NonZeroUsize::new(1024).unwrap();
+        let size = NonZeroUsize::new(256).unwrap();
         Self {
-            regs: Store::new(cap),
-            ctrs: Store::new(cap),
-            sets: Store::new(cap),
-            mvs: Store::new(cap),
+            regs: Store::new(keys, size),
+            ctrs: Store::new(keys, size),
+            sets: Store::new(keys, size),
+            mvs: Store::new(keys, size),
         }
     }
 
