@@ -123,6 +123,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-failover"]),
     },
     Phase {
+        name: "replication",
+        what: "multi-master replication core: HLC, CRDT laws, Merkle digests",
+        kind: Kind::Layer(&["quorate-replication"]),
+    },
+    Phase {
         name: "startup",
         what: "the node assembly: stages, config, notification, shutdown",
         kind: Kind::Layer(&["quorate-startup"]),
