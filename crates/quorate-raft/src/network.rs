@@ -428,7 +428,8 @@ pub enum Request {
 }
 
 impl Request {
-    fn kind(&self) -> MessageKind {
+    /// The message kind this request is sent under.
+    pub fn kind(&self) -> MessageKind {
         match self {
             Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) => {
                 KIND_RAFT_REQ

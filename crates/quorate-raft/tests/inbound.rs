@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quorate_coord_api::KeyValue;
-use quorate_raft::network::{
-    Handler, KIND_CLIENT_REQ, Request, Response, Transport, TransportConfig, serve,
-};
+use quorate_raft::network::{Handler, Request, Response, Transport, TransportConfig, serve};
 use quorate_wire::net::TokioNet;
 use quorate_wire::{Challenge, ClusterKey, KeyRing, Sealer, WireConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -171,7 +169,7 @@ async fn stalled_header_is_dropped_within_seconds() {
 
 /// Seals `req` for a raw connection.
 fn seal(sealer: &Sealer, req: &Request) -> Vec<u8> {
-    sealer.seal(KIND_CLIENT_REQ, req).unwrap()
+    sealer.seal(req.kind(), req).unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,6 +21,11 @@ use std::time::Duration;
 use quorate::config::RoleSection;
 use quorate::demo::{LoopbackPlan, to_toml};
 use quorate::report::{NodeEvent, StageOutcome};
+use quorate_coord_api::{Consistency, Coord};
+use quorate_raft::client::{ClientConfig, CoordClient};
+use quorate_raft::network::{ClientRequest, ClientResponse};
+use quorate_wire::net::TokioNet;
+use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -31,6 +36,25 @@ struct Agent {
     name: String,
     config: PathBuf,
     child: Option<Child>,
+}
+
+/// A remote client of the cluster planned in `dir` (its key file and Raft addresses).
+fn client(dir: &Path, raft: Vec<String>) -> CoordClient<TokioNet> {
+    let key = std::fs::read_to_string(dir.join("cluster.key")).unwrap();
+    let key = ClusterKey::from_hex(key.trim()).unwrap();
+    let wire = WireConfig::new("quorate-startup-test", KeyRing::new(key, vec![])).unwrap();
+    let mut config = ClientConfig::lan(wire);
+    config.attempts = std::num::NonZeroUsize::new(40).unwrap();
+    config.retry_pause = Duration::from_millis(100);
+    CoordClient::new(TokioNet, config, raft)
+}
+
+/// The Raft addresses of the agents' configs.
+fn raft_addrs(agents: &[Agent]) -> Vec<String> {
+    agents
+        .iter()
+        .map(|a| quorate::config::load(&a.config).unwrap().raw.raft.listen)
+        .collect()
 }
 
 /// Writes `n` agent configs (one role, hooks appending to `dir/actions.log`).
@@ -174,7 +198,9 @@ async fn sigterm_of_the_primary_hands_the_role_over_before_exiting() {
 
 /// Kills the third agent (SIGKILL) once its stage `before` has ended, so during the next
 /// stage `during`, then restarts it on the same data dir: it must come up clean (every stage
-/// ready) and see the cluster's primary.
+/// ready), still hold a write acknowledged before the kills (read at that node), and see the
+/// cluster's primary. The kill lands after `before` ended; the process may have gone on a little
+/// before the signal arrives.
 async fn kill_during(before: &'static str, during: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let mut agents = configs(dir.path(), 3);
@@ -186,6 +212,12 @@ async fn kill_during(before: &'static str, during: &'static str) {
     wait_for(&mut rx, long, |_, e| primary_of(e)).await;
     let victim = 2;
     let name = agents[victim].name.clone();
+    // An acknowledged write (committed on a majority) before the kills: it must survive them.
+    let remote = client(dir.path(), raft_addrs(&agents));
+    remote
+        .put("acknowledged", during.as_bytes().to_vec(), None)
+        .await
+        .unwrap();
     // Restart it, and kill it as soon as `before` has ended.
     kill9(&mut agents[victim]);
     let _ = agents[victim].child.as_mut().unwrap().wait().await;
@@ -213,6 +245,27 @@ async fn kill_during(before: &'static str, during: &'static str) {
         _ => None,
     })
     .await;
+    // The restarted node serves the acknowledged write itself (a linearizable read at that
+    // node: its store survived the kill and caught up), and the cluster takes new writes.
+    let got = remote
+        .call_node(
+            victim,
+            ClientRequest::Get {
+                key: "acknowledged".to_owned(),
+                consistency: Consistency::Linearizable,
+            },
+        )
+        .await
+        .unwrap();
+    match got {
+        ClientResponse::Get(g) => assert_eq!(
+            g.kv.map(|kv| kv.value),
+            Some(during.as_bytes().to_vec()),
+            "the acknowledged write is lost on {name}"
+        ),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    remote.put("after", b"1".to_vec(), None).await.unwrap();
     // The restarted node sees the cluster's primary and a Raft leader.
     let path = dir.path().join(&name).join("status.json");
     let pid = agents[victim]
