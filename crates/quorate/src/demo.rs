@@ -146,10 +146,10 @@ fn write_configs(dir: &Path) -> Result<Vec<Node>> {
     };
     let mut nodes = Vec::new();
     for (i, name) in plan.names.iter().enumerate() {
+        // Equal failover priorities (the default), as in most deployments: the policy's own
+        // tiebreaks then keep the role off the Raft leader, so a kill of the primary is one
+        // failure, not a Raft election followed by the role lease.
         let mut c = plan.agent(i, &dir.join(name));
-        c.gossip
-            .tags
-            .insert("failover-priority".to_owned(), (100 - i).to_string());
         c.checks.push(CheckSection {
             id: "data-disk".to_owned(),
             kind: "disk".to_owned(),
