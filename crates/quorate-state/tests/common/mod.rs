@@ -1,0 +1,263 @@
+//! Shared helpers of the integration tests: a fault-injecting `Coord` wrapper (cuts one
+//! client's keep-alives, as a partition between that holder and the cluster would), and the
+//! backends: in-memory (paused time), embedded Raft on loopback TCP, real etcd.
+#![allow(dead_code, reason = "each test target uses a subset")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
+pub(crate) mod suite;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use quorate_coord_api::{
+    Capabilities, ClusterStatus, Consistency, Coord, CoordError, DeleteResponse, ElectionLeader,
+    GetResponse, LeaderKey, LeaseGrant, LeaseId, LeaseInfo, LockGrant, ObserveStream, PutResponse,
+    RangeRequest, RangeResponse, Revision, Txn, TxnResponse, WatchStream,
+};
+use quorate_types::NodeId;
+use tokio::time::Instant;
+
+/// What the wrapper does to `lease_keep_alive`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum KeepAlive {
+    /// Pass through.
+    Pass = 0,
+    /// Never answer (the request is lost in a partition).
+    Hang = 1,
+    /// Fail with a non-retryable error.
+    Refuse = 2,
+}
+
+/// A `Coord` that passes every call through, except keep-alives (and, when they hang, revokes:
+/// a partition between holder and cluster loses both) when told to cut them; it
+/// records when each keep-alive was sent and whether it was acknowledged.
+pub(crate) struct Faulty {
+    inner: Arc<dyn Coord>,
+    keep_alive: AtomicU8,
+    /// (sent, acknowledged) of every keep-alive, by the tokio clock.
+    pub(crate) renewals: StdMutex<Vec<(Instant, bool)>>,
+}
+
+impl Faulty {
+    pub(crate) fn new(inner: Arc<dyn Coord>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            keep_alive: AtomicU8::new(KeepAlive::Pass as u8),
+            renewals: StdMutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn set_keep_alive(&self, k: KeepAlive) {
+        self.keep_alive.store(k as u8, Ordering::SeqCst);
+    }
+
+    /// The send time of the last acknowledged keep-alive.
+    pub(crate) fn last_acknowledged(&self) -> Option<Instant> {
+        self.renewals
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, ok)| *ok)
+            .map(|(t, _)| *t)
+    }
+}
+
+#[async_trait]
+impl Coord for Faulty {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<PutResponse, CoordError> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn get(&self, key: &str, consistency: Consistency) -> Result<GetResponse, CoordError> {
+        self.inner.get(key, consistency).await
+    }
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, CoordError> {
+        self.inner.range(req).await
+    }
+    async fn delete(&self, key: &str) -> Result<DeleteResponse, CoordError> {
+        self.inner.delete(key).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, CoordError> {
+        self.inner.txn(txn).await
+    }
+    async fn watch(&self, prefix: &str, from: Option<Revision>) -> Result<WatchStream, CoordError> {
+        self.inner.watch(prefix, from).await
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant, CoordError> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<LeaseGrant, CoordError> {
+        let sent = Instant::now();
+        let mode = self.keep_alive.load(Ordering::SeqCst);
+        if mode == KeepAlive::Hang as u8 {
+            self.renewals.lock().unwrap().push((sent, false));
+            return std::future::pending().await;
+        }
+        if mode == KeepAlive::Refuse as u8 {
+            self.renewals.lock().unwrap().push((sent, false));
+            return Err(CoordError::invalid("refused by the test"));
+        }
+        let r = self.inner.lease_keep_alive(id).await;
+        self.renewals.lock().unwrap().push((sent, r.is_ok()));
+        r
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, CoordError> {
+        if self.keep_alive.load(Ordering::SeqCst) == KeepAlive::Hang as u8 {
+            // The partition that loses keep-alives loses the holder's revoke too.
+            return std::future::pending().await;
+        }
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseInfo, CoordError> {
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn lock(&self, name: &str, lease: LeaseId) -> Result<LockGrant, CoordError> {
+        self.inner.lock(name, lease).await
+    }
+    async fn unlock(&self, lock: &LockGrant) -> Result<Revision, CoordError> {
+        self.inner.unlock(lock).await
+    }
+    async fn lock_holder(
+        &self,
+        name: &str,
+        consistency: Consistency,
+    ) -> Result<Option<LockGrant>, CoordError> {
+        self.inner.lock_holder(name, consistency).await
+    }
+    async fn campaign(
+        &self,
+        election: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<LeaderKey, CoordError> {
+        self.inner.campaign(election, value, lease).await
+    }
+    async fn proclaim(&self, leader: &LeaderKey, value: Vec<u8>) -> Result<Revision, CoordError> {
+        self.inner.proclaim(leader, value).await
+    }
+    async fn resign(&self, leader: &LeaderKey) -> Result<Revision, CoordError> {
+        self.inner.resign(leader).await
+    }
+    async fn leader(&self, election: &str) -> Result<Option<ElectionLeader>, CoordError> {
+        self.inner.leader(election).await
+    }
+    async fn observe(&self, election: &str) -> Result<ObserveStream, CoordError> {
+        self.inner.observe(election).await
+    }
+    async fn status(&self) -> Result<ClusterStatus, CoordError> {
+        self.inner.status().await
+    }
+    async fn add_learner(&self, node: NodeId, addr: String) -> Result<(), CoordError> {
+        self.inner.add_learner(node, addr).await
+    }
+    async fn promote_voter(&self, node: NodeId) -> Result<(), CoordError> {
+        self.inner.promote_voter(node).await
+    }
+    async fn remove_node(&self, node: NodeId) -> Result<(), CoordError> {
+        self.inner.remove_node(node).await
+    }
+}
+
+/// The in-memory single-node backend (paused-time tests).
+pub(crate) fn local() -> Arc<dyn Coord> {
+    use quorate_raft::backend::{Backend, LocalConfig, LocalProposer, capabilities};
+    use quorate_raft::machine::MachineLimits;
+    let limits = MachineLimits::lan();
+    let config = LocalConfig::new(NodeId::new("local-1").unwrap());
+    let caps = capabilities("quorate-raft/local", &limits, Duration::from_secs(1), false);
+    Arc::new(Backend::new(LocalProposer::new(config), caps))
+}
+
+/// A real-TCP embedded Raft cluster on loopback (the `wan` timing: 2 shared cores).
+pub(crate) struct RaftCluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<quorate_raft::RaftNode<quorate_wire::net::TokioNet>>,
+}
+
+impl RaftCluster {
+    pub(crate) async fn start(n: usize) -> RaftCluster {
+        use quorate_raft::{NodeConfig, RaftNode, Timing};
+        use quorate_wire::net::TokioNet;
+        use quorate_wire::{ClusterKey, KeyRing, WireConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let name = |i: usize| NodeId::new(format!("n{i}")).unwrap();
+        let addrs: Vec<String> = (0..n)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let wire = WireConfig::new(
+            "state-test",
+            KeyRing::new(ClusterKey::from_bytes([9; 32]), vec![]),
+        )
+        .unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let storage = open(&dir.path().join(format!("n{i}.redb")));
+            let mut cfg = NodeConfig::new(name(i), addrs[i].clone(), wire.clone());
+            cfg.timing = Timing::wan();
+            if i == 0 {
+                cfg.bootstrap = Some(
+                    addrs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, a)| (name(j), a.clone()))
+                        .collect::<BTreeMap<_, _>>(),
+                );
+            }
+            nodes.push(RaftNode::start(cfg, storage, TokioNet).await.unwrap());
+        }
+        let c = RaftCluster { _dir: dir, nodes };
+        c.wait_leader().await;
+        c
+    }
+
+    async fn wait_leader(&self) {
+        let waits: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut view = n.view();
+                Box::pin(async move {
+                    let _ = view.wait_for(|v| v.can_act).await;
+                })
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(30), futures::future::select_all(waits))
+            .await
+            .expect("a raft leader within 30 s");
+    }
+
+    /// One client per node.
+    pub(crate) fn clients(&self) -> Vec<Arc<dyn Coord>> {
+        self.nodes
+            .iter()
+            .map(|n| Arc::new(n.backend()) as Arc<dyn Coord>)
+            .collect()
+    }
+
+    pub(crate) async fn shutdown(self) {
+        for n in &self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+fn open(path: &Path) -> quorate_raft::Storage {
+    quorate_raft::Storage::open(path).unwrap()
+}

@@ -1,0 +1,350 @@
+//! The behaviour suite of quorate-state: one function, [`run_all`], that every backend runs
+//! (in-memory under paused time, embedded Raft with 1 and 3 nodes, real etcd with 1 and 3
+//! members). Waits are bounded and poll; nothing asserts a duration: ordering claims compare
+//! monotonic instants recorded in this process.
+
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quorate_coord_api::{Consistency, Coord, LeaseId};
+use quorate_state::{
+    Election, Fenced, LockOptions, LostReason, Mutex, Session, SessionConfig, StateError,
+};
+use quorate_types::FencingToken;
+use tokio::time::Instant;
+
+use super::{Faulty, KeepAlive};
+
+/// The longest any single wait may take before the check fails.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One backend under test.
+pub(crate) struct Env {
+    /// One client per node.
+    pub(crate) clients: Vec<Arc<dyn Coord>>,
+    /// Prefix of every name the suite uses.
+    pub(crate) prefix: String,
+    /// TTL of every session.
+    pub(crate) ttl: Duration,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Env {
+    pub(crate) fn new(clients: Vec<Arc<dyn Coord>>, prefix: &str) -> Env {
+        let caps = clients[0].capabilities();
+        Env {
+            ttl: caps.lease_ttl_min.max(Duration::from_secs(2)),
+            clients,
+            prefix: prefix.to_owned(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    /// A client of the next node (round robin), wrapped so its keep-alives can be cut.
+    fn faulty(&self) -> Arc<Faulty> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        Faulty::new(Arc::clone(&self.clients[i]))
+    }
+
+    fn config(&self, seed: u64) -> SessionConfig {
+        let mut c = SessionConfig::new(self.ttl);
+        c.seed = Some(seed);
+        c
+    }
+
+    /// A session on its own fault-injectable client.
+    async fn session(&self, seed: u64) -> (Session, Arc<Faulty>) {
+        let f = self.faulty();
+        let s = Session::start(Arc::clone(&f) as Arc<dyn Coord>, self.config(seed))
+            .await
+            .expect("start session");
+        (s, f)
+    }
+
+    /// Waits until `lease` has a key (its lock or campaign waiter joined the queue).
+    async fn wait_queued(&self, lease: LeaseId) {
+        within("waiter queued", async {
+            loop {
+                let info = self.clients[0].lease_time_to_live(lease).await.unwrap();
+                if !info.keys.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(t) => t,
+        Err(_) => panic!("{what}: did not happen within {WAIT:?}"),
+    }
+}
+
+/// Runs every check in order; panics naming the first that fails.
+pub(crate) async fn run_all(env: &Env) {
+    mutual_exclusion_and_monotonic_tokens(env).await;
+    fifo_waiters(env).await;
+    lost_when_the_lease_is_revoked(env).await;
+    lost_fires_before_another_holder_is_granted(env).await;
+    waiter_fails_when_its_session_ends(env).await;
+    timeouts_and_try_lock_leave_the_queue(env).await;
+    leadership_cancelled_before_the_next_leader(env).await;
+}
+
+/// Several sessions on every node contend for one lock: never two inside at once, tokens
+/// strictly increase in grant order, every holder's guarded write and fenced action succeed.
+pub(crate) async fn mutual_exclusion_and_monotonic_tokens(env: &Env) {
+    let name = env.name("mutex");
+    let inside = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(StdMutex::new(Vec::<FencingToken>::new()));
+    let fenced = Arc::new(Fenced::new(0u32));
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (session, _f) = env.session(100 + w).await;
+        let (name, inside, tokens, fenced) = (
+            name.clone(),
+            Arc::clone(&inside),
+            Arc::clone(&tokens),
+            Arc::clone(&fenced),
+        );
+        let data = env.name(&format!("mutex-data/{w}"));
+        tasks.push(tokio::spawn(async move {
+            let m = Mutex::new(session.clone(), name);
+            for _ in 0..3 {
+                let g = m.lock().await.expect("lock");
+                assert!(
+                    !inside.swap(true, Ordering::SeqCst),
+                    "two holders inside the lock at once"
+                );
+                tokens.lock().unwrap().push(g.fencing_token());
+                g.put_if_owner(data.clone(), b"x".to_vec())
+                    .await
+                    .expect("the holder's guarded write");
+                fenced
+                    .apply(g.fencing_token(), |n| *n += 1)
+                    .expect("the holder's fenced action");
+                tokio::task::yield_now().await;
+                inside.store(false, Ordering::SeqCst);
+                g.unlock().await.expect("unlock");
+            }
+            session.close().await;
+        }));
+    }
+    for t in tasks {
+        within("contending holders finish", t).await.expect("task");
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 12);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens not strictly increasing in grant order: {tokens:?}"
+    );
+    assert_eq!(fenced.apply(FencingToken(u64::MAX), |n| *n).unwrap(), 12);
+}
+
+/// Waiters are served in the order they joined the queue.
+pub(crate) async fn fifo_waiters(env: &Env) {
+    let name = env.name("fifo");
+    let (holder, _f) = env.session(200).await;
+    let g = Mutex::new(holder.clone(), &name).lock().await.unwrap();
+    let mut waiters = Vec::new();
+    for w in 0..3u64 {
+        let (s, _f) = env.session(201 + w).await;
+        let m = Mutex::new(s.clone(), &name);
+        let task = tokio::spawn(async move { m.lock().await });
+        env.wait_queued(s.lease()).await;
+        waiters.push((s, task));
+    }
+    let mut prev = g.fencing_token();
+    g.unlock().await.unwrap();
+    let mut done = Vec::new();
+    for (i, (s, task)) in waiters.into_iter().enumerate() {
+        let g = within("next waiter granted", task).await.unwrap().unwrap();
+        assert_eq!(
+            g.grant().lease,
+            s.lease(),
+            "waiter {i} was not served in its turn"
+        );
+        assert!(g.fencing_token() > prev);
+        prev = g.fencing_token();
+        g.unlock().await.unwrap();
+        done.push(s);
+    }
+    for s in done {
+        s.close().await;
+    }
+    holder.close().await;
+}
+
+/// Revoking a holder's lease from outside makes its `lost()` fire with `Revoked`; its guarded
+/// write is refused (locally, or by the backend if it has not noticed yet).
+pub(crate) async fn lost_when_the_lease_is_revoked(env: &Env) {
+    let name = env.name("revoked");
+    let (s, _f) = env.session(300).await;
+    let g = Mutex::new(s.clone(), &name).lock().await.unwrap();
+    env.clients[0].lease_revoke(s.lease()).await.unwrap();
+    let write = g
+        .put_if_owner(env.name("revoked-data"), b"stale".to_vec())
+        .await;
+    assert!(
+        matches!(
+            write,
+            Err(StateError::NotHolder { .. } | StateError::SessionLost { .. })
+        ),
+        "a revoked holder's write was not refused: {write:?}"
+    );
+    let reason = within("lost after revoke", g.lost()).await;
+    assert_eq!(reason, LostReason::Revoked);
+    assert!(!g.is_held());
+    let write = g
+        .put_if_owner(env.name("revoked-data"), b"stale".to_vec())
+        .await;
+    assert!(
+        matches!(write, Err(StateError::SessionLost { .. })),
+        "{write:?}"
+    );
+}
+
+/// The holder's keep-alives are cut (a partition between it and the cluster). Its `lost()`
+/// fires, by its own clock, before the waiting session is granted the lock; afterwards its
+/// guarded write is refused and its fenced action rejected.
+pub(crate) async fn lost_fires_before_another_holder_is_granted(env: &Env) {
+    let name = env.name("handover");
+    let fenced = Fenced::new(Vec::<&str>::new());
+    let (a, fa) = env.session(400).await;
+    let ga = Mutex::new(a.clone(), &name).lock().await.unwrap();
+    fenced.apply(ga.fencing_token(), |v| v.push("a")).unwrap();
+    let (b, _fb) = env.session(401).await;
+    let mb = Mutex::new(b.clone(), &name);
+    let waiter = tokio::spawn(async move {
+        let g = mb.lock().await;
+        (g, Instant::now())
+    });
+    env.wait_queued(b.lease()).await;
+    fa.set_keep_alive(KeepAlive::Hang);
+    let reason = within("holder a lost", ga.lost()).await;
+    assert!(
+        matches!(reason, LostReason::DeadlinePassed { .. }),
+        "{reason:?}"
+    );
+    let (gb, granted_at) = within("b granted", waiter).await.unwrap();
+    let gb = gb.unwrap();
+    let lost_at = a.lost_at().expect("lost_at recorded");
+    assert!(
+        lost_at < granted_at,
+        "holder a's lost() ({lost_at:?}) did not fire before b's grant ({granted_at:?})"
+    );
+    assert!(gb.fencing_token() > ga.fencing_token());
+    fenced.apply(gb.fencing_token(), |v| v.push("b")).unwrap();
+    let stale = fenced.apply(ga.fencing_token(), |v| v.push("a again"));
+    assert!(stale.is_err(), "a stale token was admitted");
+    let write = ga
+        .put_if_owner(env.name("handover-data"), b"a".to_vec())
+        .await;
+    assert!(
+        matches!(write, Err(StateError::SessionLost { .. })),
+        "{write:?}"
+    );
+    assert_eq!(fenced.into_inner(), vec!["a", "b"]);
+    assert!(a.stats().renewals_missed >= 1);
+    gb.unlock().await.unwrap();
+    b.close().await;
+}
+
+/// A waiter whose own session ends (keep-alives cut) fails at once with `SessionLost`, while the
+/// holder keeps the lock.
+pub(crate) async fn waiter_fails_when_its_session_ends(env: &Env) {
+    let name = env.name("waiter-dies");
+    let (h, _fh) = env.session(500).await;
+    let gh = Mutex::new(h.clone(), &name).lock().await.unwrap();
+    let (w, fw) = env.session(501).await;
+    let mw = Mutex::new(w.clone(), &name);
+    let waiter = tokio::spawn(async move { mw.lock().await });
+    env.wait_queued(w.lease()).await;
+    fw.set_keep_alive(KeepAlive::Hang);
+    let r = within("waiter fails", waiter).await.unwrap();
+    assert!(matches!(r, Err(StateError::SessionLost { .. })), "{r:?}");
+    let lost_at = w.lost_at().expect("lost_at");
+    assert!(lost_at <= Instant::now());
+    let holder = env.clients[0]
+        .lock_holder(&name, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(holder.map(|g| g.lease), Some(h.lease()));
+    assert!(gh.is_held());
+    gh.unlock().await.unwrap();
+    h.close().await;
+}
+
+/// `lock_timeout` and `try_lock` give up and leave the queue: after the holder unlocks, the
+/// lock is free, not held by the one that gave up.
+pub(crate) async fn timeouts_and_try_lock_leave_the_queue(env: &Env) {
+    let name = env.name("timeout");
+    let (h, _fh) = env.session(600).await;
+    let gh = Mutex::new(h.clone(), &name).lock().await.unwrap();
+    let (w, _fw) = env.session(601).await;
+    let mw = Mutex::with_options(w.clone(), &name, LockOptions::default());
+    let r = mw.lock_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(StateError::Timeout { .. })), "{r:?}");
+    let r = mw.try_lock().await;
+    assert!(matches!(r, Err(StateError::WouldBlock { .. })), "{r:?}");
+    gh.unlock().await.unwrap();
+    let holder = env.clients[0]
+        .lock_holder(&name, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder, None,
+        "the session that gave up was granted the lock"
+    );
+    let g = mw.try_lock().await.expect("try_lock on a free lock");
+    g.unlock().await.unwrap();
+    w.close().await;
+    h.close().await;
+}
+
+/// A leader's work under `run_while_leader` is cancelled when its keep-alives are cut, before
+/// the next candidate leads.
+pub(crate) async fn leadership_cancelled_before_the_next_leader(env: &Env) {
+    let name = env.name("election");
+    let (a, fa) = env.session(700).await;
+    let la = Election::new(a.clone(), &name)
+        .campaign(b"a".to_vec())
+        .await
+        .unwrap();
+    assert!(la.is_leader());
+    let (b, _fb) = env.session(701).await;
+    let eb = Election::new(b.clone(), &name);
+    let candidate = tokio::spawn(async move {
+        let l = eb.campaign(b"b".to_vec()).await;
+        (l, Instant::now())
+    });
+    env.wait_queued(b.lease()).await;
+    let work = tokio::spawn(async move {
+        let r = la.run_while_leader(std::future::pending::<()>()).await;
+        (r, Instant::now())
+    });
+    fa.set_keep_alive(KeepAlive::Hang);
+    let (r, cancelled_at) = within("a's work cancelled", work).await.unwrap();
+    assert!(matches!(r, Err(StateError::SessionLost { .. })), "{r:?}");
+    let (lb, led_at) = within("b leads", candidate).await.unwrap();
+    let lb = lb.unwrap();
+    assert!(
+        cancelled_at < led_at,
+        "a's work was cancelled at {cancelled_at:?}, after b led at {led_at:?}"
+    );
+    assert!(lb.token() > FencingToken(0));
+    let e = Election::new(b.clone(), &name);
+    assert!(e.is_leader().await.unwrap());
+    lb.resign().await.unwrap();
+    b.close().await;
+}
