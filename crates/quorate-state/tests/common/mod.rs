@@ -32,6 +32,8 @@ pub(crate) enum KeepAlive {
     Hang = 1,
     /// Fail with a non-retryable error.
     Refuse = 2,
+    /// Fail with a retryable error (`Unavailable`).
+    Unavailable = 3,
 }
 
 /// A `Coord` that passes every call through, except keep-alives (and, when they hang, revokes:
@@ -40,6 +42,8 @@ pub(crate) enum KeepAlive {
 pub(crate) struct Faulty {
     inner: Arc<dyn Coord>,
     keep_alive: AtomicU8,
+    /// Delay added before a passed-through keep-alive's answer reaches the holder, in ms.
+    latency_ms: std::sync::atomic::AtomicU64,
     /// (sent, acknowledged) of every keep-alive, by the tokio clock.
     pub(crate) renewals: StdMutex<Vec<(Instant, bool)>>,
 }
@@ -49,12 +53,19 @@ impl Faulty {
         Arc::new(Faulty {
             inner,
             keep_alive: AtomicU8::new(KeepAlive::Pass as u8),
+            latency_ms: std::sync::atomic::AtomicU64::new(0),
             renewals: StdMutex::new(Vec::new()),
         })
     }
 
     pub(crate) fn set_keep_alive(&self, k: KeepAlive) {
         self.keep_alive.store(k as u8, Ordering::SeqCst);
+    }
+
+    /// Delays every passed-through keep-alive answer by `d`.
+    pub(crate) fn set_latency(&self, d: Duration) {
+        self.latency_ms
+            .store(u64::try_from(d.as_millis()).unwrap(), Ordering::SeqCst);
     }
 
     /// The send time of the last acknowledged keep-alive.
@@ -111,7 +122,17 @@ impl Coord for Faulty {
             self.renewals.lock().unwrap().push((sent, false));
             return Err(CoordError::invalid("refused by the test"));
         }
+        if mode == KeepAlive::Unavailable as u8 {
+            self.renewals.lock().unwrap().push((sent, false));
+            return Err(CoordError::Unavailable {
+                reason: "cut by the test".into(),
+            });
+        }
         let r = self.inner.lease_keep_alive(id).await;
+        let latency = self.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
         self.renewals.lock().unwrap().push((sent, r.is_ok()));
         r
     }
@@ -260,4 +281,12 @@ impl RaftCluster {
 
 fn open(path: &Path) -> quorate_raft::Storage {
     quorate_raft::Storage::open(path).unwrap()
+}
+
+/// Whether the backend behind `f` no longer knows `lease`.
+pub(crate) async fn local_lease_gone(f: &Faulty, lease: LeaseId) -> bool {
+    matches!(
+        f.lease_time_to_live(lease).await,
+        Err(CoordError::LeaseNotFound { .. } | CoordError::LeaseExpired { .. })
+    )
 }
