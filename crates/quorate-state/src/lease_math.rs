@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(c.deadline(), ms(940));
         c.acknowledged(ms(300), ms(1000));
         assert_eq!(c.deadline(), ms(1240));
-        assert_eq!(c.next_renew(0), ms(633));
+        assert_eq!(c.next_renew(0), ms(300) + ms(1000) / 3);
         c.acknowledged(ms(200), ms(1000));
         assert_eq!(c.deadline(), ms(1240));
         assert!(c.is_valid(ms(1239)));

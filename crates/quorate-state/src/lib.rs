@@ -30,10 +30,12 @@ mod error;
 mod fenced;
 pub mod lease_math;
 mod lock;
+mod map;
 mod session;
 
 pub use election::{Election, Leadership};
 pub use error::StateError;
 pub use fenced::Fenced;
 pub use lock::{LockGuard, LockOptions, Mutex};
+pub use map::{Change, Counter, StateMap, StateMapConfig, Versioned};
 pub use session::{LostReason, Session, SessionConfig, SessionStats};

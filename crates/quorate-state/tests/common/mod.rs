@@ -44,6 +44,8 @@ pub(crate) struct Faulty {
     keep_alive: AtomicU8,
     /// Delay added before a passed-through keep-alive's answer reaches the holder, in ms.
     latency_ms: std::sync::atomic::AtomicU64,
+    /// Every watch stream ends (as a broken connection does) after this many events; 0 = never.
+    watch_events_max: std::sync::atomic::AtomicU64,
     /// (sent, acknowledged) of every keep-alive, by the tokio clock.
     pub(crate) renewals: StdMutex<Vec<(Instant, bool)>>,
 }
@@ -54,6 +56,7 @@ impl Faulty {
             inner,
             keep_alive: AtomicU8::new(KeepAlive::Pass as u8),
             latency_ms: std::sync::atomic::AtomicU64::new(0),
+            watch_events_max: std::sync::atomic::AtomicU64::new(0),
             renewals: StdMutex::new(Vec::new()),
         })
     }
@@ -66,6 +69,11 @@ impl Faulty {
     pub(crate) fn set_latency(&self, d: Duration) {
         self.latency_ms
             .store(u64::try_from(d.as_millis()).unwrap(), Ordering::SeqCst);
+    }
+
+    /// Ends every watch stream opened from now on after `n` events.
+    pub(crate) fn cut_watches_after(&self, n: u64) {
+        self.watch_events_max.store(n, Ordering::SeqCst);
     }
 
     /// The send time of the last acknowledged keep-alive.
@@ -106,7 +114,12 @@ impl Coord for Faulty {
         self.inner.txn(txn).await
     }
     async fn watch(&self, prefix: &str, from: Option<Revision>) -> Result<WatchStream, CoordError> {
-        self.inner.watch(prefix, from).await
+        use futures::StreamExt;
+        let s = self.inner.watch(prefix, from).await?;
+        match self.watch_events_max.load(Ordering::SeqCst) {
+            0 => Ok(s),
+            n => Ok(s.take(usize::try_from(n).unwrap()).boxed()),
+        }
     }
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseGrant, CoordError> {
         self.inner.lease_grant(ttl).await

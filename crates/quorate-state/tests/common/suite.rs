@@ -8,9 +8,11 @@ use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use quorate_coord_api::{Consistency, Coord, LeaseId};
 use quorate_state::{
-    Election, Fenced, LockOptions, LostReason, Mutex, Session, SessionConfig, StateError,
+    Counter, Election, Fenced, LockOptions, LostReason, Mutex, Session, SessionConfig, StateError,
+    StateMap, StateMapConfig,
 };
 use quorate_types::FencingToken;
 use tokio::time::Instant;
@@ -98,6 +100,8 @@ pub(crate) async fn run_all(env: &Env) {
     waiter_fails_when_its_session_ends(env).await;
     timeouts_and_try_lock_leave_the_queue(env).await;
     leadership_cancelled_before_the_next_leader(env).await;
+    state_map_bounded_typed_ops_and_gapless_watch(env).await;
+    counter_adds_under_contention(env).await;
 }
 
 /// Several sessions on every node contend for one lock: never two inside at once, tokens
@@ -347,4 +351,101 @@ pub(crate) async fn leadership_cancelled_before_the_next_leader(env: &Env) {
     assert!(e.is_leader().await.unwrap());
     lb.resign().await.unwrap();
     b.close().await;
+}
+
+/// A map bounded to 3 entries: inserts beyond fail with `Full` (overwrites do not count),
+/// compare-and-set honours revisions, deletes free room; its watch, whose connection breaks
+/// after every 2 events, still delivers every change once, in order.
+pub(crate) async fn state_map_bounded_typed_ops_and_gapless_watch(env: &Env) {
+    let f = env.faulty();
+    f.cut_watches_after(2);
+    let cfg = StateMapConfig::new(std::num::NonZeroU64::new(3).unwrap());
+    let map: StateMap<String, Vec<u32>> =
+        StateMap::new(Arc::clone(&f) as Arc<dyn Coord>, env.name("map/"), cfg).unwrap();
+    let mut changes = map.watch(None).await.unwrap();
+    let k = |s: &str| s.to_owned();
+    map.put(&k("a"), &vec![1]).await.unwrap();
+    map.put(&k("b"), &vec![2]).await.unwrap();
+    map.put(&k("c"), &vec![3]).await.unwrap();
+    let full = map.put(&k("d"), &vec![4]).await;
+    assert!(
+        matches!(full, Err(StateError::Full { max: 3, .. })),
+        "{full:?}"
+    );
+    let rev = map.put(&k("a"), &vec![1, 1]).await.unwrap();
+    assert_eq!(map.len().await.unwrap(), 3);
+    let stale = map
+        .compare_and_set(&k("a"), Some(quorate_coord_api::Revision(1)), &vec![9])
+        .await
+        .unwrap();
+    assert_eq!(stale, None, "a compare-and-set with a stale revision won");
+    map.compare_and_set(&k("a"), Some(rev), &vec![1, 2])
+        .await
+        .unwrap()
+        .expect("compare-and-set with the current revision");
+    assert_eq!(
+        map.compare_and_set(&k("b"), None, &vec![0]).await.unwrap(),
+        None
+    );
+    assert!(map.delete(&k("b")).await.unwrap());
+    assert!(!map.delete(&k("b")).await.unwrap());
+    map.put(&k("d"), &vec![4]).await.unwrap();
+    assert_eq!(map.len().await.unwrap(), 3);
+    let got = map.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(got.value, vec![1, 2]);
+    let keys: Vec<String> = map
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let expected: Vec<(&str, Option<Vec<u32>>)> = vec![
+        ("a", Some(vec![1])),
+        ("b", Some(vec![2])),
+        ("c", Some(vec![3])),
+        ("a", Some(vec![1, 1])),
+        ("a", Some(vec![1, 2])),
+        ("b", None),
+        ("d", Some(vec![4])),
+    ];
+    let mut last = quorate_coord_api::Revision(0);
+    for (key, value) in expected {
+        let c = within("a watched change", changes.next())
+            .await
+            .expect("the watch goes on")
+            .expect("no watch error");
+        assert_eq!((c.key.as_str(), c.value.clone()), (key, value), "{c:?}");
+        assert!(c.revision > last);
+        last = c.revision;
+    }
+}
+
+/// Concurrent adds through a compare-and-set loop lose nothing.
+pub(crate) async fn counter_adds_under_contention(env: &Env) {
+    let key = env.name("counter");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = Counter::new(
+            env.faulty() as Arc<dyn Coord>,
+            key.clone(),
+            std::num::NonZeroU32::new(200).unwrap(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                c.add(1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        within("adders finish", t).await.unwrap();
+    }
+    let c = Counter::new(
+        env.faulty() as Arc<dyn Coord>,
+        key,
+        std::num::NonZeroU32::MIN,
+    );
+    assert_eq!(c.get().await.unwrap(), 20);
+    assert_eq!(c.add(-25).await.unwrap(), -5);
 }
