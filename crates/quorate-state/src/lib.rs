@@ -31,6 +31,7 @@ mod fenced;
 pub mod lease_math;
 mod lock;
 mod map;
+mod semaphore;
 mod session;
 
 pub use election::{Election, Leadership};
@@ -38,4 +39,5 @@ pub use error::StateError;
 pub use fenced::Fenced;
 pub use lock::{LockGuard, LockOptions, Mutex};
 pub use map::{Change, Counter, StateMap, StateMapConfig, Versioned};
+pub use semaphore::{PERMITS_MAX, Permit, SEMAPHORE_PREFIX, Semaphore};
 pub use session::{LostReason, Session, SessionConfig, SessionStats};

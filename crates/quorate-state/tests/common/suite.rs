@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use quorate_coord_api::{Consistency, Coord, LeaseId};
 use quorate_state::{
-    Counter, Election, Fenced, LockOptions, LostReason, Mutex, Session, SessionConfig, StateError,
-    StateMap, StateMapConfig,
+    Counter, Election, Fenced, LockOptions, LostReason, Mutex, Semaphore, Session, SessionConfig,
+    StateError, StateMap, StateMapConfig,
 };
 use quorate_types::FencingToken;
 use tokio::time::Instant;
@@ -102,6 +102,8 @@ pub(crate) async fn run_all(env: &Env) {
     leadership_cancelled_before_the_next_leader(env).await;
     state_map_bounded_typed_ops_and_gapless_watch(env).await;
     counter_adds_under_contention(env).await;
+    semaphore_never_exceeds_its_permits(env).await;
+    dead_permit_holder_frees_its_permit_after_its_lost(env).await;
 }
 
 /// Several sessions on every node contend for one lock: never two inside at once, tokens
@@ -448,4 +450,88 @@ pub(crate) async fn counter_adds_under_contention(env: &Env) {
     );
     assert_eq!(c.get().await.unwrap(), 20);
     assert_eq!(c.add(-25).await.unwrap(), -5);
+}
+
+/// Five clients share a 2-permit semaphore: never more than 2 inside, every permit has its own
+/// lease, and grant tokens are distinct; a full semaphore refuses `try_acquire`.
+pub(crate) async fn semaphore_never_exceeds_its_permits(env: &Env) {
+    let name = format!("{}sem", env.prefix.replace('/', "-"));
+    let two = std::num::NonZeroU32::new(2).unwrap();
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tokens = Arc::new(StdMutex::new(Vec::<FencingToken>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..5u64 {
+        let sem = Semaphore::new(
+            env.faulty() as Arc<dyn Coord>,
+            &name,
+            two,
+            env.config(800 + w),
+        )
+        .unwrap();
+        let (inside, tokens) = (Arc::clone(&inside), Arc::clone(&tokens));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2 {
+                let p = sem.acquire().await.expect("acquire");
+                let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(n <= 2, "{n} holders of a 2-permit semaphore");
+                assert!(p.slot() < 2);
+                tokens.lock().unwrap().push(p.token());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                p.release().await.expect("release");
+            }
+        }));
+    }
+    for t in tasks {
+        within("semaphore users finish", t).await.unwrap();
+    }
+    let mut tokens = tokens.lock().unwrap().clone();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 10, "permit tokens repeat");
+
+    let sem = Semaphore::new(env.faulty() as Arc<dyn Coord>, &name, two, env.config(810)).unwrap();
+    let p1 = sem.acquire().await.unwrap();
+    let p2 = sem.acquire().await.unwrap();
+    assert_ne!(p1.session().lease(), p2.session().lease());
+    let r = sem.try_acquire().await;
+    assert!(matches!(r, Err(StateError::WouldBlock { .. })), "{r:?}");
+    p1.release().await.unwrap();
+    p2.release().await.unwrap();
+}
+
+/// A permit holder whose keep-alives are cut: its `lost()` fires before a waiter gets the
+/// permit, and the waiter gets it without anyone releasing it.
+pub(crate) async fn dead_permit_holder_frees_its_permit_after_its_lost(env: &Env) {
+    let name = format!("{}sem-dead", env.prefix.replace('/', "-"));
+    let one = std::num::NonZeroU32::MIN;
+    let fa = env.faulty();
+    let sa = Semaphore::new(
+        Arc::clone(&fa) as Arc<dyn Coord>,
+        &name,
+        one,
+        env.config(820),
+    )
+    .unwrap();
+    let pa = sa.acquire().await.unwrap();
+    let sb = Semaphore::new(env.faulty() as Arc<dyn Coord>, &name, one, env.config(821)).unwrap();
+    let waiter = tokio::spawn(async move {
+        let p = sb.acquire().await;
+        (p, Instant::now())
+    });
+    fa.set_keep_alive(KeepAlive::Hang);
+    let reason = within("permit holder lost", pa.lost()).await;
+    assert!(
+        matches!(reason, LostReason::DeadlinePassed { .. }),
+        "{reason:?}"
+    );
+    let (pb, granted_at) = within("waiter gets the permit", waiter).await.unwrap();
+    let pb = pb.unwrap();
+    let lost_at = pa.session().lost_at().unwrap();
+    assert!(
+        lost_at < granted_at,
+        "lost {lost_at:?} not before grant {granted_at:?}"
+    );
+    assert!(pb.token() > pa.token());
+    pb.release().await.unwrap();
 }
