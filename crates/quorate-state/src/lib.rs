@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod election;
 mod error;
 mod fenced;
@@ -34,6 +35,7 @@ mod map;
 mod semaphore;
 mod session;
 
+pub use admin::{Admin, LockInfo, SESSIONS_PREFIX, SessionInfo};
 pub use election::{Election, Leadership};
 pub use error::StateError;
 pub use fenced::Fenced;

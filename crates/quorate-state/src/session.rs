@@ -74,6 +74,10 @@ pub struct SessionConfig {
     pub renew_timeout: Duration,
     /// Seed of the jitter RNG; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Register the session under this label (a key attached to its lease, under
+    /// [`SESSIONS_PREFIX`](crate::SESSIONS_PREFIX)) so operators can list it with
+    /// [`Admin::sessions`](crate::Admin::sessions). `None`: no registration, no extra write.
+    pub label: Option<String>,
 }
 
 impl SessionConfig {
@@ -88,6 +92,7 @@ impl SessionConfig {
             retry_interval: (ttl / 30).max(Duration::from_millis(10)),
             renew_timeout: ttl / 6,
             seed: None,
+            label: None,
         }
     }
 
@@ -253,6 +258,22 @@ impl Session {
             .lease_grant(config.ttl)
             .await
             .map_err(StateError::coord("grant session lease"))?;
+        if let Some(label) = &config.label {
+            let record = postcard::to_stdvec(&crate::admin::SessionRecord {
+                label: label.clone(),
+            })
+            .map_err(|e| StateError::Codec {
+                what: "encode session registration".into(),
+                reason: e.to_string(),
+            })?;
+            let registered = coord
+                .put(&crate::admin::session_key(grant.id), record, Some(grant.id))
+                .await;
+            if let Err(e) = registered {
+                let _ = coord.lease_revoke(grant.id).await;
+                return Err(StateError::coord("register session")(e));
+            }
+        }
         let clock = HolderClock::granted(config.timing(), grant.ttl, Duration::ZERO);
         let (lost_tx, lost_rx) = watch::channel(None);
         let shared = Arc::new(Shared {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use quorate_coord_api::{Consistency, Coord, LeaseId};
 use quorate_state::{
-    Counter, Election, Fenced, LockOptions, LostReason, Mutex, Semaphore, Session, SessionConfig,
-    StateError, StateMap, StateMapConfig,
+    Admin, Counter, Election, Fenced, LockOptions, LostReason, Mutex, Semaphore, Session,
+    SessionConfig, StateError, StateMap, StateMapConfig,
 };
 use quorate_types::FencingToken;
 use tokio::time::Instant;
@@ -104,6 +104,7 @@ pub(crate) async fn run_all(env: &Env) {
     counter_adds_under_contention(env).await;
     semaphore_never_exceeds_its_permits(env).await;
     dead_permit_holder_frees_its_permit_after_its_lost(env).await;
+    admin_lists_inspects_and_revokes(env).await;
 }
 
 /// Several sessions on every node contend for one lock: never two inside at once, tokens
@@ -534,4 +535,47 @@ pub(crate) async fn dead_permit_holder_frees_its_permit_after_its_lost(env: &Env
     );
     assert!(pb.token() > pa.token());
     pb.release().await.unwrap();
+}
+
+/// A labelled session is listed with its lock key; the lock's holder is inspected; revoking the
+/// holder makes its `lost()` fire (`Revoked`) and frees the lock.
+pub(crate) async fn admin_lists_inspects_and_revokes(env: &Env) {
+    let name = env.name("admin-lock");
+    let mut cfg = env.config(900);
+    cfg.label = Some(format!("{}worker", env.prefix));
+    let s = Session::start(env.faulty() as Arc<dyn Coord>, cfg)
+        .await
+        .unwrap();
+    let g = Mutex::new(s.clone(), &name).lock().await.unwrap();
+    let admin = Admin::new(Arc::clone(&env.clients[0]));
+    let listed = admin.sessions(1000).await.unwrap();
+    let me = listed
+        .iter()
+        .find(|i| i.lease == s.lease())
+        .expect("the labelled session is listed");
+    assert_eq!(
+        me.label.as_deref(),
+        Some(format!("{}worker", env.prefix).as_str())
+    );
+    assert!(me.keys.contains(&g.grant().key), "{me:?}");
+    let info = admin.lock(&name).await.unwrap().expect("held");
+    assert_eq!(info.holder.lease, s.lease());
+    assert_eq!(info.session.map(|i| i.lease), Some(s.lease()));
+    let revoked = admin.revoke_lock_holder(&name).await.unwrap();
+    assert_eq!(revoked.map(|r| r.lease), Some(s.lease()));
+    assert_eq!(
+        within("holder sees the revoke", g.lost()).await,
+        LostReason::Revoked
+    );
+    assert!(admin.lock(&name).await.unwrap().is_none());
+    assert!(admin.session(s.lease()).await.unwrap().is_none());
+    assert!(
+        !admin
+            .sessions(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.lease == s.lease()),
+        "a revoked session is still listed"
+    );
 }
