@@ -13,6 +13,8 @@ use quorate_coord_api::{
     Compare, Consistency, Coord, EventKind, FencingToken, RangeRequest, Revision, Txn, TxnOp,
 };
 
+use quorate_clock::{SharedClock, SystemClock};
+
 use crate::error::StateError;
 use crate::session::{LostReason, Session, SessionConfig};
 
@@ -46,6 +48,7 @@ pub struct Semaphore {
     name: String,
     permits: NonZeroU32,
     session: SessionConfig,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Semaphore {
@@ -85,7 +88,23 @@ impl Semaphore {
             name,
             permits,
             session,
+            clock: SystemClock::shared(),
         })
+    }
+
+    /// Runs every permit's session on `clock` (default: the system's monotonic clock).
+    pub fn with_clock(mut self, clock: SharedClock) -> Semaphore {
+        self.clock = clock;
+        self
+    }
+
+    async fn session(&self) -> Result<Session, StateError> {
+        Session::start_with_clock(
+            Arc::clone(&self.coord),
+            self.session.clone(),
+            Arc::clone(&self.clock),
+        )
+        .await
     }
 
     fn slots_prefix(&self) -> String {
@@ -99,7 +118,7 @@ impl Semaphore {
     /// Waits for a permit. Fails with [`StateError::SessionLost`] if the permit's session ends
     /// while waiting.
     pub async fn acquire(&self) -> Result<Permit, StateError> {
-        let session = Session::start(Arc::clone(&self.coord), self.session.clone()).await?;
+        let session = self.session().await?;
         let r = self.acquire_with(&session, true).await;
         if r.is_err() {
             session.close().await;
@@ -109,7 +128,7 @@ impl Semaphore {
 
     /// Takes a permit if one is free, else fails with [`StateError::WouldBlock`].
     pub async fn try_acquire(&self) -> Result<Permit, StateError> {
-        let session = Session::start(Arc::clone(&self.coord), self.session.clone()).await?;
+        let session = self.session().await?;
         let r = self.acquire_with(&session, false).await;
         if r.is_err() {
             session.close().await;
@@ -119,7 +138,7 @@ impl Semaphore {
 
     /// Waits at most `timeout` for a permit, else fails with [`StateError::Timeout`].
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit, StateError> {
-        let session = Session::start(Arc::clone(&self.coord), self.session.clone()).await?;
+        let session = self.session().await?;
         let r = match tokio::time::timeout(timeout, self.acquire_with(&session, true)).await {
             Ok(r) => r,
             Err(_) => Err(StateError::Timeout {

@@ -9,11 +9,11 @@ use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use quorate_clock::{Clock, SharedClock, SystemClock};
 use quorate_coord_api::{Coord, CoordError, LeaseId, LockGrant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StateError;
@@ -194,14 +194,14 @@ impl Stats {
 struct Shared {
     coord: Arc<dyn Coord>,
     lease: LeaseId,
-    origin: Instant,
+    clock: SharedClock,
     stats: Stats,
-    /// The instant (since `origin`) at which the session must be considered lost; updated on
+    /// The instant (on `clock`) at which the session must be considered lost; updated on
     /// every acknowledged renew.
     deadline: StdMutex<Duration>,
     lost: watch::Receiver<Option<LostReason>>,
-    /// When `lost` was set, by the holder's monotonic clock.
-    lost_at: StdMutex<Option<Instant>>,
+    /// When `lost` was set, on `clock`.
+    lost_at: StdMutex<Option<Duration>>,
 }
 
 /// Ends the keeper (and revokes the lease) when the last handle goes.
@@ -247,13 +247,24 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    /// Grants a lease and starts keeping it alive (a tokio task, ended by `close` or drop).
+    /// Grants a lease and starts keeping it alive (a tokio task, ended by `close` or drop), on
+    /// the system's monotonic clock (tokio time).
     pub async fn start(
         coord: Arc<dyn Coord>,
         config: SessionConfig,
     ) -> Result<Session, StateError> {
+        Session::start_with_clock(coord, config, SystemClock::shared()).await
+    }
+
+    /// [`start`](Session::start) with every time read and timer on `clock` (a simulation runs
+    /// one holder's clock at another rate).
+    pub async fn start_with_clock(
+        coord: Arc<dyn Coord>,
+        config: SessionConfig,
+        clock: SharedClock,
+    ) -> Result<Session, StateError> {
         config.validate()?;
-        let origin = Instant::now();
+        let origin = clock.now();
         let grant = coord
             .lease_grant(config.ttl)
             .await
@@ -274,14 +285,14 @@ impl Session {
                 return Err(StateError::coord("register session")(e));
             }
         }
-        let clock = HolderClock::granted(config.timing(), grant.ttl, Duration::ZERO);
+        let holder = HolderClock::granted(config.timing(), grant.ttl, origin);
         let (lost_tx, lost_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
             coord,
             lease: grant.id,
-            origin,
+            clock,
             stats: Stats::default(),
-            deadline: StdMutex::new(clock.deadline()),
+            deadline: StdMutex::new(holder.deadline()),
             lost: lost_rx,
             lost_at: StdMutex::new(None),
         });
@@ -293,7 +304,7 @@ impl Session {
         };
         let keeper = Keeper {
             shared: Arc::clone(&shared),
-            clock,
+            clock: holder,
             jitter_ppm: config.jitter_ppm,
             rng,
             cancel: cancel.clone(),
@@ -352,15 +363,20 @@ impl Session {
         self.shared().lost.borrow().clone()
     }
 
-    /// When `lost` fired, by this process's monotonic (tokio) clock.
-    pub fn lost_at(&self) -> Option<Instant> {
+    /// The session's clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.shared().clock
+    }
+
+    /// When `lost` fired, on the session's [`clock`](Session::clock).
+    pub fn lost_at(&self) -> Option<Duration> {
         *lock(&self.shared().lost_at)
     }
 
     /// Time left before the holder-side deadline (zero once lost).
     pub fn remaining(&self) -> Duration {
         let deadline = *lock(&self.shared().deadline);
-        deadline.saturating_sub(self.shared().origin.elapsed())
+        deadline.saturating_sub(self.shared().clock.now())
     }
 
     /// Renewal counters and latencies.
@@ -434,16 +450,12 @@ enum Wake {
 
 impl Keeper {
     fn now(&self) -> Duration {
-        self.shared.origin.elapsed()
-    }
-
-    fn at(&self, t: Duration) -> Instant {
-        self.shared.origin + t
+        self.shared.clock.now()
     }
 
     async fn run(mut self) {
         let reason = self.keep().await;
-        *lock(&self.shared.lost_at) = Some(Instant::now());
+        *lock(&self.shared.lost_at) = Some(self.now());
         *lock(&self.shared.deadline) = Duration::ZERO;
         let _ = self.lost.send(Some(reason.clone()));
         tracing::debug!(lease = %self.shared.lease, %reason, "session ended");
@@ -451,8 +463,10 @@ impl Keeper {
         // the backend's expiry). One attempt, bounded; the backend expires it otherwise.
         if reason != LostReason::Revoked {
             let bound = self.clock.ttl().max(Duration::from_millis(100));
-            let _ = tokio::time::timeout(bound, self.shared.coord.lease_revoke(self.shared.lease))
-                .await;
+            tokio::select! {
+                _ = self.shared.coord.lease_revoke(self.shared.lease) => {}
+                () = self.shared.clock.sleep(bound) => {}
+            }
         }
     }
 
@@ -465,19 +479,25 @@ impl Keeper {
                 Wake::Cancelled => return LostReason::Closed,
                 Wake::Deadline => return LostReason::DeadlinePassed { missed },
                 Wake::Release(grant) => {
-                    let give_up = self.at(self.clock.deadline());
-                    let _ =
-                        tokio::time::timeout_at(give_up, self.shared.coord.unlock(&grant)).await;
+                    let give_up = self.shared.clock.sleep_until(self.clock.deadline());
+                    tokio::select! {
+                        _ = self.shared.coord.unlock(&grant) => {}
+                        () = give_up => {}
+                    }
                 }
                 Wake::Renew => {
                     let sent = self.now();
                     self.shared.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    let give_up = self.at(self.clock.renew_gives_up_at(sent));
+                    let give_up = self
+                        .shared
+                        .clock
+                        .sleep_until(self.clock.renew_gives_up_at(sent));
                     let renew = self.shared.coord.lease_keep_alive(self.shared.lease);
                     let outcome = tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return LostReason::Closed,
-                        r = tokio::time::timeout_at(give_up, renew) => r,
+                        () = give_up => Err(()),
+                        r = renew => Ok(r),
                     };
                     let now = self.now();
                     match outcome {
@@ -506,7 +526,7 @@ impl Keeper {
                                 AfterFailure::Lost => return LostReason::RenewFailed { error },
                             }
                         }
-                        Err(_elapsed) => {
+                        Err(()) => {
                             self.shared.stats.missed.fetch_add(1, Ordering::Relaxed);
                             missed += 1;
                             match self.clock.failed(now, true) {
@@ -530,14 +550,14 @@ impl Keeper {
 
     /// Waits for the next event: close, the deadline, a release to run, or the renew time.
     async fn wait(&mut self, next: Duration) -> Wake {
-        let deadline = self.at(self.clock.deadline());
-        let renew = self.at(next);
+        let deadline = self.shared.clock.sleep_until(self.clock.deadline());
+        let renew = self.shared.clock.sleep_until(next);
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Wake::Cancelled,
-            () = tokio::time::sleep_until(deadline) => Wake::Deadline,
+            () = deadline => Wake::Deadline,
             Some(grant) = self.releases.recv() => Wake::Release(grant),
-            () = tokio::time::sleep_until(renew) => Wake::Renew,
+            () = renew => Wake::Renew,
         }
     }
 }

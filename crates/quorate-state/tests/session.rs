@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Faulty, KeepAlive};
+use quorate_clock::{SharedClock, SystemClock};
 use quorate_coord_api::{Coord, CoordError};
 use quorate_state::lease_math;
 use quorate_state::{LostReason, Session, SessionConfig, StateError};
-use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -25,14 +25,15 @@ fn config(seed: u64) -> SessionConfig {
 
 async fn start(seed: u64) -> (Session, Arc<Faulty>, Arc<dyn Coord>) {
     let backend = common::local();
-    let f = Faulty::new(Arc::clone(&backend));
-    let s = Session::start(Arc::clone(&f) as Arc<dyn Coord>, config(seed))
+    let clock: SharedClock = SystemClock::shared();
+    let f = Faulty::with_clock(Arc::clone(&backend), Arc::clone(&clock));
+    let s = Session::start_with_clock(Arc::clone(&f) as Arc<dyn Coord>, config(seed), clock)
         .await
         .unwrap();
     (s, f, backend)
 }
 
-fn sends(f: &Faulty) -> Vec<Instant> {
+fn sends(f: &Faulty) -> Vec<Duration> {
     f.renewals.lock().unwrap().iter().map(|(t, _)| *t).collect()
 }
 

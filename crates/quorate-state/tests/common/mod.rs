@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use quorate_clock::{Clock, SharedClock, SystemClock};
 use quorate_coord_api::{
     Capabilities, ClusterStatus, Consistency, Coord, CoordError, DeleteResponse, ElectionLeader,
     GetResponse, LeaderKey, LeaseGrant, LeaseId, LeaseInfo, LockGrant, ObserveStream, PutResponse,
     RangeRequest, RangeResponse, Revision, Txn, TxnResponse, WatchStream,
 };
 use quorate_types::NodeId;
-use tokio::time::Instant;
 
 /// What the wrapper does to `lease_keep_alive`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +46,20 @@ pub(crate) struct Faulty {
     latency_ms: std::sync::atomic::AtomicU64,
     /// Every watch stream ends (as a broken connection does) after this many events; 0 = never.
     watch_events_max: std::sync::atomic::AtomicU64,
-    /// (sent, acknowledged) of every keep-alive, by the tokio clock.
-    pub(crate) renewals: StdMutex<Vec<(Instant, bool)>>,
+    /// The clock the renewals are timed on.
+    clock: SharedClock,
+    /// (sent, acknowledged) of every keep-alive, on `clock`.
+    pub(crate) renewals: StdMutex<Vec<(Duration, bool)>>,
 }
 
 impl Faulty {
     pub(crate) fn new(inner: Arc<dyn Coord>) -> Arc<Faulty> {
+        Faulty::with_clock(inner, SystemClock::shared())
+    }
+
+    pub(crate) fn with_clock(inner: Arc<dyn Coord>, clock: SharedClock) -> Arc<Faulty> {
         Arc::new(Faulty {
+            clock,
             inner,
             keep_alive: AtomicU8::new(KeepAlive::Pass as u8),
             latency_ms: std::sync::atomic::AtomicU64::new(0),
@@ -77,7 +84,7 @@ impl Faulty {
     }
 
     /// The send time of the last acknowledged keep-alive.
-    pub(crate) fn last_acknowledged(&self) -> Option<Instant> {
+    pub(crate) fn last_acknowledged(&self) -> Option<Duration> {
         self.renewals
             .lock()
             .unwrap()
@@ -125,7 +132,7 @@ impl Coord for Faulty {
         self.inner.lease_grant(ttl).await
     }
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<LeaseGrant, CoordError> {
-        let sent = Instant::now();
+        let sent = self.clock.now();
         let mode = self.keep_alive.load(Ordering::SeqCst);
         if mode == KeepAlive::Hang as u8 {
             self.renewals.lock().unwrap().push((sent, false));

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use quorate_clock::{Clock, SharedClock, SystemClock};
 use quorate_coord_api::{Consistency, Coord, LeaseId};
 use quorate_state::{
     Admin, Counter, Election, Fenced, LockOptions, LostReason, Mutex, Semaphore, Session,
     SessionConfig, StateError, StateMap, StateMapConfig,
 };
 use quorate_types::FencingToken;
-use tokio::time::Instant;
 
 use super::{Faulty, KeepAlive};
 
@@ -30,6 +30,8 @@ pub(crate) struct Env {
     pub(crate) prefix: String,
     /// TTL of every session.
     pub(crate) ttl: Duration,
+    /// The one clock of every session and of the suite's timestamps.
+    pub(crate) clock: SharedClock,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -40,6 +42,7 @@ impl Env {
             ttl: caps.lease_ttl_min.max(Duration::from_secs(2)),
             clients,
             prefix: prefix.to_owned(),
+            clock: SystemClock::shared(),
             next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -51,7 +54,7 @@ impl Env {
     /// A client of the next node (round robin), wrapped so its keep-alives can be cut.
     fn faulty(&self) -> Arc<Faulty> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        Faulty::new(Arc::clone(&self.clients[i]))
+        Faulty::with_clock(Arc::clone(&self.clients[i]), Arc::clone(&self.clock))
     }
 
     fn config(&self, seed: u64) -> SessionConfig {
@@ -63,9 +66,13 @@ impl Env {
     /// A session on its own fault-injectable client.
     async fn session(&self, seed: u64) -> (Session, Arc<Faulty>) {
         let f = self.faulty();
-        let s = Session::start(Arc::clone(&f) as Arc<dyn Coord>, self.config(seed))
-            .await
-            .expect("start session");
+        let s = Session::start_with_clock(
+            Arc::clone(&f) as Arc<dyn Coord>,
+            self.config(seed),
+            Arc::clone(&self.clock),
+        )
+        .await
+        .expect("start session");
         (s, f)
     }
 
@@ -232,9 +239,10 @@ pub(crate) async fn lost_fires_before_another_holder_is_granted(env: &Env) {
     fenced.apply(ga.fencing_token(), |v| v.push("a")).unwrap();
     let (b, _fb) = env.session(401).await;
     let mb = Mutex::new(b.clone(), &name);
+    let clock = Arc::clone(&env.clock);
     let waiter = tokio::spawn(async move {
         let g = mb.lock().await;
-        (g, Instant::now())
+        (g, clock.now())
     });
     env.wait_queued(b.lease()).await;
     fa.set_keep_alive(KeepAlive::Hang);
@@ -281,7 +289,7 @@ pub(crate) async fn waiter_fails_when_its_session_ends(env: &Env) {
     let r = within("waiter fails", waiter).await.unwrap();
     assert!(matches!(r, Err(StateError::SessionLost { .. })), "{r:?}");
     let lost_at = w.lost_at().expect("lost_at");
-    assert!(lost_at <= Instant::now());
+    assert!(lost_at <= env.clock.now());
     let holder = env.clients[0]
         .lock_holder(&name, Consistency::Linearizable)
         .await
@@ -331,14 +339,16 @@ pub(crate) async fn leadership_cancelled_before_the_next_leader(env: &Env) {
     assert!(la.is_leader());
     let (b, _fb) = env.session(701).await;
     let eb = Election::new(b.clone(), &name);
+    let clock = Arc::clone(&env.clock);
     let candidate = tokio::spawn(async move {
         let l = eb.campaign(b"b".to_vec()).await;
-        (l, Instant::now())
+        (l, clock.now())
     });
     env.wait_queued(b.lease()).await;
+    let clock = Arc::clone(&env.clock);
     let work = tokio::spawn(async move {
         let r = la.run_while_leader(std::future::pending::<()>()).await;
-        (r, Instant::now())
+        (r, clock.now())
     });
     fa.set_keep_alive(KeepAlive::Hang);
     let (r, cancelled_at) = within("a's work cancelled", work).await.unwrap();
@@ -513,12 +523,16 @@ pub(crate) async fn dead_permit_holder_frees_its_permit_after_its_lost(env: &Env
         one,
         env.config(820),
     )
-    .unwrap();
+    .unwrap()
+    .with_clock(Arc::clone(&env.clock));
     let pa = sa.acquire().await.unwrap();
-    let sb = Semaphore::new(env.faulty() as Arc<dyn Coord>, &name, one, env.config(821)).unwrap();
+    let sb = Semaphore::new(env.faulty() as Arc<dyn Coord>, &name, one, env.config(821))
+        .unwrap()
+        .with_clock(Arc::clone(&env.clock));
+    let clock = Arc::clone(&env.clock);
     let waiter = tokio::spawn(async move {
         let p = sb.acquire().await;
-        (p, Instant::now())
+        (p, clock.now())
     });
     fa.set_keep_alive(KeepAlive::Hang);
     let reason = within("permit holder lost", pa.lost()).await;
