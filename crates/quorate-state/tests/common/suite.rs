@@ -112,6 +112,8 @@ pub(crate) async fn run_all(env: &Env) {
     semaphore_never_exceeds_its_permits(env).await;
     dead_permit_holder_frees_its_permit_after_its_lost(env).await;
     admin_lists_inspects_and_revokes(env).await;
+    dropped_guard_releases_and_lock_delay_follows_an_involuntary_loss(env).await;
+    election_observe_follows_proclaim_and_handover(env).await;
 }
 
 /// Several sessions on every node contend for one lock: never two inside at once, tokens
@@ -592,4 +594,97 @@ pub(crate) async fn admin_lists_inspects_and_revokes(env: &Env) {
             .any(|i| i.lease == s.lease()),
         "a revoked session is still listed"
     );
+}
+
+/// A guard dropped without `unlock` is released by its session's keeper (the next waiter gets
+/// the lock). With a lock-delay, a waiter granted after the holder's session was revoked
+/// returns no earlier than the delay after the grant was possible.
+pub(crate) async fn dropped_guard_releases_and_lock_delay_follows_an_involuntary_loss(env: &Env) {
+    let name = env.name("drop-delay");
+    let (a, _fa) = env.session(1000).await;
+    let ga = Mutex::new(a.clone(), &name).lock().await.unwrap();
+    let (b, _fb) = env.session(1001).await;
+    let mb = Mutex::new(b.clone(), &name);
+    let waiter = tokio::spawn(async move { mb.lock().await });
+    env.wait_queued(b.lease()).await;
+    drop(ga);
+    let gb = within("the waiter after a dropped guard", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gb.grant().lease, b.lease());
+
+    let delay = Duration::from_millis(700);
+    let (c, _fc) = env.session(1002).await;
+    let options = LockOptions {
+        lock_delay: delay,
+        ..LockOptions::default()
+    };
+    let mc = Mutex::with_options(c.clone(), &name, options);
+    let clock = Arc::clone(&env.clock);
+    let waiter = tokio::spawn(async move {
+        let g = mc.lock().await;
+        (g, clock.now())
+    });
+    env.wait_queued(c.lease()).await;
+    let revoked_at = env.clock.now();
+    env.clients[0].lease_revoke(b.lease()).await.unwrap();
+    let (gc, returned_at) = within("the delayed waiter", waiter).await.unwrap();
+    let gc = gc.unwrap();
+    assert!(gc.fencing_token() > gb.fencing_token());
+    assert!(
+        returned_at >= revoked_at + delay,
+        "the lock-delay was not applied: returned {:?} after the revoke",
+        returned_at.saturating_sub(revoked_at)
+    );
+    drop(gb);
+    gc.unlock().await.unwrap();
+    a.close().await;
+    c.close().await;
+}
+
+/// `observe` shows the leader, its proclaimed value, and the next leader after a resign.
+pub(crate) async fn election_observe_follows_proclaim_and_handover(env: &Env) {
+    let name = env.name("observed");
+    let (a, _fa) = env.session(1100).await;
+    let ea = Election::new(a.clone(), &name);
+    let la = ea.campaign(b"a1".to_vec()).await.unwrap();
+    let mut seen = ea.observe().await.unwrap();
+    let first = within("current leader", seen.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.map(|l| (l.key.lease, l.value)),
+        Some((a.lease(), b"a1".to_vec()))
+    );
+    la.proclaim(b"a2".to_vec()).await.unwrap();
+    let (b, _fb) = env.session(1101).await;
+    let eb = Election::new(b.clone(), &name);
+    let candidate = tokio::spawn(async move { eb.campaign(b"b1".to_vec()).await });
+    env.wait_queued(b.lease()).await;
+    let mut saw_a2 = false;
+    within("proclaimed value observed", async {
+        while !saw_a2 {
+            let l = seen.next().await.unwrap().unwrap();
+            saw_a2 = l.is_some_and(|l| l.key.lease == a.lease() && l.value == b"a2");
+        }
+    })
+    .await;
+    la.resign().await.unwrap();
+    let lb = within("b leads", candidate).await.unwrap().unwrap();
+    within("next leader observed", async {
+        loop {
+            let l = seen.next().await.unwrap().unwrap();
+            if l.is_some_and(|l| l.key.lease == b.lease() && l.value == b"b1") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(lb.token() > FencingToken(0));
+    assert!(!ea.is_leader().await.unwrap());
+    lb.resign().await.unwrap();
+    a.close().await;
+    b.close().await;
 }
