@@ -9,6 +9,9 @@ use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use quorate_clock::{Clock, SharedClock, SystemClock};
 use quorate_coord_api::{Coord, CoordError, LeaseId, LockGrant};
 use rand::rngs::StdRng;
@@ -309,6 +312,7 @@ impl Session {
             rng,
             cancel: cancel.clone(),
             releases: releases_rx,
+            unlocking: FuturesUnordered::new(),
             lost: lost_tx,
         };
         tokio::spawn(keeper.run());
@@ -437,6 +441,9 @@ struct Keeper {
     rng: StdRng,
     cancel: CancellationToken,
     releases: mpsc::Receiver<LockGrant>,
+    /// Releases under way (at most `RELEASES_QUEUED_MAX` are ever queued), run beside the
+    /// renewals so a slow unlock never delays a renew.
+    unlocking: FuturesUnordered<BoxFuture<'static, ()>>,
     lost: watch::Sender<Option<LostReason>>,
 }
 
@@ -445,6 +452,7 @@ enum Wake {
     Cancelled,
     Deadline,
     Release(LockGrant),
+    Released,
     Renew,
 }
 
@@ -479,12 +487,16 @@ impl Keeper {
                 Wake::Cancelled => return LostReason::Closed,
                 Wake::Deadline => return LostReason::DeadlinePassed { missed },
                 Wake::Release(grant) => {
-                    let give_up = self.shared.clock.sleep_until(self.clock.deadline());
-                    tokio::select! {
-                        _ = self.shared.coord.unlock(&grant) => {}
-                        () = give_up => {}
-                    }
+                    let coord = Arc::clone(&self.shared.coord);
+                    let give_up = self.shared.clock.sleep(self.clock.ttl());
+                    self.unlocking.push(Box::pin(async move {
+                        tokio::select! {
+                            _ = coord.unlock(&grant) => {}
+                            () = give_up => {}
+                        }
+                    }));
                 }
+                Wake::Released => {}
                 Wake::Renew => {
                     let sent = self.now();
                     self.shared.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +568,10 @@ impl Keeper {
             biased;
             () = self.cancel.cancelled() => Wake::Cancelled,
             () = deadline => Wake::Deadline,
-            Some(grant) = self.releases.recv() => Wake::Release(grant),
+            Some(()) = self.unlocking.next(), if !self.unlocking.is_empty() => Wake::Released,
+            Some(grant) = self.releases.recv(), if self.unlocking.len() < RELEASES_QUEUED_MAX => {
+                Wake::Release(grant)
+            }
             () = renew => Wake::Renew,
         }
     }
