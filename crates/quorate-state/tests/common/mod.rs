@@ -292,6 +292,26 @@ impl RaftCluster {
             .collect()
     }
 
+    /// The index of a node that is not the Raft leader (a node's own view).
+    pub(crate) fn follower(&self) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| !self.nodes[i].view().borrow().is_leader)
+            .expect("a follower")
+    }
+
+    /// The index of the node that leads.
+    pub(crate) fn leader_index(&self) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| self.nodes[i].view().borrow().is_leader)
+            .expect("a leader")
+    }
+
+    /// Shuts node `i` down: its clients' calls fail from now on, as for a holder cut off with
+    /// its node.
+    pub(crate) async fn stop(&self, i: usize) {
+        self.nodes[i].shutdown().await;
+    }
+
     pub(crate) async fn shutdown(self) {
         for n in &self.nodes {
             n.shutdown().await;
