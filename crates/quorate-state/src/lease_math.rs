@@ -237,6 +237,32 @@ mod tests {
         assert_eq!(c.remaining(ms(1300)), Duration::ZERO);
     }
 
+    proptest::proptest! {
+        /// For any TTL, drift, margin and send time, the holder's end comes strictly before the
+        /// earliest instant a leader that received the renew no earlier could expire the lease;
+        /// and no acknowledgement order can move the holder's end past its latest send's.
+        #[test]
+        fn the_holder_always_stops_before_the_leader_may_expire(
+            ttl_ms in 1u64..600_000,
+            drift_ppm in 0u32..=DRIFT_PPM_MAX,
+            margin_ms in 1u64..10_000,
+            sends in proptest::collection::vec(0u64..1_000_000, 1..8),
+        ) {
+            let (ttl, margin) = (ms(ttl_ms), ms(margin_ms));
+            for &sent in &sends {
+                let holder = holder_deadline(ms(sent), ttl, drift_ppm, margin);
+                proptest::prop_assert!(holder < ms(sent) + ttl_fast(ttl, drift_ppm));
+            }
+            let t = Timing { margin, drift_ppm, retry_interval: ms(1), renew_timeout: ms(1) };
+            let mut c = HolderClock::granted(t, ttl, ms(0));
+            for &sent in &sends {
+                c.acknowledged(ms(sent), ttl);
+            }
+            let latest = sends.iter().copied().max().unwrap_or(0);
+            proptest::prop_assert_eq!(c.deadline(), holder_deadline(ms(latest), ttl, drift_ppm, margin));
+        }
+    }
+
     #[test]
     fn failures_retry_only_while_time_remains() {
         let c = HolderClock::granted(timing(), ms(1000), ms(0));

@@ -215,10 +215,17 @@ impl Coord for Faulty {
 
 /// The in-memory single-node backend (paused-time tests).
 pub(crate) fn local() -> Arc<dyn Coord> {
+    local_with_history(quorate_raft::machine::MachineLimits::lan().history_events_max)
+}
+
+/// The in-memory backend keeping only `events` past events for watches to resume from.
+pub(crate) fn local_with_history(events: u64) -> Arc<dyn Coord> {
     use quorate_raft::backend::{Backend, LocalConfig, LocalProposer, capabilities};
     use quorate_raft::machine::MachineLimits;
-    let limits = MachineLimits::lan();
-    let config = LocalConfig::new(NodeId::new("local-1").unwrap());
+    let mut limits = MachineLimits::lan();
+    limits.history_events_max = events;
+    let mut config = LocalConfig::new(NodeId::new("local-1").unwrap());
+    config.limits = limits.clone();
     let caps = capabilities("quorate-raft/local", &limits, Duration::from_secs(1), false);
     Arc::new(Backend::new(LocalProposer::new(config), caps))
 }
