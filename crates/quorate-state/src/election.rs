@@ -91,7 +91,8 @@ impl Election {
     }
 }
 
-/// Leadership won by [`Election::campaign`].
+/// Leadership won by [`Election::campaign`]. Dropping it does not resign: leadership then
+/// lasts until [`resign`](Leadership::resign) or the end of the session.
 #[derive(Debug)]
 pub struct Leadership {
     key: LeaderKey,

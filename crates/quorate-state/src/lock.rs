@@ -28,7 +28,7 @@ impl Default for LockOptions {
     fn default() -> Self {
         LockOptions {
             lock_delay: Duration::ZERO,
-            try_lock_wait: Duration::from_millis(100),
+            try_lock_wait: Duration::from_millis(500),
         }
     }
 }

@@ -203,6 +203,8 @@ struct Shared {
     /// every acknowledged renew.
     deadline: StdMutex<Duration>,
     lost: watch::Receiver<Option<LostReason>>,
+    /// Turns true when the keeper has finished (after its revoke attempt).
+    finished: watch::Receiver<bool>,
     /// When `lost` was set, on `clock`.
     lost_at: StdMutex<Option<Duration>>,
 }
@@ -290,6 +292,7 @@ impl Session {
         }
         let holder = HolderClock::granted(config.timing(), grant.ttl, origin);
         let (lost_tx, lost_rx) = watch::channel(None);
+        let (finished_tx, finished_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             coord,
             lease: grant.id,
@@ -297,6 +300,7 @@ impl Session {
             stats: Stats::default(),
             deadline: StdMutex::new(holder.deadline()),
             lost: lost_rx,
+            finished: finished_rx,
             lost_at: StdMutex::new(None),
         });
         let cancel = CancellationToken::new();
@@ -314,6 +318,7 @@ impl Session {
             releases: releases_rx,
             unlocking: FuturesUnordered::new(),
             lost: lost_tx,
+            finished: finished_tx,
         };
         tokio::spawn(keeper.run());
         Ok(Session {
@@ -421,11 +426,13 @@ impl Session {
         self.owner.releases.try_send(grant).is_ok()
     }
 
-    /// Ends the session now: stops renewing, revokes the lease (releasing everything held under
-    /// it) and fires `lost()` with [`LostReason::Closed`]. Waits until the keeper has finished.
+    /// Ends the session now: stops renewing, fires `lost()` with [`LostReason::Closed`] and
+    /// revokes the lease (releasing everything held under it). Returns once the revoke was
+    /// answered or gave up (bounded by the TTL); the backend expires the lease otherwise.
     pub async fn close(&self) {
         self.owner.cancel.cancel();
-        let _ = self.lost().await;
+        let mut finished = self.shared().finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
     }
 }
 
@@ -445,6 +452,7 @@ struct Keeper {
     /// renewals so a slow unlock never delays a renew.
     unlocking: FuturesUnordered<BoxFuture<'static, ()>>,
     lost: watch::Sender<Option<LostReason>>,
+    finished: watch::Sender<bool>,
 }
 
 /// How one wait of the keeper ended.
@@ -476,6 +484,7 @@ impl Keeper {
                 () = self.shared.clock.sleep(bound) => {}
             }
         }
+        let _ = self.finished.send(true);
     }
 
     async fn keep(&mut self) -> LostReason {
