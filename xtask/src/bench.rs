@@ -57,6 +57,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 agents in network namespaces (root): 20 kill -9, 20 partition, 10 kill -9 of primary+Raft leader, 10 min of flapping checks",
     ),
     (
+        "state",
+        "quorate-bench",
+        "bench_state",
+        "quorate-state locks and semaphores vs etcd's own lock recipe on one 3-member etcd: cycles/s, hand-off latency",
+    ),
+    (
         "etcd",
         "quorate-bench",
         "bench_etcd",
