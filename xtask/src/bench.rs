@@ -57,6 +57,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 agents in network namespaces (root): 20 kill -9, 20 partition, 10 kill -9 of primary+Raft leader, 10 min of flapping checks",
     ),
     (
+        "rolling-restart",
+        "quorate",
+        "bench:rolling_restart",
+        "3 agents in network namespaces (root): 20 planned hand-offs (SIGTERM + restart) and 10 kill -9, role unavailability per hand-off",
+    ),
+    (
         "state",
         "quorate-bench",
         "bench_state",

@@ -3,6 +3,11 @@
 //! - `cargo xtask ci [PHASE ...] [--keep-going]` runs the phases in order (all of them when none
 //!   is named) and stops at the first failure, naming it; `--keep-going` runs every phase and
 //!   lists the failures at the end. `cargo xtask ci --list` prints the phases.
+//! - `cargo xtask setup` installs the Debian packages and cargo tools the tests need (as root;
+//!   otherwise it prints the `apt-get install` line and fails); it is also `ci`'s first phase.
+//! - `cargo xtask fresh-root [--dir DIR] [--fresh] [-- COMMAND...]` runs a command (by default
+//!   `bash .ci/run`) in a fresh Debian root with only the Rust toolchain mounted in: the proof
+//!   that the test command sets everything up itself (see `docs/testing.md`).
 //! - `cargo xtask bench NAME` runs a benchmark and prints its figures (see `bench.rs`).
 //! - `cargo xtask chaos [--release] [--keep] [FILTER]` runs the real-process chaos test: three
 //!   agents in network namespaces, SIGKILL, SIGSTOP, nftables partitions, a 0.5x clock (root).
@@ -15,7 +20,9 @@
 
 mod bench;
 mod chaos;
+mod fresh_root;
 mod phases;
+mod setup;
 #[cfg(test)]
 mod tidy;
 
@@ -27,9 +34,12 @@ fn main() -> ExitCode {
         Some("ci") => phases::ci(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("setup") => setup::run(&args[1..]),
+        Some("fresh-root") => fresh_root::run(&args[1..]),
+        Some(fresh_root::INNER) => fresh_root::inner(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask bench NAME | cargo xtask chaos [--release] [--keep] [FILTER]"
+                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask setup [--check | --list] | cargo xtask fresh-root [--dir DIR] [--fresh] [--new-snapshot] [--bare-toolchain] [--suite SUITE] [-- COMMAND...] | cargo xtask bench NAME | cargo xtask chaos [--release] [--keep] [FILTER]"
             );
             return ExitCode::from(2);
         }

@@ -1,4 +1,5 @@
-//! The phases of `cargo xtask ci`, in the order the plan builds the system: tidy, fmt, one
+//! The phases of `cargo xtask ci`, in the order the plan builds the system: setup (the Debian
+//! packages and cargo tools the tests need), tidy, fmt, one
 //! clippy and one build of the whole workspace, then tests layer by layer, then docs,
 //! simulation and fuzzing.
 //!
@@ -13,6 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::setup;
+
 /// One step of the CI.
 struct Phase {
     name: &'static str,
@@ -21,6 +24,8 @@ struct Phase {
 }
 
 enum Kind {
+    /// `cargo xtask setup`: the Debian packages and cargo tools the tests need.
+    Setup,
     /// `cargo test -p xtask`: the tidy tests.
     Tidy,
     /// `cargo fmt --check`.
@@ -37,10 +42,30 @@ enum Kind {
     Fuzz,
 }
 
+/// Every crate some layer phase tests (the tidy test `every_crate_is_tested_by_a_phase` checks
+/// that no crate is left out).
+#[cfg(test)]
+pub(crate) fn layer_crates() -> Vec<&'static str> {
+    PHASES
+        .iter()
+        .filter_map(|p| match p.kind {
+            Kind::Layer(c) => Some(c),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// The cargo-fuzz targets in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["frame_decode"];
+const FUZZ_TARGETS: &[&str] = &["frame_decode", "gossip_payload"];
 
 const PHASES: &[Phase] = &[
+    Phase {
+        name: "setup",
+        what: "install the Debian packages and cargo tools the tests need (root), or name them",
+        kind: Kind::Setup,
+    },
     Phase {
         name: "tidy",
         what: "workspace rules: lints inherited, folder = crate name, //! headers, pure cores",
@@ -64,6 +89,7 @@ const PHASES: &[Phase] = &[
             "quorate-health-api",
             "quorate-membership-api",
             "quorate-coord-api",
+            "quorate-clock",
         ]),
     },
     Phase {
@@ -74,7 +100,7 @@ const PHASES: &[Phase] = &[
     Phase {
         name: "harness",
         what: "simulation harness and history checkers",
-        kind: Kind::Layer(&["quorate-sim"]),
+        kind: Kind::Layer(&["quorate-sim", "quorate-testkit"]),
     },
     Phase {
         name: "health",
@@ -97,6 +123,16 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-failover"]),
     },
     Phase {
+        name: "replication",
+        what: "multi-master replication core: HLC, CRDT laws, Merkle digests",
+        kind: Kind::Layer(&["quorate-replication"]),
+    },
+    Phase {
+        name: "startup",
+        what: "the node assembly: stages, config, notification, shutdown",
+        kind: Kind::Layer(&["quorate-startup"]),
+    },
+    Phase {
         name: "state",
         what: "distributed state: sessions, locks, elections, semaphores, typed maps (Raft and etcd)",
         kind: Kind::Layer(&["quorate-state"]),
@@ -104,7 +140,12 @@ const PHASES: &[Phase] = &[
     Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
-        kind: Kind::Layer(&["quorate"]),
+        kind: Kind::Layer(&["quorate", "quorate-chaos"]),
+    },
+    Phase {
+        name: "bench",
+        what: "every benchmark, run tiny (figures are printed, never asserted)",
+        kind: Kind::Layer(&["quorate-bench"]),
     },
     Phase {
         name: "doc",
@@ -194,6 +235,11 @@ enum Outcome {
 
 fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
     match phase.kind {
+        Kind::Setup => {
+            if let setup::Done::NotDebian(why) = setup::ensure(false)? {
+                return Ok(Outcome::Skipped(why));
+            }
+        }
         Kind::Tidy => {
             cargo(
                 root,
@@ -277,7 +323,7 @@ fn run_phase(root: &Path, phase: &Phase) -> Result<Outcome> {
                 .unwrap_or(false);
             if !has_fuzz {
                 return Ok(Outcome::Skipped(
-                    "cargo-fuzz is not installed (.ci/run installs it)".into(),
+                    "cargo-fuzz is not installed (`cargo xtask setup` tries to install it)".into(),
                 ));
             }
             let secs = std::env::var("QUORATE_FUZZ_SECONDS").unwrap_or_else(|_| "30".into());
@@ -355,13 +401,13 @@ fn cargo_bin() -> String {
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     if args.first() == Some(&"nextest-missing") {
         bail!(
-            "cargo-nextest is not installed: `cargo install cargo-nextest --locked` (.ci/run does)"
+            "cargo-nextest is not installed: `cargo install cargo-nextest --locked` (`cargo xtask setup` does)"
         );
     }
     run(Command::new(cargo_bin()).current_dir(root).args(args))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),

@@ -346,6 +346,22 @@ fn test_only_crates_are_never_normal_dependencies() {
 }
 
 #[test]
+fn every_crate_is_tested_by_a_phase() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let layers = crate::phases::layer_crates();
+    let findings = member_manifests(&root)
+        .into_iter()
+        .filter_map(|m| {
+            let folder = m.parent()?.file_name()?.to_string_lossy().into_owned();
+            (folder != "xtask" && !layers.contains(&folder.as_str())).then(|| {
+                format!("{folder} is in no layer phase of xtask/src/phases.rs: its tests would never run in CI")
+            })
+        })
+        .collect();
+    assert_clean(findings);
+}
+
+#[test]
 fn every_crate_is_named_in_architecture_md() {
     let root = root().unwrap_or_else(|e| panic!("{e}"));
     let arch = read(&root.join("ARCHITECTURE.md"));
@@ -383,6 +399,51 @@ fn readme_names_the_test_command() {
         ci.contains("cargo xtask ci"),
         ".ci/run must run `cargo xtask ci`"
     );
+}
+
+/// Lines of a script that install Debian packages: the list must live in `xtask/src/setup.rs`
+/// only, so that `cargo xtask setup` and the CI can never disagree.
+fn check_no_package_install(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.contains(concat!("apt-get ", "install"))
+                || l.contains(concat!("apt ", "install"))
+                || l.contains(concat!("dpkg ", "-i"))
+        })
+        .map(|l| format!("installs packages itself (use `cargo xtask setup`): {l}"))
+        .collect()
+}
+
+#[test]
+fn setup_is_the_one_package_list() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let mut scripts = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(root.join(".ci")) {
+        scripts.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+    }
+    scripts.sort();
+    assert!(!scripts.is_empty(), ".ci/ has no scripts");
+    let mut findings = Vec::new();
+    for p in &scripts {
+        for f in check_no_package_install(&read(p)) {
+            findings.push(format!("{}: {f}", p.display()));
+        }
+    }
+    assert_clean(findings);
+    // The packages a fresh machine lacked in issue 13 (the build and the chaos tests) stay listed.
+    let names = crate::setup::package_names();
+    for needed in [
+        "protobuf-compiler",
+        "libprotobuf-dev",
+        "nftables",
+        "faketime",
+        "iproute2",
+    ] {
+        assert!(names.contains(&needed), "setup::PACKAGES lacks {needed}");
+    }
 }
 
 /// The rules themselves catch what they are for: a crate without inherited lints, a file
@@ -439,4 +500,13 @@ fn rules_catch_bad_examples() {
 
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-b\"").is_some());
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-a\"").is_none());
+
+    let old_ci = concat!(
+        "packages=(redis-server)\n  apt-get ",
+        "install -y -qq --no-install-recommends \"${missing[@]}\"\n"
+    );
+    assert_eq!(check_no_package_install(old_ci).len(), 1);
+    assert!(
+        check_no_package_install("# apt-get install is xtask's job\ncargo xtask ci\n").is_empty()
+    );
 }

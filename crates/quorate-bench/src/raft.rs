@@ -148,13 +148,13 @@ fn wire() -> Result<WireConfig, NodeError> {
 
 fn transport(wire: WireConfig, timeout: Duration) -> TransportConfig {
     TransportConfig {
-        wire,
         frame_bytes_max: quorate_raft::Limits::default().frame_bytes_max,
         connect_timeout: Duration::from_millis(300),
         rpc_timeout: timeout,
         idle_per_peer_max: 4,
         inbound_connections_max: 256,
         inbound_idle_timeout: Duration::from_secs(60),
+        ..TransportConfig::from_limits(wire, &quorate_raft::Limits::default())
     }
 }
 
@@ -212,16 +212,8 @@ impl BenchCluster {
             cfg.bootstrap = Some(voters);
         }
         let path = self.dir.join(format!("b{i}.redb"));
-        let mut storage = Storage::open(&path);
-        for _ in 0..200 {
-            if storage.is_ok() {
-                break;
-            }
-            // The killed node's last handle may still be dropping.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            storage = Storage::open(&path);
-        }
-        let storage = storage?;
+        // `kill` waited for the killed node's runtime to end: nothing holds the store.
+        let storage = Storage::open(&path)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -235,9 +227,14 @@ impl BenchCluster {
         Ok(())
     }
 
-    fn kill(&mut self, i: usize) {
+    /// Kills node `i`: aborts every task of its runtime at once (as `kill -9` would), and
+    /// waits until the runtime's threads have ended, so that its store is closed.
+    async fn kill(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
-            n.rt.shutdown_background();
+            let rt = n.rt;
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10)))
+                    .await;
             drop(n.node);
         }
     }
@@ -264,9 +261,9 @@ impl BenchCluster {
         RemoteClient::new(TokioNet, transport(self.wire.clone(), timeout), addrs)
     }
 
-    fn shutdown(&mut self) {
+    async fn shutdown(&mut self) {
         for i in 0..3 {
-            self.kill(i);
+            self.kill(i).await;
         }
     }
 }
@@ -319,7 +316,7 @@ where
 pub async fn run(config: &BenchConfig) -> Result<BenchReport, NodeError> {
     let mut cluster = BenchCluster::start(config.dir.clone()).await?;
     let result = run_on(&mut cluster, config).await;
-    cluster.shutdown();
+    cluster.shutdown().await;
     result
 }
 
@@ -392,7 +389,7 @@ async fn run_on(
         };
         let _ = client.propose(&cmd(0), 3).await;
         let killed_at = Instant::now();
-        cluster.kill(leader);
+        cluster.kill(leader).await;
         let mut k = 1;
         let took = loop {
             k += 1;

@@ -5,7 +5,8 @@
 //!
 //! - [`world`]: a private network of namespaces, the agents in it, and the faults (SIGKILL,
 //!   SIGSTOP, nftables partitions, a slowed clock);
-//! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced).
+//! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced);
+//! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -13,4 +14,5 @@
 )]
 
 pub mod hooklog;
+pub mod rolling;
 pub mod world;

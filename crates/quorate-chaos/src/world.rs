@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use quorate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
 use quorate::demo::to_toml;
-use quorate::report::{AgentEvent, RoleChangeEvent, StatusFile};
+use quorate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -307,6 +307,9 @@ pub struct ClusterSpec {
     pub equal_priority: bool,
     /// Print progress lines.
     pub verbose: bool,
+    /// How often the role's application acts while primary, in milliseconds (the hook log's
+    /// resolution for measuring unavailability).
+    pub act_interval_ms: u32,
 }
 
 struct Node {
@@ -342,7 +345,6 @@ pub struct Cluster {
     /// Removed on drop unless [`Cluster::keep`] took it.
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
-    key: String,
     nodes: Vec<Node>,
     /// Every fault injected, for [`hooklog::check`].
     pub faults: Vec<Fault>,
@@ -357,8 +359,12 @@ impl Cluster {
             .prefix("quorate-chaos-")
             .tempdir()?;
         let world = World::create(spec.size, dir.path()).await?;
-        let key = quorate::wire::ClusterKey::generate()?.to_hex();
-        std::fs::write(dir.path().join("role.sh"), role_script(dir.path()))?;
+        quorate::config::write_new_key_file(&dir.path().join("cluster.key"))
+            .map_err(anyhow::Error::msg)?;
+        std::fs::write(
+            dir.path().join("role.sh"),
+            role_script(dir.path(), spec.act_interval_ms),
+        )?;
         std::fs::write(dir.path().join("actions.log"), "")?;
         let nodes = (0..spec.size)
             .map(|i| Node {
@@ -373,13 +379,22 @@ impl Cluster {
             spec,
             dir: dir.path().to_path_buf(),
             tmp: Some(dir),
-            key,
             nodes,
             faults: Vec::new(),
             world,
         };
+        // One after another, each once its process is up and its storage open (so they do not
+        // campaign in the same millisecond); a node's failover manager starts only once Raft
+        // has a quorum, so wait for every one after all are started.
+        let mut seen = Vec::new();
         for i in 0..c.spec.size {
-            c.spawn(i, false, c.priority(i)).await?;
+            let out = c.dir.join(format!("{}.out", c.nodes[i].name));
+            seen.push(count_started(&out));
+            c.spawn_until(i, false, c.priority(i), Until::StorageOpen)
+                .await?;
+        }
+        for (i, before) in seen.into_iter().enumerate() {
+            c.wait_event(i, Until::FailoverStarted, before).await?;
         }
         Ok(c)
     }
@@ -434,7 +449,7 @@ impl Cluster {
             .with_context(|| format!("{name} is not a node of this cluster"))
     }
 
-    fn say(&self, msg: &str) {
+    pub(crate) fn say(&self, msg: &str) {
         if self.spec.verbose {
             println!("[chaos {:>8.3}] {msg}", now_ns() as f64 / 1e9 % 1000.0);
         }
@@ -472,8 +487,9 @@ impl Cluster {
         let script = dir.join("role.sh");
         let config = AgentConfig {
             cluster_name: "quorate-chaos".to_owned(),
-            cluster_key: Some(self.key.clone()),
-            cluster_key_file: None,
+            cluster_key: None,
+            accepted_key_files: Vec::new(),
+            cluster_key_file: Some(dir.join("cluster.key")),
             node_id: name.clone(),
             data_dir: dir.join(name),
             profile: "lan".to_owned(),
@@ -503,6 +519,7 @@ impl Cluster {
                 anti_flap_max_failovers: Some(100_000),
                 ..RoleSection::named(ROLE)
             }],
+            startup: Default::default(),
         };
         to_toml(&config)
     }
@@ -510,6 +527,17 @@ impl Cluster {
     /// Starts node `i` (again), on a slowed clock when `slow`, with this failover priority;
     /// returns once its failover manager is up.
     pub async fn spawn(&mut self, i: usize, slow: bool, priority: u32) -> Result<()> {
+        self.spawn_until(i, slow, priority, Until::FailoverStarted)
+            .await
+    }
+
+    async fn spawn_until(
+        &mut self,
+        i: usize,
+        slow: bool,
+        priority: u32,
+        until: Until,
+    ) -> Result<()> {
         let dir = self.dir.as_path().to_path_buf();
         let name = self.nodes[i].name.clone();
         let config = dir.join(format!("{name}.toml"));
@@ -526,7 +554,7 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(dir.join(format!("{name}.err")))?;
-        let seen_before = count_started(&out_path);
+        let seen_before = until.count(&out_path);
         let mut c = self.world.node_command(i, "env");
         if slow {
             c.arg(format!("LD_PRELOAD={FAKETIME_LIB}"))
@@ -566,9 +594,17 @@ impl Cluster {
             self.nodes[i].pid,
             if slow { ", clock x0.5" } else { "" }
         ));
+        self.wait_event(i, until, seen_before).await
+    }
+
+    /// Waits until node `i`'s output shows one more `until` event than `before`.
+    async fn wait_event(&mut self, i: usize, until: Until, before: usize) -> Result<()> {
+        let dir = self.dir.as_path().to_path_buf();
+        let name = self.nodes[i].name.clone();
+        let out_path = dir.join(format!("{name}.out"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if count_started(&out_path) > seen_before {
+            if until.count(&out_path) > before {
                 return Ok(());
             }
             if let Some(c) = self.nodes[i].child.as_mut()
@@ -580,7 +616,7 @@ impl Cluster {
                 );
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("agent {name} did not start its failover manager within 60 s");
+                bail!("agent {name}: {} not seen within 60 s", until.what());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -924,7 +960,7 @@ impl Cluster {
                 continue;
             };
             for line in text.lines() {
-                if let Some(AgentEvent::RoleChange(rc)) = AgentEvent::parse(line)
+                if let Some(NodeEvent::RoleChange(rc)) = NodeEvent::parse(line)
                     && rc.token == Some(token)
                 {
                     return Some(rc);
@@ -956,18 +992,49 @@ impl Drop for Cluster {
     }
 }
 
+/// What a start waits for.
+#[derive(Clone, Copy, Debug)]
+enum Until {
+    /// The storage stage is ready (the process runs; its data dir is open).
+    StorageOpen,
+    /// The failover manager started (every stage up to the roles).
+    FailoverStarted,
+}
+
+impl Until {
+    fn count(self, out: &Path) -> usize {
+        match self {
+            Until::FailoverStarted => count_started(out),
+            Until::StorageOpen => std::fs::read_to_string(out).map_or(0, |t| {
+                t.lines()
+                    .filter(|l| {
+                        matches!(NodeEvent::parse(l), Some(NodeEvent::Stage(s)) if s.stage == "storage")
+                    })
+                    .count()
+            }),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Until::StorageOpen => "its storage stage",
+            Until::FailoverStarted => "its failover manager start",
+        }
+    }
+}
+
 fn count_started(out: &Path) -> usize {
     std::fs::read_to_string(out).map_or(0, |t| {
         t.lines()
             .filter(|l| {
-                matches!(AgentEvent::parse(l), Some(AgentEvent::Started { component, .. }) if component == "failover")
+                matches!(NodeEvent::parse(l), Some(NodeEvent::Started { component, .. }) if component == "failover")
             })
             .count()
     })
 }
 
 /// The role's hooks and its application: see the module documentation.
-fn role_script(dir: &Path) -> String {
+fn role_script(dir: &Path, act_interval_ms: u32) -> String {
     format!(
         r#"#!/bin/sh
 # quorate chaos harness: role hooks. $1 = promote | demote; env QUORATE_NODE, QUORATE_FENCING_TOKEN.
@@ -983,13 +1050,13 @@ promote)
   : > "$run"
   echo "$(stamp) $QUORATE_NODE promote $QUORATE_FENCING_TOKEN" >> "$log"
   (
-    # The application: one action every 50 ms while the run file exists. The stamp is taken
+    # The application: one action every {act_ms} ms while the run file exists. The stamp is taken
     # before the check, so an action is never stamped after the demote removed the file.
     while :; do
       s=$(stamp)
       [ -e "$run" ] || break
       echo "$s $QUORATE_NODE act $QUORATE_FENCING_TOKEN" >> "$log"
-      sleep 0.05
+      sleep {act_s}
     done
     : > "$done_"
   ) </dev/null >/dev/null 2>&1 &
@@ -1002,14 +1069,16 @@ demote)
   ;;
 esac
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        act_ms = act_interval_ms,
+        act_s = format_args!("{:.3}", f64::from(act_interval_ms.max(1)) / 1000.0),
     )
 }
 
 /// Bound on a cluster settling after a fault is healed or a node restarted.
-const SETTLE: Duration = Duration::from_secs(90);
+pub(crate) const SETTLE: Duration = Duration::from_secs(90);
 /// Bound on a failover or a demotion.
-const FAILOVER: Duration = Duration::from_secs(30);
+pub(crate) const FAILOVER: Duration = Duration::from_secs(30);
 /// Most attempts a `kill-both` trial makes to move the role onto the Raft leader.
 const ROLE_MOVES_MAX: usize = 5;
 
@@ -1038,6 +1107,7 @@ pub async fn acceptance(
         flapping: false,
         equal_priority: false,
         verbose,
+        act_interval_ms: 50,
     })
     .await?;
     let r = acceptance_steps(&mut c).await;
@@ -1342,6 +1412,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         flapping: true,
         equal_priority: true,
         verbose: opts.verbose,
+        act_interval_ms: 50,
     })
     .await?;
     let mut report = BenchReport::default();

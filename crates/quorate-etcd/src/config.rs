@@ -154,6 +154,8 @@ impl EtcdConfig {
 
     /// Checks every field and reports every problem at once.
     pub fn validate(&self) -> Result<(), EtcdError> {
+        // (Insecure combinations are refused: tls with a plain http endpoint, and credentials
+        // sent in clear to anything but loopback.)
         let mut problems = Vec::new();
         if self.endpoints.is_empty() {
             problems.push(
@@ -172,6 +174,18 @@ impl EtcdConfig {
                 problems.push(format!(
                     "endpoint {e:?} is https but tls is not set: set tls"
                 ));
+            }
+            if let Some(rest) = e.strip_prefix("http://") {
+                if self.tls.is_some() {
+                    problems.push(format!(
+                        "endpoint {e:?} is plain http but tls is set: the connection would not be encrypted; write https://"
+                    ));
+                }
+                if self.credentials.is_some() && !is_loopback_authority(rest) {
+                    problems.push(format!(
+                        "endpoint {e:?} is plain http and credentials are set: the password would cross the network in clear; use https:// with tls (plain http is allowed for credentials only on loopback)"
+                    ));
+                }
             }
         }
         if self.tls.is_some() && !cfg!(feature = "tls") {
@@ -238,6 +252,20 @@ impl EtcdConfig {
     }
 }
 
+/// Whether the host of `authority` (`host:port/...`) is loopback: `localhost`, 127.0.0.0/8
+/// or `[::1]`.
+fn is_loopback_authority(authority: &str) -> bool {
+    let hostport = authority.split('/').next().unwrap_or("");
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +291,32 @@ mod tests {
             ["http://b:2", "http://c:3", "http://a:1"]
         );
         assert_eq!(c.rotated(3).endpoints, c.endpoints);
+    }
+
+    #[test]
+    fn insecure_combinations_are_refused() {
+        let creds = Credentials {
+            user: "root".into(),
+            password: "hunter2".into(),
+        };
+        let mut c = EtcdConfig::etcd_defaults(["http://10.0.0.5:2379"]);
+        c.credentials = Some(creds.clone());
+        let err = c.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("password would cross the network in clear"),
+            "{err}"
+        );
+        let mut c = EtcdConfig::etcd_defaults([
+            "http://127.0.0.1:2379",
+            "http://localhost:2379",
+            "http://[::1]:2379",
+        ]);
+        c.credentials = Some(creds);
+        assert!(c.validate().is_ok(), "loopback is allowed");
+        let mut c = EtcdConfig::etcd_defaults(["http://127.0.0.1:2379"]);
+        c.tls = Some(TlsConfig::default());
+        let err = c.validate().expect_err("refused").to_string();
+        assert!(err.contains("plain http but tls is set"), "{err}");
     }
 
     #[test]

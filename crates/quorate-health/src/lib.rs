@@ -5,8 +5,10 @@
 //!
 //! - **Checks** ([`quorate_health_api::HealthCheck`], closures included) are registered with a
 //!   [`CheckConfig`]: interval, timeout, failure/success thresholds, initial status,
-//!   criticality, jitter, probe groups and staleness. Built-ins live in [`checks`]: TCP, HTTP,
-//!   Redis, PostgreSQL, MongoDB (feature `mongodb`), disk space, process RSS, external command.
+//!   criticality, jitter, probe groups and staleness. Built-ins live in [`checks`]: TCP, disk
+//!   space, process RSS and external command always; HTTP, Redis, PostgreSQL and MongoDB behind
+//!   the features `http`, `redis`, `postgres` and `mongodb` (all off by default: turn on the
+//!   drivers you use). External programs run through one runner, [`process`].
 //! - **One scheduler task** keeps every check on a fixed grid (`phase + k x interval`, the phase
 //!   drawn from a seeded RNG within `jitter`: no drift, missed slots skipped, never bunched),
 //!   starts at most `concurrent_runs_max` runs at once (the rest queue, one slot per check), and
@@ -71,6 +73,7 @@ mod config;
 mod core;
 mod error;
 mod monitor;
+pub mod process;
 mod recovery;
 
 pub use config::{CheckConfig, INTERVAL_MAX, MonitorConfig, RECOVERY_ATTEMPTS_MAX, RecoveryPolicy};

@@ -2,15 +2,24 @@
 //! loopback port in a temp dir (Debian packages `redis-server` and `postgresql`; `.ci/run`
 //! installs them). A missing server binary FAILS the test with a message saying what to install.
 //!
+//! The MongoDB check against a server speaking MongoDB's wire protocol (`mongo_fake.py`, on
+//! Debian's `python3-mockupdb`, since Debian has no MongoDB server). Without the package the
+//! test FAILS when `CI=true` and prints a NOT RUN line otherwise.
+//!
 //! Real time: every wait polls with a generous deadline; nothing asserts a duration.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    reason = "test; the NOT RUN notice goes to stderr"
+)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use quorate_health::checks::{PostgresCheck, RedisCheck};
+use quorate_health::checks::{MongoCheck, PostgresCheck, RedisCheck};
 use quorate_health::{CheckConfig, HealthMonitor, MonitorConfig};
 use quorate_health_api::{ComponentType, HealthCheck, HealthStatus, HealthView, Transition};
 use tokio::sync::broadcast;
@@ -322,6 +331,99 @@ async fn postgres_select_1_follows_a_real_server_down_and_up() {
     let path = dir.path().to_path_buf();
     stop_and_restart("postgres", ComponentType::Database, check, server, || {
         start_postgres(&bin, &data, &path, port)
+    })
+    .await;
+}
+
+/// The Python that has `mockupdb`: Debian's (`/usr/bin/python3`) first, then `python3` on PATH.
+fn python_with_mockupdb() -> Result<PathBuf, String> {
+    let candidates = [PathBuf::from("/usr/bin/python3"), PathBuf::from("python3")];
+    let mut tried = Vec::new();
+    for python in candidates {
+        match Command::new(&python)
+            .args(["-c", "import mockupdb"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => return Ok(python),
+            Ok(out) => tried.push(format!(
+                "{}: {}",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => tried.push(format!("{}: {e}", python.display())),
+        }
+    }
+    Err(format!(
+        "no python3 with the mockupdb module ({}); install the Debian package \
+         `python3-mockupdb` (`apt-get install -y python3-mockupdb`; .ci/run does this in CI)",
+        tried.join("; ")
+    ))
+}
+
+fn start_mongo_fake(python: &Path, dir: &Path, port: u16) -> Server {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mongo_fake.py");
+    let log = dir.join("mongo_fake.log");
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new(python)
+        .arg(script)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("start mongo_fake.py");
+    let server = Server {
+        child: Some(child),
+        log,
+    };
+    // Listening once it says so (Python starts in a few hundred ms; the check must not see
+    // a server still starting as a failure).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !server.log().contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mongo_fake.py did not get ready within {DEADLINE:?}; its output:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_ping_follows_a_wire_protocol_server_down_and_up() {
+    let python = match python_with_mockupdb() {
+        Ok(p) => p,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the MongoDB check cannot be proven: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "\n!!!!!!!! mongodb_ping_follows_a_wire_protocol_server_down_and_up: NOT RUN. \
+                 {why}. With CI=true this fails. !!!!!!!!\n"
+            );
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start_mongo_fake(&python, dir.path(), port);
+    // Server selection well below the monitor's 200 ms timeout, so a stopped server reads as
+    // "ping failed" (not as a timeout); heartbeats at the driver's minimum to see it come back.
+    let check = MongoCheck::connect(
+        &format!("mongodb://127.0.0.1:{port}/?directConnection=true&heartbeatFrequencyMS=500"),
+        Duration::from_millis(150),
+    )
+    .await
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    stop_and_restart("mongodb", ComponentType::Database, check, server, || {
+        start_mongo_fake(&python, &path, port)
     })
     .await;
 }

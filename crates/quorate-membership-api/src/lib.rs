@@ -194,6 +194,32 @@ pub struct MembershipSnapshot {
     pub local_health_score: u8,
     /// `true` once this node has joined a cluster (or bootstrapped one).
     pub joined: bool,
+    /// `Some` once the membership behind this view has stopped: the view is frozen and must
+    /// not be acted on. A stopped view reports no reachable voter, no majority and (with
+    /// voters) `InMinority`, so a consumer that only reads the quorum gives up its roles.
+    pub stopped: Option<StopReason>,
+}
+
+/// Why a membership stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Shut down on purpose (shutdown called, or every handle dropped).
+    Shutdown,
+    /// Left the cluster gracefully.
+    Left,
+    /// Stopped by a fatal error; the text is the error's message, naming the cause and fix.
+    Failed(String),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Shutdown => f.write_str("shut down"),
+            StopReason::Left => f.write_str("left the cluster"),
+            StopReason::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
 }
 
 impl MembershipSnapshot {
@@ -204,6 +230,33 @@ impl MembershipSnapshot {
             .binary_search_by(|m| m.id.cmp(id))
             .ok()
             .and_then(|i| self.members.get(i))
+    }
+
+    /// `false` once the membership behind this view has stopped ([`Self::stopped`]).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.stopped.is_none()
+    }
+
+    /// Turns this snapshot into the final one of a stopped membership: `reason` recorded, no
+    /// voter reachable, no majority, `InMinority` when voters are configured. Members keep
+    /// their last seen states (the view is frozen; [`Self::stopped`] says so).
+    pub fn mark_stopped(&mut self, reason: StopReason, now: Instant) {
+        self.stopped = Some(reason);
+        if self.quorum.has_majority {
+            self.quorum.since = now;
+        }
+        self.quorum.voters_reachable = 0;
+        self.quorum.has_majority = false;
+        self.split_brain = if self.quorum.voters.is_empty() {
+            SplitBrainStatus::NotConfigured
+        } else {
+            SplitBrainStatus::InMinority {
+                reachable: 0,
+                needed: QuorumStatus::majority_of(self.quorum.voters_known),
+                since: now,
+            }
+        };
     }
 
     /// Members in state `state`.
@@ -231,12 +284,16 @@ pub enum MembershipEvent {
     QuorumChanged(QuorumStatus),
     /// The split-brain status changed.
     SplitBrainChanged(SplitBrainStatus),
-    /// Another process uses this node's id at `address`: a configuration error; the local
-    /// membership stops.
+    /// Another process uses this node's id at `address` (seen repeatedly in authenticated
+    /// datagrams): a configuration error; the local membership stops (see
+    /// [`MembershipEvent::Stopped`]).
     DuplicateNodeId {
         /// Where the other process is.
         address: SocketAddr,
     },
+    /// The membership stopped; the last event. The snapshot says the same
+    /// ([`MembershipSnapshot::stopped`]).
+    Stopped(StopReason),
 }
 
 /// A subscription could not deliver the next event.
@@ -410,6 +467,7 @@ impl StaticMembership {
             split_brain: SplitBrainStatus::NotConfigured,
             local_health_score: 0,
             joined: true,
+            stopped: None,
         };
         let (tx, _) = broadcast::channel(events_capacity.get());
         let this = Self {
@@ -463,6 +521,19 @@ impl StaticMembership {
         });
     }
 
+    /// Marks the view stopped (as a membership whose task ended) and emits
+    /// [`MembershipEvent::Stopped`]; later changes are ignored.
+    pub fn stop(&self, reason: StopReason) {
+        let mut snap = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if snap.stopped.is_some() {
+            return;
+        }
+        snap.mark_stopped(reason.clone(), Instant::now());
+        drop(snap);
+        // No subscriber is fine.
+        let _ = self.tx.send(MembershipEvent::Stopped(reason));
+    }
+
     /// Sets the metadata of member `id` (ignored if unknown) and emits `MetadataChanged`.
     pub fn set_meta(&self, id: &str, meta: MemberMeta) {
         self.update(|snap| {
@@ -479,6 +550,9 @@ impl StaticMembership {
 
     fn update(&self, f: impl FnOnce(&mut MembershipSnapshot) -> Vec<MembershipEvent>) {
         let mut snap = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if snap.stopped.is_some() {
+            return;
+        }
         let mut events = f(&mut snap);
         let now = Instant::now();
         let reachable: Vec<&NodeId> = snap
@@ -543,7 +617,8 @@ pub mod conformance {
     /// - members sorted by id, one entry per id, the local node present and `Alive`;
     /// - quorum counts agree with the member states and the voter set;
     /// - split-brain status agrees with the quorum (`NotConfigured` iff no voters; `InMinority`
-    ///   iff no majority).
+    ///   iff no majority);
+    /// - a stopped view reports no reachable voter and no majority.
     pub fn check_snapshot(snap: &MembershipSnapshot) -> Result<(), String> {
         for w in snap.members.windows(2) {
             if let [a, b] = w
@@ -568,6 +643,17 @@ pub mod conformance {
                 q.voters_known,
                 q.voters.len()
             ));
+        }
+        if snap.stopped.is_some() {
+            return match (&snap.split_brain, q.voters.is_empty()) {
+                _ if q.has_majority || q.voters_reachable != 0 => Err(format!(
+                    "stopped view still reports {} reachable voters (majority {})",
+                    q.voters_reachable, q.has_majority
+                )),
+                (SplitBrainStatus::NotConfigured, true)
+                | (SplitBrainStatus::InMinority { .. }, false) => Ok(()),
+                (s, _) => Err(format!("stopped view has split-brain status {s:?}")),
+            };
         }
         let reachable = snap
             .members
@@ -657,6 +743,33 @@ mod tests {
         let mut snap = view.snapshot();
         snap.members[0].state = MemberState::Down;
         assert!(conformance::check_snapshot(&snap).is_err());
+        let mut snap = view.snapshot();
+        snap.stopped = Some(StopReason::Shutdown);
+        assert!(
+            conformance::check_snapshot(&snap)
+                .unwrap_err()
+                .contains("stopped")
+        );
+    }
+
+    #[tokio::test]
+    async fn stopped_view_gives_up_majority_and_says_so() {
+        let view = StaticMembership::for_tests("a", &["a", "b", "c"]);
+        let mut events = view.subscribe();
+        view.stop(StopReason::Failed("boom".to_owned()));
+        let snap = view.snapshot();
+        conformance::check_snapshot(&snap).unwrap();
+        assert!(!snap.is_running());
+        assert!(!snap.quorum.has_majority);
+        assert!(snap.split_brain.is_split());
+        assert_eq!(
+            events.try_recv().unwrap(),
+            Some(MembershipEvent::Stopped(StopReason::Failed(
+                "boom".to_owned()
+            )))
+        );
+        view.set_state("b", MemberState::Down);
+        assert_eq!(events.try_recv().unwrap(), None, "frozen after stop");
     }
 
     #[test]

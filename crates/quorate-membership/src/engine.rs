@@ -48,8 +48,26 @@ use crate::records::{self, Book, Handler, Record, SharedBook, Version, WireMeta}
 
 /// Message kind of a foca (SWIM) datagram.
 pub const KIND_SWIM: u16 = 0x0101;
-/// Message kind of a push/pull sync datagram (also used to join, leave and refute).
+/// Message kind of a push/pull sync datagram (also used to leave and refute).
 pub const KIND_SYNC: u16 = 0x0102;
+/// Message kind of a join request to a seed address. It is the only datagram sealed for any
+/// recipient (the joiner does not know the seed's node id yet), so the core takes from it only
+/// the sender's own identity and its own records.
+pub const KIND_JOIN: u16 = 0x0103;
+
+/// How many authenticated datagrams claiming our node id from one other address, within
+/// [`DUPLICATE_EVIDENCE_WINDOW`], make a duplicate node id (one is never enough: it may be a
+/// copy of one of our own).
+pub const DUPLICATE_EVIDENCE_MIN: u32 = 3;
+/// The window over which duplicate-id evidence is counted.
+pub const DUPLICATE_EVIDENCE_WINDOW: Duration = Duration::from_secs(30);
+/// Most addresses whose duplicate-id evidence is tracked at once.
+const DUPLICATE_SUSPECTS_MAX: usize = 16;
+/// How far a gossiped generation (or identity incarnation) may run ahead of this node's own
+/// clock of incarnations: a sender's generation is the incarnation it started with (by
+/// default its start time in microseconds), which cannot be later than now plus the clock
+/// skew the wire layer lets through. Anything beyond is forged and refused.
+pub const GENERATION_AHEAD_MAX: Duration = Duration::from_secs(600);
 
 const FLAG_REPLY: u8 = 1;
 const FLAG_REFUTE: u8 = 2;
@@ -136,6 +154,9 @@ impl CoreConfig {
 pub struct Outgoing {
     /// Destination.
     pub to: SocketAddr,
+    /// The destination's node id, bound into the sealed datagram; `None` only for a join
+    /// request to a seed address (sealed for any recipient).
+    pub to_id: Option<NodeId>,
     /// Message kind ([`KIND_SWIM`] or [`KIND_SYNC`]).
     pub kind: u16,
     /// Payload to seal.
@@ -197,6 +218,14 @@ pub struct CoreCounters {
     pub timers_stretched: u64,
     /// Join attempts.
     pub join_attempts: u64,
+    /// Authenticated datagrams that claimed our node id from another address (each one is
+    /// evidence of a duplicate id; [`DUPLICATE_EVIDENCE_MIN`] within the window is fatal).
+    pub duplicate_claims: u64,
+    /// Records and identities refused because their generation or incarnation is beyond
+    /// what any sender can have ([`GENERATION_AHEAD_MAX`]).
+    pub refused_generation: u64,
+    /// Forged records about this node (newer than its own) that it overrode.
+    pub refuted_records: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +298,9 @@ pub struct Core {
     probe_failed_this_call: bool,
     own_swim_incarnation: u16,
     started: Instant,
+    first_generation: u64,
+    wall_micros: Option<u64>,
+    duplicate_evidence: BTreeMap<SocketAddr, (Instant, u32)>,
 }
 
 impl Core {
@@ -355,6 +387,9 @@ impl Core {
             probe_failed_this_call: false,
             own_swim_incarnation: 0,
             started: now,
+            first_generation: cfg.ident.incarnation,
+            wall_micros: None,
+            duplicate_evidence: BTreeMap::new(),
         };
         core.set_meta(cfg.meta, now)?;
         let pp = core.jittered(core.push_pull_interval);
@@ -387,11 +422,63 @@ impl Core {
 
     // ---------------------------------------------------------------- inputs
 
+    /// Tells the core the wall clock, as microseconds since the Unix epoch, when incarnations
+    /// come from it (the default): gossiped generations are then bounded by it as well as by
+    /// the core's own start incarnation plus the time since.
+    pub fn set_wall_clock_micros(&mut self, micros: u64) {
+        self.wall_micros = Some(micros);
+    }
+
+    /// The highest generation or incarnation a sender can legitimately have at `now`.
+    fn generation_max(&self, now: Instant) -> u64 {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let own = self
+            .first_generation
+            .saturating_add(micros(now.saturating_duration_since(self.started)));
+        own.max(self.wall_micros.unwrap_or(0))
+            .saturating_add(micros(GENERATION_AHEAD_MAX))
+    }
+
+    /// Counts one authenticated datagram claiming our id from `other`; after
+    /// [`DUPLICATE_EVIDENCE_MIN`] of them within [`DUPLICATE_EVIDENCE_WINDOW`], the id is
+    /// declared duplicate (fatal: reported as an event and as the core's fatal error).
+    fn duplicate_evidence(&mut self, other: SocketAddr, now: Instant) {
+        self.counters.duplicate_claims += 1;
+        self.duplicate_evidence.retain(|_, (first, _)| {
+            now.saturating_duration_since(*first) <= DUPLICATE_EVIDENCE_WINDOW
+        });
+        if !self.duplicate_evidence.contains_key(&other)
+            && self.duplicate_evidence.len() >= DUPLICATE_SUSPECTS_MAX
+        {
+            return;
+        }
+        let entry = self.duplicate_evidence.entry(other).or_insert((now, 0));
+        entry.1 += 1;
+        let confirmed = entry.1 >= DUPLICATE_EVIDENCE_MIN;
+        // Ask the other side who it is (also when confirmed, so that it learns too): a small
+        // sync sealed for our own id. A real duplicate opens it, counts it as evidence in turn
+        // and asks back, so both sides collect the evidence they need within a few round
+        // trips; a key-less replay gets no answer.
+        if !self.leaving {
+            self.send_sync(other, Some(self.local.id.clone()), 0, Some(Vec::new()));
+        }
+        if confirmed {
+            self.fatal = Some(MembershipError::DuplicateNodeId {
+                id: self.local.id.clone(),
+                other,
+            });
+            self.events
+                .push(MembershipEvent::DuplicateNodeId { address: other });
+        }
+    }
+
     /// Handles one authenticated datagram payload of `kind` from `from`.
     pub fn handle_packet(&mut self, from: SocketAddr, kind: u16, payload: &[u8], now: Instant) {
         if self.left || self.fatal.is_some() {
             return;
         }
+        let generation_max = self.generation_max(now);
+        records::lock(&self.book).generation_max = generation_max;
         match kind {
             KIND_SWIM => {
                 self.counters.swim_in += 1;
@@ -399,20 +486,24 @@ impl Core {
                 match r {
                     Ok(()) => {}
                     Err(foca::Error::DataFromOurselves) if from != self.local.addr => {
-                        self.fatal = Some(MembershipError::DuplicateNodeId {
-                            id: self.local.id.clone(),
-                            other: from,
-                        });
-                        self.events
-                            .push(MembershipEvent::DuplicateNodeId { address: from });
+                        self.duplicate_evidence(from, now);
                     }
                     Err(_) => self.counters.foca_errors += 1,
                 }
             }
-            KIND_SYNC => {
+            KIND_SYNC | KIND_JOIN => {
                 self.counters.sync_in += 1;
                 match postcard::from_bytes::<SyncMsg>(payload) {
-                    Ok(msg) => self.handle_sync(msg),
+                    Ok(mut msg) => {
+                        if kind == KIND_JOIN {
+                            // Sealed for anyone: take only what the sender says about itself.
+                            let me = msg.from.id.clone();
+                            msg.members.retain(|m| m.id().id == me);
+                            msg.records.retain(|r| *r.node() == me);
+                            msg.flags = FLAG_REPLY | FLAG_JOIN;
+                        }
+                        self.handle_sync(msg, generation_max, now);
+                    }
                     Err(_) => self.counters.sync_decode_errors += 1,
                 }
             }
@@ -422,27 +513,24 @@ impl Core {
         self.step_end(now);
     }
 
-    fn handle_sync(&mut self, msg: SyncMsg) {
+    fn handle_sync(&mut self, msg: SyncMsg, generation_max: u64, now: Instant) {
         if msg.from.id == self.local.id {
             if msg.from.addr != self.local.addr {
-                self.fatal = Some(MembershipError::DuplicateNodeId {
-                    id: self.local.id.clone(),
-                    other: msg.from.addr,
-                });
-                self.events.push(MembershipEvent::DuplicateNodeId {
-                    address: msg.from.addr,
-                });
+                self.duplicate_evidence(msg.from.addr, now);
             }
             return;
         }
+        let mut members = msg.members;
+        members.truncate(self.members_max);
+        let before = members.len();
+        members.retain(|m| m.id().incarnation <= generation_max);
+        self.counters.refused_generation += (before - members.len()) as u64;
         {
             let mut book = records::lock(&self.book);
             for r in &msg.records {
                 book.accept(r);
             }
         }
-        let mut members = msg.members;
-        members.truncate(self.members_max);
         if self.leaving {
             // Only learn; never rejoin while leaving.
             members.retain(|m| m.id().id != self.local.id);
@@ -462,7 +550,7 @@ impl Core {
             }
         }
         if msg.flags & FLAG_REPLY != 0 && !self.leaving {
-            self.send_sync(msg.from.addr, 0, None);
+            self.send_sync(msg.from.addr, Some(msg.from.id.clone()), 0, None);
         }
     }
 
@@ -524,9 +612,13 @@ impl Core {
                     let n = self.foca.num_members();
                     if n > 0 {
                         let pick = self.rng.random_range(0..n);
-                        let to = self.foca.iter_members().nth(pick).map(|m| m.id().addr);
-                        if let Some(to) = to {
-                            self.send_sync(to, FLAG_REPLY, None);
+                        let to = self
+                            .foca
+                            .iter_members()
+                            .nth(pick)
+                            .map(|m| (m.id().addr, m.id().id.clone()));
+                        if let Some((to, id)) = to {
+                            self.send_sync(to, Some(id), FLAG_REPLY, None);
                         }
                     }
                 }
@@ -556,7 +648,12 @@ impl Core {
                             .iter_membership_state()
                             .find(|m| *m.id() == ident)
                             .cloned();
-                        self.send_sync(ident.addr, FLAG_REPLY, Some(held.into_iter().collect()));
+                        self.send_sync(
+                            ident.addr,
+                            Some(ident.id.clone()),
+                            FLAG_REPLY,
+                            Some(held.into_iter().collect()),
+                        );
                     }
                 }
             }
@@ -600,7 +697,7 @@ impl Core {
         self.counters.join_attempts += 1;
         for addr in seeds {
             if *addr != self.local.addr {
-                self.send_sync(*addr, FLAG_REPLY | FLAG_JOIN, Some(Vec::new()));
+                self.send_sync(*addr, None, FLAG_REPLY | FLAG_JOIN, Some(Vec::new()));
             }
         }
         self.step_end(now);
@@ -713,7 +810,9 @@ impl Core {
     /// Counters.
     pub fn counters(&self) -> CoreCounters {
         let mut c = self.counters;
-        c.refused_full += records::lock(&self.book).refused_full;
+        let book = records::lock(&self.book);
+        c.refused_full += book.refused_full;
+        c.refused_generation += book.refused_generation;
         c
     }
 
@@ -780,6 +879,7 @@ impl Core {
             split_brain: self.quorum.split_brain().clone(),
             local_health_score: self.health.score(),
             joined: self.joined,
+            stopped: None,
         }
     }
 
@@ -798,10 +898,10 @@ impl Core {
 
     /// Sends `record` in one sync datagram to every live member (at most `members_max`).
     fn send_to_all(&mut self, record: Record) {
-        let targets: Vec<SocketAddr> = self
+        let targets: Vec<(SocketAddr, NodeId)> = self
             .foca
             .iter_members()
-            .map(|m| m.id().addr)
+            .map(|m| (m.id().addr, m.id().id.clone()))
             .take(self.members_max)
             .collect();
         let msg = SyncMsg {
@@ -811,10 +911,11 @@ impl Core {
             records: vec![record],
         };
         if let Ok(payload) = postcard::to_allocvec(&msg) {
-            for to in targets {
+            for (to, id) in targets {
                 self.counters.sync_out += 1;
                 self.out.push(Outgoing {
                     to,
+                    to_id: Some(id),
                     kind: KIND_SYNC,
                     payload: payload.clone(),
                 });
@@ -825,7 +926,20 @@ impl Core {
     /// Sends our state to `to` in as many datagrams as needed (at most `sync_chunks_max`).
     /// `small`: send just our own member and records plus `extra` (a join request, or a
     /// reconnect that tells a down member what we think of it); the reply brings the rest.
-    fn send_sync(&mut self, to: SocketAddr, flags: u8, small: Option<Vec<FocaMember<Ident>>>) {
+    /// `to_id`: the recipient's node id; `None` for a join request to a seed address, sent
+    /// as a [`KIND_JOIN`] datagram sealed for any recipient.
+    fn send_sync(
+        &mut self,
+        to: SocketAddr,
+        to_id: Option<NodeId>,
+        flags: u8,
+        small: Option<Vec<FocaMember<Ident>>>,
+    ) {
+        let kind = if to_id.is_none() {
+            KIND_JOIN
+        } else {
+            KIND_SYNC
+        };
         let me = FocaMember::new(self.local.clone(), self.own_swim_incarnation, State::Alive);
         let mut members = vec![me];
         let only_self = small.is_some();
@@ -885,7 +999,8 @@ impl Core {
                     self.counters.sync_out += 1;
                     self.out.push(Outgoing {
                         to,
-                        kind: KIND_SYNC,
+                        to_id: to_id.clone(),
+                        kind,
                         payload,
                     });
                 }
@@ -911,6 +1026,7 @@ impl Core {
             self.counters.swim_out += 1;
             self.out.push(Outgoing {
                 to: to.addr,
+                to_id: Some(to.id),
                 kind: KIND_SWIM,
                 payload: data.to_vec(),
             });
@@ -1022,6 +1138,7 @@ impl Core {
             self.counters.sync_out += 1;
             self.out.push(Outgoing {
                 to: suspect.addr,
+                to_id: Some(suspect.id.clone()),
                 kind: KIND_SYNC,
                 payload,
             });
@@ -1030,6 +1147,7 @@ impl Core {
 
     /// Ends every input: reconciles the member table with foca when something changed.
     fn step_end(&mut self, now: Instant) {
+        self.refute_forged_records();
         let book_changed = {
             let book = records::lock(&self.book);
             book.other_changed || !book.meta_changed.is_empty()
@@ -1037,6 +1155,57 @@ impl Core {
         if self.dirty || book_changed {
             self.dirty = false;
             self.reconcile(now);
+        }
+    }
+
+    /// A record about this node newer than the newest it published can only be forged (by a
+    /// holder of the cluster key): publish ours again with a higher version, so that it wins
+    /// everywhere, as SWIM refutes a false suspicion with a higher incarnation.
+    fn refute_forged_records(&mut self) {
+        let (meta, view) = {
+            let book = records::lock(&self.book);
+            (
+                book.meta.get(&self.local.id).map(|(v, _)| *v),
+                book.views.get(&self.local.id).map(|v| v.version),
+            )
+        };
+        let above = |v: Version| {
+            if v.seq == u64::MAX {
+                (v.generation.saturating_add(1), 0)
+            } else {
+                (v.generation, v.seq)
+            }
+        };
+        let ours = |g, seq| Version { generation: g, seq };
+        if let Some(v) = meta
+            && self.meta_seq > 0
+            && v > ours(self.generation, self.meta_seq)
+        {
+            self.counters.refuted_records += 1;
+            let (g, seq) = above(v);
+            self.generation = self.generation.max(g);
+            self.meta_seq = seq + 1;
+            let record = Record::Meta {
+                node: self.local.id.clone(),
+                version: ours(self.generation, self.meta_seq),
+                meta: WireMeta::from(&self.meta),
+            };
+            self.publish(&record);
+            records::lock(&self.book)
+                .meta_changed
+                .remove(&self.local.id);
+        }
+        if let Some(v) = view
+            && v > ours(self.generation, self.view_seq)
+        {
+            self.counters.refuted_records += 1;
+            let (g, seq) = above(v);
+            self.generation = self.generation.max(g);
+            // reconcile publishes the view again with view_seq + 1.
+            self.view_seq = seq;
+            self.published_view = None;
+            self.recheck_quorum = true;
+            self.dirty = true;
         }
     }
 
@@ -1315,14 +1484,18 @@ mod tests {
     }
 
     #[test]
-    fn sync_from_another_process_with_our_id_is_a_duplicate() {
+    fn repeated_syncs_from_another_process_with_our_id_are_a_duplicate() {
         let t0 = tokio::time::Instant::now();
         let mut a = core(1, true, t0);
         let mut imposter = core(1, true, t0);
         imposter.local.addr = SocketAddr::from(([10, 0, 0, 77], 7946));
-        imposter.join(&[a.local().addr], t0);
-        for o in imposter.drain_outgoing() {
-            a.handle_packet(imposter.local().addr, o.kind, &o.payload, t0);
+        for round in 0..DUPLICATE_EVIDENCE_MIN {
+            assert!(a.fatal().is_none(), "fatal after {round} datagrams");
+            let now = t0 + Duration::from_secs(u64::from(round));
+            imposter.join(&[a.local().addr], now);
+            for o in imposter.drain_outgoing() {
+                a.handle_packet(imposter.local().addr, o.kind, &o.payload, now);
+            }
         }
         assert!(matches!(
             a.fatal(),
@@ -1332,6 +1505,168 @@ mod tests {
             a.drain_events()
                 .iter()
                 .any(|e| matches!(e, MembershipEvent::DuplicateNodeId { .. }))
+        );
+        assert_eq!(
+            a.counters().duplicate_claims,
+            u64::from(DUPLICATE_EVIDENCE_MIN)
+        );
+    }
+
+    /// A real duplicate is found from one datagram: each side asks the other who it is, and
+    /// the answers are the repeated evidence both need.
+    #[test]
+    fn a_real_duplicate_is_confirmed_by_asking_back() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(1, true, t0);
+        let mut imposter = core(1, true, t0);
+        imposter.local.addr = SocketAddr::from(([10, 0, 0, 77], 7946));
+        imposter.join(&[a.local().addr], t0);
+        for o in imposter.drain_outgoing() {
+            a.handle_packet(imposter.local().addr, o.kind, &o.payload, t0);
+        }
+        assert!(a.fatal().is_none(), "one datagram is not enough");
+        exchange(&mut a, &mut imposter, t0);
+        for c in [&a, &imposter] {
+            assert!(
+                matches!(c.fatal(), Some(MembershipError::DuplicateNodeId { .. })),
+                "{:?}",
+                c.fatal()
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_evidence_expires_after_the_window() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(1, true, t0);
+        let mut imposter = core(1, true, t0);
+        imposter.local.addr = SocketAddr::from(([10, 0, 0, 77], 7946));
+        for round in 0..u64::from(DUPLICATE_EVIDENCE_MIN) * 2 {
+            let now = t0 + (DUPLICATE_EVIDENCE_WINDOW + Duration::from_secs(1)) * (round as u32);
+            imposter.join(&[a.local().addr], now);
+            for o in imposter.drain_outgoing() {
+                a.handle_packet(imposter.local().addr, o.kind, &o.payload, now);
+            }
+        }
+        assert!(a.fatal().is_none());
+    }
+
+    /// Issue 14: one datagram naming our id (here our own SWIM datagram, reflected from
+    /// another address) must not stop the core.
+    #[test]
+    fn own_swim_datagram_from_another_address_once_is_not_fatal() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(0, true, t0);
+        let mut b = core(1, false, t0);
+        b.join(&[a.local().addr], t0);
+        exchange(&mut a, &mut b, t0);
+        // Run a's timers until it sends a SWIM datagram (a probe of b).
+        let mut now = t0;
+        let mut own = None;
+        for _ in 0..50 {
+            own = a.drain_outgoing().into_iter().find(|o| o.kind == KIND_SWIM);
+            if own.is_some() {
+                break;
+            }
+            let mut timers = a.drain_timers();
+            timers.sort_by_key(Timer::due);
+            for t in timers {
+                now = now.max(t.due);
+                a.handle_timer(t, now);
+            }
+        }
+        let own = own.expect("a SWIM datagram of a");
+        let elsewhere = SocketAddr::from(([10, 0, 0, 66], 7946));
+        a.handle_packet(elsewhere, KIND_SWIM, &own.payload, now);
+        assert!(a.fatal().is_none(), "{:?}", a.fatal());
+        assert_eq!(a.state_of(&b.local().id), Some(MemberState::Alive));
+    }
+
+    /// Issue 14: a gossiped record with a generation no sender can have (u64::MAX) must not
+    /// stick: the real node's later records still win.
+    #[test]
+    fn forged_record_generation_is_refused() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(0, true, t0);
+        let mut b = core(1, false, t0);
+        b.join(&[a.local().addr], t0);
+        exchange(&mut a, &mut b, t0);
+        let mut forged_meta = MemberMeta::default();
+        forged_meta.node.version = "forged".to_owned();
+        let forger = Ident {
+            id: NodeId::new("n9").unwrap(),
+            addr: SocketAddr::from(([10, 0, 0, 9], 7946)),
+            incarnation: 100,
+        };
+        let msg = SyncMsg {
+            from: forger.clone(),
+            flags: 0,
+            members: Vec::new(),
+            records: vec![Record::Meta {
+                node: b.local().id.clone(),
+                version: Version {
+                    generation: u64::MAX,
+                    seq: 1,
+                },
+                meta: WireMeta::from(&forged_meta),
+            }],
+        };
+        a.handle_packet(
+            forger.addr,
+            KIND_SYNC,
+            &postcard::to_allocvec(&msg).unwrap(),
+            t0,
+        );
+        let mut real = MemberMeta::default();
+        real.node.version = "real".to_owned();
+        b.set_meta(real.clone(), t0).unwrap();
+        exchange(&mut a, &mut b, t0);
+        let snap = a.snapshot();
+        let held = &snap.member(&b.local().id).unwrap().meta;
+        assert_eq!(held.node.version, "real", "forged record stuck: {held:?}");
+    }
+
+    /// A forged record about b within the generation bound (one above b's own) is refuted by
+    /// b as soon as b sees it: b's later metadata wins everywhere again.
+    #[test]
+    fn forged_record_about_a_node_is_refuted_by_it() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(0, true, t0);
+        let mut b = core(1, false, t0);
+        b.join(&[a.local().addr], t0);
+        exchange(&mut a, &mut b, t0);
+        let mut forged_meta = MemberMeta::default();
+        forged_meta.node.version = "forged".to_owned();
+        let forger = SocketAddr::from(([10, 0, 0, 9], 7946));
+        let msg = SyncMsg {
+            from: Ident {
+                id: NodeId::new("n9").unwrap(),
+                addr: forger,
+                incarnation: 100,
+            },
+            flags: 0,
+            members: Vec::new(),
+            records: vec![Record::Meta {
+                node: b.local().id.clone(),
+                version: Version {
+                    generation: b.local().incarnation + 1,
+                    seq: 1,
+                },
+                meta: WireMeta::from(&forged_meta),
+            }],
+        };
+        let bytes = postcard::to_allocvec(&msg).unwrap();
+        a.handle_packet(forger, KIND_SYNC, &bytes, t0);
+        b.handle_packet(forger, KIND_SYNC, &bytes, t0);
+        assert_eq!(b.counters().refuted_records, 1);
+        let mut real = MemberMeta::default();
+        real.node.version = "real".to_owned();
+        b.set_meta(real, t0).unwrap();
+        exchange(&mut a, &mut b, t0);
+        let snap = a.snapshot();
+        assert_eq!(
+            snap.member(&b.local().id).unwrap().meta.node.version,
+            "real"
         );
     }
 

@@ -2,10 +2,17 @@
 //! [`quorate_wire::net::Net`]), the timers and the health subscription; every datagram is sealed
 //! and opened with `quorate-wire`, so all gossip is authenticated. Datagrams that are oversize,
 //! of another cluster, unauthentic, replayed or malformed are dropped and counted in
-//! [`Metrics`].
+//! [`Metrics`]; authentication failures are also logged at WARN, at most once per sender
+//! address per [`AUTH_LOG_INTERVAL`], since they usually mean a mis-keyed node.
+//!
+//! Every datagram is sealed for its recipient's node id (a join request to a seed address,
+//! whose id is unknown, for any recipient), and the opener knows this node's own sealer
+//! session, so neither a copy of one of our own datagrams nor one sealed for another node is
+//! accepted. When the task ends, for whatever reason, it publishes a final snapshot that says
+//! so ([`MembershipSnapshot::stopped`], no majority) and a [`MembershipEvent::Stopped`] event.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,22 +20,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quorate_health_api::{HealthSnapshot, HealthView};
 use quorate_membership_api::{
-    HealthSummary, Membership, MembershipEvent, MembershipEvents, MembershipSnapshot,
+    HealthSummary, Membership, MembershipEvent, MembershipEvents, MembershipSnapshot, StopReason,
 };
 use quorate_types::NodeMeta;
 use quorate_wire::net::{Datagram, Net};
-use quorate_wire::{MessageKind, Opener, Sealer, WireConfig, WireError};
+use quorate_wire::{
+    MessageKind, Opener, RECIPIENT_ANYONE, Sealer, WallClock, WireConfig, WireError, peek_kind,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MembershipConfig;
-use crate::engine::{Core, CoreConfig, CoreCounters, Timer};
+use crate::engine::{Core, CoreConfig, CoreCounters, KIND_JOIN, Timer};
 use crate::error::MembershipError;
 
 /// How long one seed name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most one WARN line per sender address per this interval for datagrams that fail
+/// authentication; the next line says how many were not logged.
+pub const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Most sender addresses the authentication log limiter remembers; beyond, the oldest is
+/// forgotten (its next failure is logged again).
+const AUTH_LOG_SENDERS_MAX: usize = 256;
 
 /// Counters of one node's membership (wire level and protocol level).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +64,8 @@ pub struct Metrics {
     pub dropped_auth: u64,
     /// Dropped: replayed or too old.
     pub dropped_replay: u64,
+    /// Dropped: an authentic copy of one of this node's own datagrams, sent back to it.
+    pub dropped_own_session: u64,
     /// Dropped: not a quorate frame, bad version, truncated or undecodable.
     pub dropped_malformed: u64,
     /// Sends that failed (socket errors, sealing errors).
@@ -69,6 +86,7 @@ struct Counters {
     dropped_wrong_cluster: AtomicU64,
     dropped_auth: AtomicU64,
     dropped_replay: AtomicU64,
+    dropped_own_session: AtomicU64,
     dropped_malformed: AtomicU64,
     send_errors: AtomicU64,
     resolve_errors: AtomicU64,
@@ -135,6 +153,7 @@ impl MembershipHandle {
             dropped_wrong_cluster: get(&c.dropped_wrong_cluster),
             dropped_auth: get(&c.dropped_auth),
             dropped_replay: get(&c.dropped_replay),
+            dropped_own_session: get(&c.dropped_own_session),
             dropped_malformed: get(&c.dropped_malformed),
             send_errors: get(&c.send_errors),
             resolve_errors: get(&c.resolve_errors),
@@ -274,6 +293,7 @@ pub async fn start<N: Net>(
         None => Sealer::new(&wire),
     };
     let opener = Opener::new(&wire);
+    opener.add_own_session(sealer.session());
     let now = Instant::now();
     let core = Core::new(core_cfg, now)?;
     let snapshot = core.snapshot();
@@ -299,6 +319,12 @@ pub async fn start<N: Net>(
         meta_node: config.meta.node.clone(),
         last_score: 0,
         last_joined: false,
+        own_id: config.node_id.as_str().as_bytes().to_vec(),
+        wall_clock: config
+            .incarnation
+            .is_none()
+            .then(|| wire.wall_clock.clone()),
+        auth_log: AuthLog::default(),
     };
     let handle = tokio::spawn(task.run(cmd_rx, cancel.clone(), health));
     Ok(MembershipHandle {
@@ -354,15 +380,91 @@ struct Task<N: Net> {
     meta_node: NodeMeta,
     last_score: u8,
     last_joined: bool,
+    /// This node's id: the recipient its datagrams are sealed for.
+    own_id: Vec<u8>,
+    /// The wall clock, when incarnations come from it (no configured incarnation).
+    wall_clock: Option<WallClock>,
+    auth_log: AuthLog,
+}
+
+/// Rate limit of the WARN lines for unauthentic datagrams: one per sender address per
+/// [`AUTH_LOG_INTERVAL`], with the number not logged since.
+#[derive(Default)]
+struct AuthLog {
+    /// Per sender: when its last line was written, and failures not logged since.
+    senders: BTreeMap<SocketAddr, (Instant, u64)>,
+}
+
+impl AuthLog {
+    /// Records one failure from `from` at `now`; returns `Some(suppressed)` when a line is due
+    /// (with how many earlier failures from `from` were not logged).
+    fn note(&mut self, from: SocketAddr, now: Instant) -> Option<u64> {
+        match self.senders.get_mut(&from) {
+            Some((last, suppressed)) => {
+                if now.saturating_duration_since(*last) >= AUTH_LOG_INTERVAL {
+                    let n = std::mem::take(suppressed);
+                    *last = now;
+                    Some(n)
+                } else {
+                    *suppressed += 1;
+                    None
+                }
+            }
+            None => {
+                if self.senders.len() >= AUTH_LOG_SENDERS_MAX {
+                    let oldest = self
+                        .senders
+                        .iter()
+                        .min_by_key(|(_, (last, _))| *last)
+                        .map(|(a, _)| *a);
+                    if let Some(a) = oldest {
+                        self.senders.remove(&a);
+                    }
+                }
+                self.senders.insert(from, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl<N: Net> Task<N> {
+    /// Runs until stopped, then publishes the final, stopped snapshot and event, so that no
+    /// consumer goes on reading a frozen view.
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
         health: Option<Arc<dyn HealthView>>,
     ) -> Result<(), MembershipError> {
+        let (reason, result) = match self.run_loop(commands, cancel, health).await {
+            Ok(reason) => (reason, Ok(())),
+            Err(e) => (StopReason::Failed(e.to_string()), Err(e)),
+        };
+        match &result {
+            Err(e) => tracing::error!(
+                node = %self.core.local().id,
+                error = %e,
+                "membership stopped by a fatal error; this node no longer claims a majority"
+            ),
+            Ok(()) => {
+                tracing::info!(node = %self.core.local().id, reason = %reason, "membership stopped")
+            }
+        }
+        let mut snap = self.core.snapshot();
+        snap.mark_stopped(reason.clone(), Instant::now());
+        self.snap_tx.send_replace(snap);
+        // No subscriber is fine.
+        let _ = self.events_tx.send(MembershipEvent::Stopped(reason));
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+        health: Option<Arc<dyn HealthView>>,
+    ) -> Result<StopReason, MembershipError> {
         let mut health_rx = health.as_ref().map(|h| h.watch());
         let mut buf = vec![0u8; self.packet_bytes_max + 1];
         let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
@@ -374,9 +476,9 @@ impl<N: Net> Task<N> {
             let mut publish = false;
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Ok(()),
+                () = cancel.cancelled() => return Ok(StopReason::Shutdown),
                 cmd = commands.recv(), if leaving.is_none() => match cmd {
-                    None => return Ok(()),
+                    None => return Ok(StopReason::Shutdown),
                     Some(Command::SetMeta(node, reply)) => {
                         let mut meta = self.core.snapshot().member(&self.core.local().id)
                             .map(|m| m.meta.clone()).unwrap_or_default();
@@ -405,7 +507,7 @@ impl<N: Net> Task<N> {
                     if let Some((_, reply)) = leaving.take() {
                         let _ = reply.send(());
                     }
-                    return Ok(());
+                    return Ok(StopReason::Left);
                 }
                 () = tokio::time::sleep_until(next_due.unwrap_or(far)), if next_due.is_some() => {}
                 changed = async {
@@ -442,15 +544,35 @@ impl<N: Net> Task<N> {
             bump(&c.dropped_oversize, 1);
             return;
         }
-        match self.opener.open_raw(data) {
+        // Only a join request is sealed for anyone; everything else must be sealed for us.
+        let recipient = match peek_kind(data) {
+            Some(MessageKind(KIND_JOIN)) => RECIPIENT_ANYONE,
+            _ => &self.own_id,
+        };
+        match self.opener.open_datagram(data, recipient) {
             Ok(frame) => {
+                if let Some(clock) = &self.wall_clock {
+                    self.core
+                        .set_wall_clock_micros(clock().saturating_mul(1000));
+                }
                 self.core
                     .handle_packet(from, frame.kind.0, &frame.payload, Instant::now());
             }
             Err(WireError::Oversize { .. }) => bump(&c.dropped_oversize, 1),
             Err(WireError::WrongCluster { .. }) => bump(&c.dropped_wrong_cluster, 1),
-            Err(WireError::AuthFailed) => bump(&c.dropped_auth, 1),
+            Err(WireError::AuthFailed) => {
+                bump(&c.dropped_auth, 1);
+                if let Some(suppressed) = self.auth_log.note(from, Instant::now()) {
+                    tracing::warn!(
+                        node = %self.core.local().id,
+                        from = %from,
+                        not_logged_since = suppressed,
+                        "gossip datagram from {from} failed authentication: the sender most likely has another cluster key or cluster name (check both on every node); or it is a datagram sealed for another node, or tampered with"
+                    );
+                }
+            }
             Err(WireError::Replay(_)) => bump(&c.dropped_replay, 1),
+            Err(WireError::OwnSession(_)) => bump(&c.dropped_own_session, 1),
             Err(_) => bump(&c.dropped_malformed, 1),
         }
     }
@@ -492,7 +614,14 @@ impl<N: Net> Task<N> {
             self.queue(t);
         }
         for o in self.core.drain_outgoing() {
-            match self.sealer.seal_bytes(MessageKind(o.kind), &o.payload) {
+            let recipient = o
+                .to_id
+                .as_ref()
+                .map_or(RECIPIENT_ANYONE, |id| id.as_str().as_bytes());
+            match self
+                .sealer
+                .seal_datagram_bytes(MessageKind(o.kind), &o.payload, recipient)
+            {
                 Ok(frame) => match self.socket.send_to(&frame, o.to).await {
                     Ok(_) => {
                         bump(&self.counters.packets_out, 1);
@@ -510,6 +639,13 @@ impl<N: Net> Task<N> {
         // Events go out before the snapshot that reflects them, so whoever sees the new
         // snapshot can also receive its events.
         for e in events {
+            if let MembershipEvent::DuplicateNodeId { address } = &e {
+                tracing::error!(
+                    node = %self.core.local().id,
+                    other = %address,
+                    "another process at {address} uses this node's id (seen repeatedly in authenticated gossip): give every node a unique node_id"
+                );
+            }
             // No subscriber is fine.
             let _ = self.events_tx.send(e);
         }
@@ -527,5 +663,31 @@ impl<N: Net> Task<N> {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_log_is_one_line_per_sender_per_interval_with_the_suppressed_count() {
+        let t0 = tokio::time::Instant::now();
+        let mut log = AuthLog::default();
+        let a = SocketAddr::from(([10, 0, 0, 1], 7946));
+        let b = SocketAddr::from(([10, 0, 0, 2], 7946));
+        assert_eq!(log.note(a, t0), Some(0));
+        assert_eq!(log.note(b, t0), Some(0), "another sender gets its own line");
+        for i in 1..=4 {
+            assert_eq!(log.note(a, t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(log.note(a, t0 + AUTH_LOG_INTERVAL), Some(4));
+        assert_eq!(log.note(a, t0 + AUTH_LOG_INTERVAL), None);
+        // Bounded: many senders never grow the map beyond its limit.
+        for i in 0..(AUTH_LOG_SENDERS_MAX as u16 + 10) {
+            log.note(SocketAddr::from(([10, 1, 0, 1], i)), t0);
+        }
+        assert!(log.senders.len() <= AUTH_LOG_SENDERS_MAX);
     }
 }

@@ -167,6 +167,11 @@ pub struct Book {
     pub other_changed: bool,
     /// Records refused because the book was full.
     pub refused_full: u64,
+    /// The highest generation (or leave incarnation) accepted; set by the core before each
+    /// input from what a sender can legitimately have. Default: no bound.
+    pub generation_max: u64,
+    /// Records refused because their generation was above `generation_max`.
+    pub refused_generation: u64,
     entries_max: usize,
 }
 
@@ -175,12 +180,23 @@ impl Book {
     pub fn new(entries_max: usize) -> Self {
         Self {
             entries_max,
+            generation_max: u64::MAX,
             ..Self::default()
         }
     }
 
-    /// Stores `r` if it is newer than what the book holds; returns whether it was.
+    /// Stores `r` if it is newer than what the book holds; returns whether it was. A record
+    /// whose generation is above `generation_max` is refused and counted: no sender can have
+    /// it, and once stored it would win over every real record of that node.
     pub fn accept(&mut self, r: &Record) -> bool {
+        let generation = match r {
+            Record::Meta { version, .. } | Record::View { version, .. } => version.generation,
+            Record::Leave { incarnation, .. } => *incarnation,
+        };
+        if generation > self.generation_max {
+            self.refused_generation += 1;
+            return false;
+        }
         match r {
             Record::Meta {
                 node,

@@ -122,13 +122,13 @@ pub fn capabilities(
     }
 }
 
-fn unexpected(outcome: &Outcome) -> CoordError {
+pub(crate) fn unexpected(outcome: &Outcome) -> CoordError {
     CoordError::Internal {
         reason: format!("the state machine answered with an unexpected outcome {outcome:?}"),
     }
 }
 
-fn lock_grant(name: &str, pos: QueuePosition, token: FencingToken) -> LockGrant {
+pub(crate) fn lock_grant(name: &str, pos: QueuePosition, token: FencingToken) -> LockGrant {
     LockGrant {
         name: name.to_owned(),
         key: pos.key,
@@ -138,7 +138,7 @@ fn lock_grant(name: &str, pos: QueuePosition, token: FencingToken) -> LockGrant 
     }
 }
 
-fn leader_key(election: &str, pos: QueuePosition, token: FencingToken) -> LeaderKey {
+pub(crate) fn leader_key(election: &str, pos: QueuePosition, token: FencingToken) -> LeaderKey {
     LeaderKey {
         election: election.to_owned(),
         key: pos.key,
@@ -148,7 +148,7 @@ fn leader_key(election: &str, pos: QueuePosition, token: FencingToken) -> Leader
     }
 }
 
-fn election_leader(machine: &Machine, election: &str) -> Option<ElectionLeader> {
+pub(crate) fn election_leader(machine: &Machine, election: &str) -> Option<ElectionLeader> {
     let (pos, kv) = machine.election_leader(election)?;
     let token = pos.token?;
     Some(ElectionLeader {

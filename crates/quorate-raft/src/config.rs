@@ -152,6 +152,37 @@ pub struct Limits {
     pub inbound_idle_timeout: Duration,
     /// How long a client write may wait for its commit before it reports `Timeout`.
     pub write_timeout: Duration,
+    /// The longest a node holds a remote watch poll (`network::WatchPoll::wait`) that has no
+    /// event to send yet; a poll asking for more is refused with `InvalidArgument`.
+    pub watch_wait_max: Duration,
+    /// The most events one watch poll may ask for (`network::WatchPoll::max_events`).
+    pub watch_events_max: NonZeroU32,
+    /// The most watch polls a node holds at once. Each held poll keeps one inbound
+    /// connection, so this stays below `inbound_connections_max` (peers need the rest); a
+    /// poll beyond it fails with `ResourceExhausted`.
+    pub watch_polls_held_max: NonZeroUsize,
+    /// An inbound connection that has not delivered an authentic frame this long after
+    /// accept is closed (slowloris: a silent connection costs a slot only this long).
+    pub pre_auth_timeout: Duration,
+    /// The most inbound connections from one source IP address at once.
+    pub inbound_per_ip_max: NonZeroUsize,
+    /// The most inbound connections not yet authenticated at once; a new one closes the
+    /// oldest. The rest of `inbound_connections_max` is left to authenticated peers.
+    pub inbound_unauthenticated_max: NonZeroUsize,
+    /// How long writing one reply to an inbound connection may take (a client that never
+    /// reads is closed after this).
+    pub send_timeout: Duration,
+    /// At most one warning line per source address per this interval about bad inbound
+    /// connections; the next line says how many were suppressed.
+    pub warn_interval: Duration,
+    /// First delay before a fresh connection to a peer that closed the last one unanswered
+    /// (wrong key, clock skew, full); doubles per failure.
+    pub reconnect_backoff_min: Duration,
+    /// The largest reconnect delay.
+    pub reconnect_backoff_max: Duration,
+    /// The largest snapshot a node receives (bytes): an InstallSnapshot chunk ending past it
+    /// is refused. Snapshots are held in memory whole while they are received.
+    pub snapshot_bytes_max: NonZeroU64,
 }
 
 impl Default for Limits {
@@ -172,6 +203,21 @@ impl Default for Limits {
             inbound_connections_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             inbound_idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(5),
+            watch_wait_max: Duration::from_secs(10),
+            watch_events_max: NonZeroU32::new(1024).unwrap_or(NonZeroU32::MIN),
+            watch_polls_held_max: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
+            // A peer authenticates in one round trip; 5 s leaves room for a loaded host.
+            pre_auth_timeout: Duration::from_secs(5),
+            // A peer keeps up to `idle_connections_per_peer` (16) pooled connections plus
+            // a few in flight; nodes and clients on one host share an address.
+            inbound_per_ip_max: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
+            inbound_unauthenticated_max: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
+            // A full 16 MiB frame at 10 MB/s takes 1.6 s.
+            send_timeout: Duration::from_secs(10),
+            warn_interval: Duration::from_secs(10),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            snapshot_bytes_max: NonZeroU64::new(1 << 30).unwrap_or(NonZeroU64::MIN),
         }
     }
 }
@@ -208,6 +254,53 @@ impl Limits {
                 "limits: rpc_timeout, connect_timeout, forward_timeout and write_timeout must be > 0"
                     .to_owned(),
             ));
+        }
+        if self.watch_polls_held_max >= self.inbound_connections_max {
+            return Err(NodeError::Config(format!(
+                "limits: watch_polls_held_max = {} must be below inbound_connections_max = {} \
+                 (peers need connections too): lower the one or raise the other",
+                self.watch_polls_held_max, self.inbound_connections_max
+            )));
+        }
+        if self.watch_wait_max.is_zero() || self.watch_wait_max > Duration::from_secs(300) {
+            return Err(NodeError::Config(format!(
+                "limits: watch_wait_max = {:?} must be between 1 ms and 300 s",
+                self.watch_wait_max
+            )));
+        }
+        if self.pre_auth_timeout.is_zero() || self.pre_auth_timeout > self.inbound_idle_timeout {
+            return Err(NodeError::Config(format!(
+                "limits: pre_auth_timeout = {:?} must be > 0 and at most inbound_idle_timeout = {:?}",
+                self.pre_auth_timeout, self.inbound_idle_timeout
+            )));
+        }
+        let slots = self.inbound_connections_max.get();
+        if self.inbound_per_ip_max.get() > slots || self.inbound_unauthenticated_max.get() > slots {
+            return Err(NodeError::Config(format!(
+                "limits: inbound_per_ip_max = {} and inbound_unauthenticated_max = {} must not \
+                 exceed inbound_connections_max = {slots}",
+                self.inbound_per_ip_max, self.inbound_unauthenticated_max
+            )));
+        }
+        if self.send_timeout.is_zero() || self.warn_interval.is_zero() {
+            return Err(NodeError::Config(
+                "limits: send_timeout and warn_interval must be > 0".to_owned(),
+            ));
+        }
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_max < self.reconnect_backoff_min
+        {
+            return Err(NodeError::Config(format!(
+                "limits: reconnect_backoff_min = {:?} must be > 0 and at most \
+                 reconnect_backoff_max = {:?}",
+                self.reconnect_backoff_min, self.reconnect_backoff_max
+            )));
+        }
+        if self.snapshot_bytes_max.get() < self.snapshot_chunk_bytes.get() as u64 {
+            return Err(NodeError::Config(format!(
+                "limits: snapshot_bytes_max = {} is below snapshot_chunk_bytes = {}",
+                self.snapshot_bytes_max, self.snapshot_chunk_bytes
+            )));
         }
         Ok(())
     }
@@ -267,6 +360,31 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("command_bytes_max"), "{err}");
+    }
+
+    #[test]
+    fn watch_poll_bounds_are_validated() {
+        let err = |l: Limits| {
+            l.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let held = Limits {
+            watch_polls_held_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            ..Limits::default()
+        };
+        assert!(err(held).contains("watch_polls_held_max"));
+        let zero = Limits {
+            watch_wait_max: Duration::ZERO,
+            ..Limits::default()
+        };
+        assert!(err(zero).contains("watch_wait_max"));
+        let long = Limits {
+            watch_wait_max: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        assert!(err(long).contains("watch_wait_max"));
     }
 
     #[test]

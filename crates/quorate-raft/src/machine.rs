@@ -874,6 +874,47 @@ impl Machine {
         Some((pos, head))
     }
 
+    /// One page of the watch history for a resumable poll: the events under `prefix` at
+    /// revision `>= from`, in order, without the first `skip` events at `from` (delivered
+    /// before), at most `max_events` of them and, after the first, no more than `bytes_max`
+    /// encoded bytes in all. Fails with `Compacted` as [`Machine::history_since`] does.
+    pub fn history_page(
+        &self,
+        prefix: &str,
+        from: Revision,
+        skip: u32,
+        max_events: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<WatchEvent>, CoordError> {
+        if self.compacted > 0 && from.0 <= self.compacted {
+            return Err(CoordError::Compacted {
+                requested: from,
+                compacted: Revision(self.compacted),
+            });
+        }
+        let start = self.history.partition_point(|e| e.kv.mod_revision < from);
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut bytes = 0usize;
+        for e in self.history.range(start..) {
+            if !e.kv.key.starts_with(prefix) {
+                continue;
+            }
+            if e.kv.mod_revision == from && skipped < skip {
+                skipped += 1;
+                continue;
+            }
+            let len = postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
+            if out.len() >= max_events || (!out.is_empty() && bytes.saturating_add(len) > bytes_max)
+            {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
     /// Watch history: every event under `prefix` at revision `>= from`, in order. Fails with
     /// `Compacted` if events at `from` may be gone.
     pub fn history_since(

@@ -8,6 +8,8 @@
 //! (the leader confirms its leadership with a quorum), wait until the follower has applied it,
 //! then read locally.
 
+mod client_api;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,7 +151,11 @@ struct Core<N: Net> {
     /// The last `millis_since_quorum_ack` and when it was observed.
     ack: Mutex<(Option<u64>, Instant)>,
     view: watch::Sender<ClusterView>,
+    /// Slots for held remote watch polls (`Limits::watch_polls_held_max`).
+    watch_holds: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
+    /// Stops the storage writer (after openraft has shut down).
+    store_stop: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -223,21 +229,18 @@ impl<N: Net> RaftNode<N> {
         let id = raft_id(&config.name);
         let transport = Arc::new(Transport::new(
             net,
-            TransportConfig {
-                wire: config.wire.clone(),
-                frame_bytes_max: config.limits.frame_bytes_max,
-                connect_timeout: config.limits.connect_timeout,
-                rpc_timeout: config.limits.rpc_timeout,
-                idle_per_peer_max: config.limits.idle_connections_per_peer,
-                inbound_connections_max: config.limits.inbound_connections_max.get(),
-                inbound_idle_timeout: config.limits.inbound_idle_timeout,
-            },
+            TransportConfig::from_limits(config.wire.clone(), &config.limits),
         ));
+        storage.check_identity(config.name.as_str(), &config.wire.cluster_name)?;
         let fresh = storage.is_fresh()?;
+        let tracker = TaskTracker::new();
+        let store_stop = CancellationToken::new();
         let log = LogStore::new(
             storage.clone(),
             config.limits.write_queue_max.get(),
             config.limits.group_commit_max.get(),
+            &tracker,
+            store_stop.clone(),
         )?;
         let committed = log.committed_index();
         let sm = SmShared::open(
@@ -280,8 +283,12 @@ impl<N: Net> RaftNode<N> {
             committed,
             ack: Mutex::new((None, Instant::now())),
             view,
+            watch_holds: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.watch_polls_held_max.get(),
+            )),
             cancel: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            store_stop,
+            tracker,
         });
         core.tracker.spawn(serve(
             listener,
@@ -354,6 +361,7 @@ impl<N: Net> RaftNode<N> {
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.core.store_stop.cancel();
         self.core.tracker.close();
         self.core.tracker.wait().await;
     }
@@ -362,9 +370,7 @@ impl<N: Net> RaftNode<N> {
     /// expiry slack of drift (1 % of a 10 s TTL), one expiry check period (a heartbeat) and
     /// two election timeouts (a leader change in between).
     pub fn capabilities(&self) -> quorate_coord_api::Capabilities {
-        let t = &self.core.timing;
-        let slack = t.heartbeat + t.election_max * 2 + Duration::from_millis(100);
-        crate::backend::capabilities("quorate-raft", &self.core.machine_limits, slack, true)
+        self.core.capabilities()
     }
 
     /// This node as a `quorate_coord_api::Coord`.
@@ -379,6 +385,13 @@ impl<N: Net> RaftNode<N> {
 }
 
 impl<N: Net> Core<N> {
+    /// See [`RaftNode::capabilities`].
+    fn capabilities(&self) -> quorate_coord_api::Capabilities {
+        let t = &self.timing;
+        let slack = t.heartbeat + t.election_max * 2 + Duration::from_millis(100);
+        crate::backend::capabilities("quorate-raft", &self.machine_limits, slack, true)
+    }
+
     fn name_of(&self, id: u64) -> Option<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -938,6 +951,12 @@ impl<N: Net> Handler for Core<N> {
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
+            Request::Propose(Command::LeaseExpire { .. }) => {
+                // Only this node's own expiry loop proposes expiries (`propose_local`).
+                Response::Propose(Err(CoordError::invalid(
+                    "lease expiries are proposed by the leader's own lease clock, never over the network",
+                )))
+            }
             Request::Propose(cmd) => {
                 let r = match self.check_size(&cmd) {
                     Err(e) => Err(e),
@@ -963,6 +982,7 @@ impl<N: Net> Handler for Core<N> {
                 Local::Done(r) => r,
                 Local::Forward(l) => Err(self.not_leader(l.as_ref())),
             }),
+            Request::Client(c) => Response::Client(self.handle_client(c).await),
         }
     }
 }

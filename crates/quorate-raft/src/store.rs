@@ -12,7 +12,21 @@
 //! not-yet-flushed entries, which the writer drains after each commit.
 //!
 //! Tables: `raft_log` (index -> postcard `Entry`), `raft_meta` (`vote`, `committed`,
-//! `purged`), `raft_snapshot` (`meta`, `data`).
+//! `purged`, `store_id`), `raft_snapshot` (`meta`, `data`).
+//!
+//! **Identity marker.** Next to the database file `F` sits `F.identity` (0600, fsynced),
+//! written once when the store is created: a random store id (also kept in `raft_meta`),
+//! and, from the first start of a node on it, the node name and cluster name. On open, a
+//! marker whose store is missing, empty, of another id, or failing redb's integrity check is
+//! refused with an error naming the file and the fix: a node must never start over silently,
+//! since a new store forgets the node's vote and it could vote twice in one term.
+//!
+//! **Files are private.** [`create_data_dir`] makes the data directory 0700; the database and
+//! the marker are created 0600, and existing ones with group or other bits are tightened.
+//!
+//! **The writer is a tracked task.** [`LogStore::new`] spawns its group-commit writer on the
+//! node's `TaskTracker`; on shutdown it commits what is queued and ends, so the node's
+//! `shutdown` returns only after the last write is durable.
 
 #![allow(
     clippy::result_large_err,
@@ -22,8 +36,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
+use std::io::Write;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +47,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::NodeError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -57,6 +75,126 @@ pub struct Storage {
     db: Arc<Database>,
     name: Arc<str>,
     io: IoMode,
+    /// The identity marker file (none for an in-memory store).
+    marker: Option<Arc<Path>>,
+}
+
+/// What an identity marker file records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Identity {
+    store_id: String,
+    node: Option<String>,
+    cluster: Option<String>,
+}
+
+impl Identity {
+    fn render(&self) -> String {
+        let mut out = String::from(
+            "# quorate raft store identity: written once when this store was created.\n\
+             # Do not delete it while the store is in use: it is how the node notices that its\n\
+             # store was lost (and refuses to start over with no memory of its vote).\n",
+        );
+        out.push_str(&format!("store_id = {}\n", self.store_id));
+        if let Some(n) = &self.node {
+            out.push_str(&format!("node = {n}\n"));
+        }
+        if let Some(c) = &self.cluster {
+            out.push_str(&format!("cluster = {c}\n"));
+        }
+        out
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut id = Identity::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=')?;
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "store_id" => id.store_id = v,
+                "node" => id.node = Some(v),
+                "cluster" => id.cluster = Some(v),
+                _ => {}
+            }
+        }
+        (!id.store_id.is_empty()).then_some(id)
+    }
+}
+
+/// The identity marker of the database file at `path`: `path` with `.identity` appended.
+pub fn marker_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".identity");
+    PathBuf::from(p)
+}
+
+/// Creates the data directory `dir` (and its parents) with mode 0700; an existing one with
+/// group or other permission bits is tightened to 0700 (its contents are the node's vote,
+/// log and state).
+pub fn create_data_dir(dir: &Path) -> Result<(), NodeError> {
+    let fail = |what: &str, e: io::Error| NodeError::Storage {
+        path: dir.display().to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail("cannot create the data directory", e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail("cannot read the data directory", e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+            "data directory is readable by others; tightening it to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail("cannot make the data directory private (chmod 0700)", e))?;
+    }
+    Ok(())
+}
+
+/// Makes the existing file at `path` 0600 if it has group or other bits.
+fn tighten_file(path: &Path) -> io::Result<()> {
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` atomically: a 0600 temporary file, fsynced, renamed over `path`,
+/// then the directory fsynced.
+fn write_private_durable(path: &Path, text: &str) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn random_store_id() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for a store id: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl Debug for Storage {
@@ -69,14 +207,158 @@ impl Debug for Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`, checking it against its identity
+    /// marker (see the module docs) and with redb's full integrity check.
     pub fn open(path: &Path) -> Result<Self, NodeError> {
         let name: Arc<str> = path.display().to_string().into();
-        let db = Database::create(path).map_err(|e| NodeError::Storage {
+        let fail = |reason: String| NodeError::Storage {
             path: name.to_string(),
-            reason: format!("{e} (is another process using this data directory?)"),
-        })?;
-        Self::init(db, name, IoMode::Blocking)
+            reason,
+        };
+        let marker = marker_path(path);
+        let identity = match std::fs::read_to_string(&marker) {
+            Ok(text) => Some(Identity::parse(&text).ok_or_else(|| {
+                fail(format!(
+                    "its identity marker {} is unreadable (no store_id line): restore it from \
+                     a backup, or wipe the whole data directory deliberately and re-add this \
+                     node as a new member",
+                    marker.display()
+                ))
+            })?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(fail(format!("cannot read {}: {e}", marker.display()))),
+        };
+        let len = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(fail(format!("cannot stat the store: {e}"))),
+        };
+        if let Some(id) = &identity
+            && len.unwrap_or(0) == 0
+        {
+            let what = if len.is_none() {
+                "is missing"
+            } else {
+                "is empty"
+            };
+            return Err(fail(lost_store(what, &marker, id)));
+        }
+        if len.is_none() {
+            // Create it private: redb would create it with the umask's mode.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| fail(format!("cannot create the store: {e}")))?;
+        }
+        tighten_file(path).map_err(|e| fail(format!("cannot make the store private: {e}")))?;
+        let db = open_checked(path).map_err(&fail)?;
+        let storage = Self::init(
+            db,
+            name.clone(),
+            IoMode::Blocking,
+            Some(marker.clone().into()),
+        )?;
+        let stored = storage.store_id().map_err(|e| fail(e.to_string()))?;
+        match (&identity, stored) {
+            (Some(id), Some(stored)) if stored == id.store_id => {}
+            (Some(id), _) => {
+                return Err(fail(lost_store(
+                    "is not the store its identity marker names (it was replaced or recreated)",
+                    &marker,
+                    id,
+                )));
+            }
+            (None, Some(stored)) => {
+                tracing::warn!(store = %name, marker = %marker.display(),
+                    "raft store has no identity marker; writing it again");
+                storage.write_marker(&Identity {
+                    store_id: stored,
+                    ..Identity::default()
+                })?;
+            }
+            (None, None) => {
+                // A new store (or one from before markers): give it an id, durably in the
+                // store first, then in the marker.
+                let id = random_store_id().map_err(&fail)?;
+                storage.set_store_id(&id)?;
+                storage.write_marker(&Identity {
+                    store_id: id,
+                    ..Identity::default()
+                })?;
+            }
+        }
+        if identity.is_some() {
+            tighten_file(&marker)
+                .map_err(|e| fail(format!("cannot make {} private: {e}", marker.display())))?;
+        }
+        Ok(storage)
+    }
+
+    /// Checks (and on first use records) that this store belongs to node `node` of cluster
+    /// `cluster`; a store of another node or cluster is refused. In-memory stores are not
+    /// checked.
+    pub fn check_identity(&self, node: &str, cluster: &str) -> Result<(), NodeError> {
+        let Some(marker) = &self.marker else {
+            return Ok(());
+        };
+        let fail = |reason: String| NodeError::Storage {
+            path: self.name.to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(marker)
+            .map_err(|e| fail(format!("cannot read {}: {e}", marker.display())))?;
+        let mut id = Identity::parse(&text)
+            .ok_or_else(|| fail(format!("{} has no store_id line", marker.display())))?;
+        for (field, have, want) in [("node", &id.node, node), ("cluster", &id.cluster, cluster)] {
+            if let Some(have) = have
+                && have != want
+            {
+                return Err(fail(format!(
+                    "this store belongs to {field} {have:?} (see {}), not {want:?}: point \
+                     data_dir at this node's own directory",
+                    marker.display()
+                )));
+            }
+        }
+        if id.node.is_none() || id.cluster.is_none() {
+            id.node = Some(node.to_owned());
+            id.cluster = Some(cluster.to_owned());
+            self.write_marker(&id)?;
+        }
+        Ok(())
+    }
+
+    fn write_marker(&self, id: &Identity) -> Result<(), NodeError> {
+        let Some(marker) = &self.marker else {
+            return Ok(());
+        };
+        write_private_durable(marker, &id.render()).map_err(|e| NodeError::Storage {
+            path: self.name.to_string(),
+            reason: format!("cannot write the identity marker {}: {e}", marker.display()),
+        })
+    }
+
+    fn store_id(&self) -> Result<Option<String>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let t = txn.open_table(META).map_err(read_err)?;
+        Ok(t.get("store_id")
+            .map_err(read_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    fn set_store_id(&self, id: &str) -> Result<(), NodeError> {
+        let fail = |e: &dyn std::fmt::Display| NodeError::Storage {
+            path: self.name.to_string(),
+            reason: format!("recording the store id: {e}"),
+        };
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| fail(&e))?;
+            t.insert("store_id", id.as_bytes()).map_err(|e| fail(&e))?;
+        }
+        txn.commit().map_err(|e| fail(&e))
     }
 
     /// A fresh in-memory database (simulation and tests); commits run inline.
@@ -87,10 +369,15 @@ impl Storage {
                 path: "memory".to_owned(),
                 reason: e.to_string(),
             })?;
-        Self::init(db, "memory".into(), IoMode::Inline)
+        Self::init(db, "memory".into(), IoMode::Inline, None)
     }
 
-    fn init(db: Database, name: Arc<str>, io: IoMode) -> Result<Self, NodeError> {
+    fn init(
+        db: Database,
+        name: Arc<str>,
+        io: IoMode,
+        marker: Option<Arc<Path>>,
+    ) -> Result<Self, NodeError> {
         let fail = |e: &dyn std::fmt::Display| NodeError::Storage {
             path: name.to_string(),
             reason: e.to_string(),
@@ -104,6 +391,7 @@ impl Storage {
             db: Arc::new(db),
             name,
             io,
+            marker,
         })
     }
 
@@ -136,6 +424,55 @@ impl Storage {
         match t.get(key).map_err(read_err)? {
             Some(v) => Ok(Some(postcard::from_bytes(v.value()).map_err(read_err)?)),
             None => Ok(None),
+        }
+    }
+}
+
+/// The error text for a store that its identity marker says existed but is gone or replaced.
+fn lost_store(what: &str, marker: &Path, id: &Identity) -> String {
+    let node = id.node.as_deref().unwrap_or("this node");
+    format!(
+        "the store {what}, but its identity marker {} says {node} already ran on store {}: \
+         starting over would forget its vote and could let it vote twice in one term, so it \
+         does not start. Restore the store file from a backup; or, to rejoin as a new member \
+         deliberately, remove {node} from the cluster, delete the whole data directory (store \
+         and marker), and add it again",
+        marker.display(),
+        id.store_id
+    )
+}
+
+/// Opens the redb file at `path` and runs redb's full integrity check. redb can panic on a
+/// corrupted file; that is caught and reported as corruption.
+fn open_checked(path: &Path) -> Result<Database, String> {
+    let corrupt = |detail: String| {
+        format!(
+            "the store failed redb's integrity check (corrupt: {detail}): restore it from a \
+             backup, or wipe the whole data directory deliberately and re-add this node as a \
+             new member"
+        )
+    };
+    let opened = std::panic::catch_unwind(|| {
+        let mut db = Database::create(path)?;
+        let clean = db.check_integrity()?;
+        Ok::<_, redb::DatabaseError>((db, clean))
+    });
+    match opened {
+        Ok(Ok((db, true))) => Ok(db),
+        Ok(Ok((_, false))) => Err(corrupt(
+            "redb had to repair it, possibly by rolling back committed writes".to_owned(),
+        )),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(
+            "the store is already open (is another process using this data directory?)".to_owned(),
+        ),
+        Ok(Err(e)) => Err(corrupt(e.to_string())),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb panicked while opening it".to_owned());
+            Err(corrupt(detail))
         }
     }
 }
@@ -204,9 +541,16 @@ pub struct LogReader {
 }
 
 impl LogStore {
-    /// A log store on `storage`; spawns its writer task (which ends when the store is
-    /// dropped). `queue_max` bounds the queued writes, `batch_max` the operations per commit.
-    pub fn new(storage: Storage, queue_max: usize, batch_max: usize) -> Result<Self, NodeError> {
+    /// A log store on `storage`; spawns its writer task on `tracker`, which ends when the
+    /// store is dropped or `stop` fires (after committing what is queued). `queue_max` bounds
+    /// the queued writes, `batch_max` the operations per commit.
+    pub fn new(
+        storage: Storage,
+        queue_max: usize,
+        batch_max: usize,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Self, NodeError> {
         let purged: Option<LogId> =
             storage
                 .read_meta("purged")
@@ -228,7 +572,7 @@ impl LogStore {
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |c| c.index))),
         });
         let (tx, rx) = mpsc::channel(queue_max.max(1));
-        tokio::spawn(writer(shared.clone(), rx, batch_max.max(1)));
+        tracker.spawn(writer(shared.clone(), rx, batch_max.max(1), stop));
         Ok(Self { shared, tx })
     }
 
@@ -259,9 +603,23 @@ impl LogStore {
 }
 
 /// The writer task: drains the queue into group commits.
-async fn writer(shared: Arc<LogShared>, mut rx: mpsc::Receiver<WriteOp>, batch_max: usize) {
+async fn writer(
+    shared: Arc<LogShared>,
+    mut rx: mpsc::Receiver<WriteOp>,
+    batch_max: usize,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(batch_max);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            op = rx.recv() => op,
+            // Shutting down: commit what is queued, then end.
+            _ = stop.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            break;
+        };
         batch.push(first);
         while batch.len() < batch_max {
             match rx.try_recv() {

@@ -19,9 +19,16 @@ use quorate_wire::{ClusterKey, KeyRing, Sealer, WireConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Connects and reads the node's challenge (sent on every accepted connection).
+async fn connect(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    quorate_wire::Challenge::read_from(&mut s).await.unwrap();
+    s
+}
+
 /// Sends `bytes` on a fresh connection and expects the node to close it without answering.
 async fn expect_closed(addr: &str, bytes: &[u8]) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = connect(addr).await;
     // The server may close before reading all of it; a reset is also a close.
     let _ = s.write_all(bytes).await;
     // A short frame leaves the node waiting for the rest: end our side so it sees EOF.
@@ -39,7 +46,7 @@ async fn expect_closed(addr: &str, bytes: &[u8]) {
 /// Sends `bytes` on a fresh connection, keeps the connection open, and expects the node to
 /// close it without waiting for more.
 async fn expect_closed_at_once(addr: &str, bytes: &[u8]) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = connect(addr).await;
     let _ = s.write_all(bytes).await;
     let mut buf = [0u8; 64];
     let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
@@ -92,13 +99,13 @@ async fn unauthenticated_connections_cannot_make_large_allocations() {
     let mut client = RemoteClient::new(
         TokioNet,
         TransportConfig {
-            wire,
             frame_bytes_max: std::num::NonZeroU32::new(16 << 20).unwrap(),
             connect_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(10),
             idle_per_peer_max: 1,
             inbound_connections_max: 1,
             inbound_idle_timeout: Duration::from_secs(10),
+            ..TransportConfig::from_limits(wire, &quorate_raft::Limits::default())
         },
         vec![addr.clone(), c.addrs[leader].clone()],
     );

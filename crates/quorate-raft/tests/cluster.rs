@@ -76,13 +76,13 @@ async fn remote_client_moves_on_from_a_hung_node_after_a_timeout() {
     let mut client = RemoteClient::new(
         TokioNet,
         TransportConfig {
-            wire: common::wire(),
             frame_bytes_max: std::num::NonZeroU32::new(1 << 20).unwrap(),
             connect_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_millis(500),
             idle_per_peer_max: 1,
             inbound_connections_max: 1,
             inbound_idle_timeout: Duration::from_secs(10),
+            ..TransportConfig::from_limits(common::wire(), &quorate_raft::Limits::default())
         },
         addrs,
     );

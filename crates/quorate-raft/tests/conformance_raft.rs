@@ -1,6 +1,8 @@
 //! The coordination conformance suite against quorate-raft on real loopback TCP: one node, and
-//! three nodes with one client per node (followers forward to the leader). One test per suite
-//! area, so a failure names its area and the others still run.
+//! three nodes with one client per node (followers forward to the leader), and three nodes
+//! driven from outside through the remote client (`client::CoordClient`, one per node, each
+//! starting at its own node). One test per suite area, so a failure names its area and the
+//! others still run.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
 
 mod common;
@@ -18,11 +20,28 @@ type Area = for<'a> fn(
 ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 async fn run(n: usize, name: &str, area: Area) {
+    run_with(n, name, area, false).await;
+}
+
+async fn run_with(n: usize, name: &str, area: Area, remote: bool) {
     let mut c = common::Cluster::start(n).await;
     c.leader().await;
-    let clients: Vec<Arc<dyn Coord>> = (0..n)
-        .map(|i| Arc::new(c.node(i).backend()) as Arc<dyn Coord>)
-        .collect();
+    let mut clients: Vec<Arc<dyn Coord>> = Vec::new();
+    for i in 0..n {
+        if remote {
+            let mut addrs = c.addrs.clone();
+            addrs.rotate_left(i);
+            let client = common::remote_client(addrs).await;
+            clients.push(Arc::new(client));
+        } else {
+            clients.push(Arc::new(c.node(i).backend()));
+        }
+    }
+    let name = if remote {
+        format!("remote-{name}")
+    } else {
+        name.to_owned()
+    };
     let report = area(
         &clients,
         &SuiteConfig::new(format!("conformance/{n}/{name}/")),
@@ -52,6 +71,15 @@ macro_rules! areas {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $area() {
                     run(3, stringify!($area), |c, s| Box::pin(conformance::$area(c, s))).await;
+                }
+            )*
+        }
+        mod three_nodes_remote_client {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $area() {
+                    run_with(3, stringify!($area), |c, s| Box::pin(conformance::$area(c, s)), true).await;
                 }
             )*
         }

@@ -73,13 +73,13 @@ fn addr(i: usize) -> String {
 
 fn transport(timeout: Duration) -> TransportConfig {
     TransportConfig {
-        wire: wire(None),
         frame_bytes_max: std::num::NonZeroU32::new(16 << 20).unwrap(),
         connect_timeout: Duration::from_millis(200),
         rpc_timeout: timeout,
         idle_per_peer_max: 2,
         inbound_connections_max: 64,
         inbound_idle_timeout: Duration::from_secs(60),
+        ..TransportConfig::from_limits(wire(None), &quorate_raft::Limits::default())
     }
 }
 

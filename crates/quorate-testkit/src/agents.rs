@@ -35,7 +35,7 @@ mod tests {
     #[test]
     fn written_configs_pass_the_agents_own_validation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let plan = LoopbackPlan::new("testkit", 3).expect("plan");
+        let plan = LoopbackPlan::new("testkit", 3, dir.path()).expect("plan");
         for i in 0..3 {
             let path = write_config(&plan, i, dir.path(), |c| {
                 c.gossip.tags.insert("failover-priority".into(), "7".into());

@@ -6,10 +6,16 @@
 //! associated data, so a frame of another cluster, or one changed in any byte, is rejected
 //! before its payload is decoded.
 //!
+//! A **datagram** is also bound to its recipient: [`Sealer::seal_datagram`] adds the
+//! recipient's identity (for gossip, its node id) to the associated data, and
+//! [`Opener::open_datagram`] checks it against the receiver's own, so a datagram sealed for
+//! node A fails authentication at node B. Only a first-contact datagram (a join request to a
+//! seed address, whose node id the sender cannot know yet) is sealed for [`RECIPIENT_ANYONE`].
+//!
 //! ```text
 //! offset size field
 //!  0     4    magic "QRTW"
-//!  4     1    protocol version (1)
+//!  4     1    protocol version (2)
 //!  5     2    message kind (big endian), see MessageKind
 //!  7     1    key hint: which key of the ring sealed the frame
 //!  8     4    cluster tag: FNV-1a of the cluster name, for a clear "wrong cluster" error
@@ -32,10 +38,24 @@
 //!   timestamp of any session it forgets, so neither a restart of the receiver nor eviction
 //!   opens a replay window wider than `clock_skew_max`.
 //!
+//! An opener also rejects, with [`WireError::OwnSession`], an authentic frame of a session
+//! registered with [`Opener::add_own_session`]: a node registers its own sealers, so a copy of
+//! one of its own datagrams sent back to it (which its replay guard has never seen) is dropped.
+//!
 //! On a stream, a [`StreamOpener`] additionally requires one session per connection and strictly
-//! increasing sequence numbers. What is left: right after a receiver restarts, a frame sealed in
-//! the last `clock_skew_max` before that restart can be replayed once. The protocols above
-//! (Raft with terms, SWIM with incarnations) treat such a stale message as stale.
+//! increasing sequence numbers.
+//!
+//! # Stream binding (server challenge)
+//! A TCP server first sends a [`Challenge`] (`"QRTC"` and 16 random bytes, unauthenticated) on
+//! every connection it accepts. Both sides then seal and open every frame of that connection
+//! with the challenge appended to the associated data ([`Sealer::bound`],
+//! [`StreamOpener::bound`]). A frame therefore authenticates only on the one connection it was
+//! sealed for: a frame captured on another connection, or sent to another node, fails
+//! authentication instead of being accepted once as "new". Datagrams carry no challenge.
+//!
+//! What is left: right after a receiver restarts, a datagram sealed in the last
+//! `clock_skew_max` before that restart can be replayed once. The protocols above (Raft with
+//! terms, SWIM with incarnations) treat such a stale message as stale.
 //!
 //! # Example
 //! ```
@@ -72,8 +92,15 @@ use replay::ReplayGuard;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"QRTW";
-/// The protocol version this build writes and reads.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build writes and reads. Version 2 binds a datagram's recipient
+/// into its associated data ([`Sealer::seal_datagram`]); version 1 did not.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The recipient of a datagram sealed for whoever receives it (first contact only).
+pub const RECIPIENT_ANYONE: &[u8] = b"";
+/// The longest recipient identity a datagram can be bound to, in bytes.
+pub const RECIPIENT_BYTES_MAX: usize = 1024;
+/// How many own sender sessions an [`Opener`] remembers ([`Opener::add_own_session`]).
+pub const OWN_SESSIONS_MAX: usize = 64;
 /// Size of the fixed frame header, in bytes.
 pub const HEADER_BYTES: usize = 40;
 /// Size of the AEAD tag at the end of the ciphertext, in bytes.
@@ -84,6 +111,10 @@ pub const FRAME_BYTES_MIN: u32 = 512;
 pub const FRAME_BYTES_LIMIT: u32 = 64 << 20;
 /// The most keys a [`KeyRing`] holds (one to send plus those also accepted).
 pub const KEYS_MAX: usize = 8;
+/// The four bytes a server's [`Challenge`] starts with.
+pub const CHALLENGE_MAGIC: [u8; 4] = *b"QRTC";
+/// Size of a challenge message on the wire: magic and 16 random bytes.
+pub const CHALLENGE_BYTES: usize = 20;
 
 /// A frame could not be sealed or opened, or a config was invalid. Nothing was delivered.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +160,21 @@ pub enum WireError {
         /// Our tag.
         ours: u32,
     },
-    /// Authentication failed: wrong key, another cluster's name, or a changed byte.
-    #[error("frame failed authentication: wrong cluster key, or tampered with")]
+    /// Authentication failed: wrong key, another cluster's name, a datagram sealed for
+    /// another recipient, or a changed byte.
+    #[error(
+        "frame failed authentication: wrong cluster key or cluster name, sealed for another node, or tampered with"
+    )]
     AuthFailed,
     /// The frame was authentic but was already accepted, or is too old.
     #[error("replayed or stale frame rejected: {0}")]
     Replay(&'static str),
+    /// The frame is authentic but carries one of this node's own sender sessions: a copy of a
+    /// frame this node sent, sent back to it (a reflection or replay). Nothing was delivered.
+    #[error(
+        "frame carries this node's own sender session {0:016x}: a copy of our own frame sent back to us, dropped"
+    )]
+    OwnSession(u64),
     /// The authenticated payload did not decode as the expected message type.
     #[error("authentic frame with undecodable payload: {0}")]
     Decode(postcard::Error),
@@ -433,11 +473,113 @@ impl Header {
     }
 }
 
-fn aad(header: &[u8; HEADER_BYTES], cluster_name: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(HEADER_BYTES + cluster_name.len());
+fn aad(header: &[u8; HEADER_BYTES], cluster_name: &str, binding: Option<&Challenge>) -> Vec<u8> {
+    let mut a = Vec::with_capacity(HEADER_BYTES + cluster_name.len() + 16);
     a.extend_from_slice(header);
     a.extend_from_slice(cluster_name.as_bytes());
+    if let Some(c) = binding {
+        a.extend_from_slice(&c.0);
+    }
     a
+}
+
+/// The associated data of a datagram: header, then the cluster name and the recipient, each
+/// with a 2-byte length, so that no (name, recipient) pair can be read as another. It can never
+/// equal a stream frame's (header, name): it is longer by at least four bytes.
+fn datagram_aad(
+    header: &[u8; HEADER_BYTES],
+    cluster_name: &str,
+    recipient: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    if recipient.len() > RECIPIENT_BYTES_MAX {
+        return Err(WireError::Config(format!(
+            "datagram recipient of {} bytes exceeds {RECIPIENT_BYTES_MAX}: use a node id",
+            recipient.len()
+        )));
+    }
+    let mut a = Vec::with_capacity(HEADER_BYTES + 4 + cluster_name.len() + recipient.len());
+    a.extend_from_slice(header);
+    for part in [cluster_name.as_bytes(), recipient] {
+        a.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        a.extend_from_slice(part);
+    }
+    Ok(a)
+}
+
+/// The message kind in a datagram's header, read **before** authentication (so that the
+/// receiver can pick the recipient to open it as; the kind is authenticated when it is opened).
+/// `None` if the bytes are too short to hold a header.
+pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
+    match frame {
+        [_, _, _, _, _, hi, lo, ..] if frame.len() >= HEADER_BYTES => {
+            Some(MessageKind(u16::from_be_bytes([*hi, *lo])))
+        }
+        _ => None,
+    }
+}
+
+/// A server's random challenge for one stream connection; frames sealed for that connection
+/// carry it in their associated data (see the crate docs, "Stream binding").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Challenge([u8; 16]);
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Challenge(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Challenge {
+    /// A fresh challenge from the operating system's randomness.
+    pub fn generate() -> Result<Self, WireError> {
+        let mut c = [0u8; 16];
+        getrandom::fill(&mut c)
+            .map_err(|e| WireError::Config(format!("no OS randomness for a challenge: {e}")))?;
+        Ok(Self(c))
+    }
+
+    /// A challenge with given bytes (tests and simulation).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The challenge as sent on the wire ([`CHALLENGE_BYTES`] bytes).
+    pub fn encode(&self) -> [u8; CHALLENGE_BYTES] {
+        let mut out = [0u8; CHALLENGE_BYTES];
+        out[..4].copy_from_slice(&CHALLENGE_MAGIC);
+        out[4..].copy_from_slice(&self.0);
+        out
+    }
+
+    /// Parses a challenge as received; anything not starting with [`CHALLENGE_MAGIC`] is
+    /// [`WireError::BadMagic`] (not a quorate server, or an older one without challenges).
+    pub fn decode(bytes: &[u8; CHALLENGE_BYTES]) -> Result<Self, WireError> {
+        let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if magic != CHALLENGE_MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        let mut c = [0u8; 16];
+        c.copy_from_slice(&bytes[4..]);
+        Ok(Self(c))
+    }
+
+    /// Reads a server's challenge from a fresh connection (the client side).
+    pub async fn read_from<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Self, WireError> {
+        let mut b = [0u8; CHALLENGE_BYTES];
+        reader.read_exact(&mut b).await?;
+        Self::decode(&b)
+    }
+
+    /// Writes this challenge to a fresh connection and flushes (the server side).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> Result<(), WireError> {
+        writer.write_all(&self.encode()).await?;
+        writer.flush().await?;
+        Ok(())
+    }
 }
 
 /// The sending side: seals messages into frames under the ring's send key. One sealer is one
@@ -451,6 +593,7 @@ pub struct Sealer {
     seq: AtomicU64,
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
+    binding: Option<Challenge>,
 }
 
 impl fmt::Debug for Sealer {
@@ -474,6 +617,14 @@ impl Sealer {
         Self::with_session(config, u64::from_be_bytes(s))
     }
 
+    /// A sealer for one stream connection whose server sent `challenge`: a fresh session, and
+    /// every frame bound to that connection (see the crate docs, "Stream binding").
+    pub fn bound(config: &WireConfig, challenge: &Challenge) -> Self {
+        let mut s = Self::new(config);
+        s.binding = Some(*challenge);
+        s
+    }
+
     /// A sealer with a given session id: for deterministic simulation. Two sealers under one
     /// key must never share a session id.
     pub fn with_session(config: &WireConfig, session: u64) -> Self {
@@ -486,7 +637,38 @@ impl Sealer {
             seq: AtomicU64::new(1),
             frame_bytes_max: config.frame_bytes_max,
             wall_clock: config.wall_clock.clone(),
+            binding: None,
         }
+    }
+
+    /// This sealer's session id (register it with [`Opener::add_own_session`] on the same
+    /// node, so that copies of its frames sent back to the node are dropped).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Encodes `msg` with postcard and seals it into one datagram for `recipient` (the
+    /// receiver's identity, e.g. its node id; [`RECIPIENT_ANYONE`] for first contact).
+    pub fn seal_datagram<T: Serialize + ?Sized>(
+        &self,
+        kind: MessageKind,
+        msg: &T,
+        recipient: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        let plain = postcard::to_allocvec(msg).map_err(WireError::Encode)?;
+        self.seal_datagram_bytes(kind, &plain, recipient)
+    }
+
+    /// Seals already-encoded bytes into one datagram for `recipient`.
+    pub fn seal_datagram_bytes(
+        &self,
+        kind: MessageKind,
+        plain: &[u8],
+        recipient: &[u8],
+    ) -> Result<Vec<u8>, WireError> {
+        self.seal_with(kind, plain, |h| {
+            datagram_aad(h, &self.cluster_name, recipient)
+        })
     }
 
     /// The largest encoded message this sealer can send.
@@ -506,6 +688,17 @@ impl Sealer {
 
     /// Seals already-encoded bytes into one frame.
     pub fn seal_bytes(&self, kind: MessageKind, plain: &[u8]) -> Result<Vec<u8>, WireError> {
+        self.seal_with(kind, plain, |h| {
+            Ok(aad(h, &self.cluster_name, self.binding.as_ref()))
+        })
+    }
+
+    fn seal_with(
+        &self,
+        kind: MessageKind,
+        plain: &[u8],
+        make_aad: impl FnOnce(&[u8; HEADER_BYTES]) -> Result<Vec<u8>, WireError>,
+    ) -> Result<Vec<u8>, WireError> {
         let len = plain.len() + TAG_BYTES;
         let total = (HEADER_BYTES + len) as u64;
         if total > u64::from(self.frame_bytes_max.get()) {
@@ -525,13 +718,14 @@ impl Sealer {
             len: len as u32,
         };
         let hbytes = header.encode();
+        let aad = make_aad(&hbytes)?;
         let ct = self
             .cipher
             .encrypt(
                 &header.nonce(),
                 Payload {
                     msg: plain,
-                    aad: &aad(&hbytes, &self.cluster_name),
+                    aad: &aad,
                 },
             )
             .map_err(|_| WireError::AuthFailed)?;
@@ -549,6 +743,7 @@ struct OpenerInner {
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
     guard: Mutex<ReplayGuard>,
+    own_sessions: Mutex<std::collections::VecDeque<u64>>,
 }
 
 /// The receiving side: authenticates frames, rejects replays, decodes payloads. Cheap to clone;
@@ -596,6 +791,7 @@ impl Opener {
                     config.clock_skew_max,
                     config.sessions_max,
                 )),
+                own_sessions: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -612,8 +808,41 @@ impl Opener {
         Ok((f.kind, msg))
     }
 
+    /// Registers a sender session of this node (see [`Sealer::session`]): authentic frames
+    /// carrying it are rejected with [`WireError::OwnSession`]. At most [`OWN_SESSIONS_MAX`]
+    /// are kept; registering more forgets the oldest.
+    pub fn add_own_session(&self, session: u64) {
+        let mut own = self
+            .inner
+            .own_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !own.contains(&session) {
+            if own.len() >= OWN_SESSIONS_MAX {
+                own.pop_front();
+            }
+            own.push_back(session);
+        }
+    }
+
+    /// Opens one whole datagram sealed for `recipient` (this node's identity, or
+    /// [`RECIPIENT_ANYONE`]) without decoding the payload. A datagram sealed for another
+    /// recipient fails with [`WireError::AuthFailed`].
+    pub fn open_datagram(&self, frame: &[u8], recipient: &[u8]) -> Result<OpenedFrame, WireError> {
+        let (h, hbytes) = self.parse_whole(frame)?;
+        let aad = datagram_aad(&hbytes, &self.inner.cluster_name, recipient)?;
+        self.authenticate_with(&h, &aad, &frame[HEADER_BYTES..])
+    }
+
     /// Opens one whole frame without decoding the payload.
     pub fn open_raw(&self, frame: &[u8]) -> Result<OpenedFrame, WireError> {
+        let (h, hbytes) = self.parse_whole(frame)?;
+        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..], None)
+    }
+
+    /// Parses the header of a whole frame and checks that the frame is exactly as long as
+    /// the header says.
+    fn parse_whole(&self, frame: &[u8]) -> Result<(Header, [u8; HEADER_BYTES]), WireError> {
         let (h, hbytes) = self.parse_header(frame)?;
         let needed = HEADER_BYTES + h.len as usize;
         if frame.len() < needed {
@@ -625,7 +854,7 @@ impl Opener {
         if frame.len() > needed {
             return Err(WireError::Decode(postcard::Error::DeserializeBadEncoding));
         }
-        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..])
+        Ok((h, hbytes))
     }
 
     fn parse_header(&self, frame: &[u8]) -> Result<(Header, [u8; HEADER_BYTES]), WireError> {
@@ -645,6 +874,17 @@ impl Opener {
         h: &Header,
         hbytes: &[u8; HEADER_BYTES],
         ct: &[u8],
+        binding: Option<&Challenge>,
+    ) -> Result<OpenedFrame, WireError> {
+        let aad = aad(hbytes, &self.inner.cluster_name, binding);
+        self.authenticate_with(h, &aad, ct)
+    }
+
+    fn authenticate_with(
+        &self,
+        h: &Header,
+        aad: &[u8],
+        ct: &[u8],
     ) -> Result<OpenedFrame, WireError> {
         let inner = &self.inner;
         if h.cluster_tag != inner.cluster_tag {
@@ -653,14 +893,23 @@ impl Opener {
                 ours: inner.cluster_tag,
             });
         }
-        let aad = aad(hbytes, &inner.cluster_name);
         let nonce = h.nonce();
         let payload = inner
             .keys
             .iter()
             .filter(|(hint, _)| *hint == h.key_hint)
-            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad: &aad }).ok())
+            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad }).ok())
             .ok_or(WireError::AuthFailed)?;
+        // Authentic: checked after the AEAD so that the error (and its counter) means a real
+        // copy of our own frame, not any bytes with our session id in them.
+        if inner
+            .own_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&h.session)
+        {
+            return Err(WireError::OwnSession(h.session));
+        }
         let now = (inner.wall_clock)();
         inner
             .guard
@@ -683,14 +932,27 @@ impl Opener {
 pub struct StreamOpener {
     opener: Opener,
     last: Option<(u64, u64)>,
+    binding: Option<Challenge>,
 }
 
 impl StreamOpener {
-    /// A stream opener for one new connection.
+    /// A stream opener for one new connection whose frames are not bound to it (no
+    /// challenge was exchanged).
     pub fn new(opener: &Opener) -> Self {
         Self {
             opener: opener.clone(),
             last: None,
+            binding: None,
+        }
+    }
+
+    /// A stream opener for one connection with the given challenge (the server's, sent on
+    /// accept): it accepts only frames sealed with [`Sealer::bound`] for this challenge.
+    pub fn bound(opener: &Opener, challenge: &Challenge) -> Self {
+        Self {
+            opener: opener.clone(),
+            last: None,
+            binding: Some(*challenge),
         }
     }
 
@@ -705,7 +967,9 @@ impl StreamOpener {
         let h = Header::decode(&hbytes, self.opener.inner.frame_bytes_max)?;
         let mut body = vec![0u8; h.len as usize];
         reader.read_exact(&mut body).await?;
-        let f = self.opener.authenticate(&h, &hbytes, &body)?;
+        let f = self
+            .opener
+            .authenticate(&h, &hbytes, &body, self.binding.as_ref())?;
         match self.last {
             Some((session, _)) if session != f.session => {
                 return Err(WireError::Replay("sender session changed within a stream"));

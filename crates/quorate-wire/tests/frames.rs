@@ -108,19 +108,19 @@ fn key_rotation_accepts_old_and_new() {
 fn old_protocol_version_rejected_clearly() {
     let (s, o) = pair();
     let mut f = s.seal(KIND, &1u8).unwrap();
-    f[4] = 0;
+    f[4] = 1;
     let e = o.open::<u8>(&f).unwrap_err();
     assert!(
         matches!(
             e,
             WireError::UnsupportedVersion {
-                got: 0,
-                supported: 1
+                got: 1,
+                supported: quorate_wire::PROTOCOL_VERSION
             }
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("version 0"));
+    assert!(e.to_string().contains("version 1"));
 }
 
 #[test]
@@ -378,4 +378,109 @@ fn every_single_byte_tamper_of_one_frame_is_detected_exhaustively() {
     }
     // And the untampered frame still opens (the tampered ones did not poison the guard).
     assert!(o.open::<Vec<u8>>(&f).is_ok());
+}
+
+/// Issue 14: "Frames can be replayed across nodes." A datagram sealed for node A fails
+/// authentication at node B (same key, same cluster), and opens at A.
+#[test]
+fn datagram_sealed_for_one_node_is_rejected_by_another() {
+    let ck = clock();
+    let c = config_at("prod", key(1), &ck);
+    let sender = Sealer::new(&c);
+    let (at_a, at_b) = (Opener::new(&c), Opener::new(&c));
+    let f = sender.seal_datagram(KIND, &7u32, b"node-a").unwrap();
+    assert!(matches!(
+        at_b.open_datagram(&f, b"node-b"),
+        Err(WireError::AuthFailed)
+    ));
+    assert!(matches!(
+        at_b.open_datagram(&f, quorate_wire::RECIPIENT_ANYONE),
+        Err(WireError::AuthFailed)
+    ));
+    // Nor does a datagram open as a stream-style frame, or the other way round.
+    assert!(matches!(at_b.open_raw(&f), Err(WireError::AuthFailed)));
+    let plain = sender.seal(KIND, &7u32).unwrap();
+    assert!(matches!(
+        at_a.open_datagram(&plain, b"node-a"),
+        Err(WireError::AuthFailed)
+    ));
+    let opened = at_a.open_datagram(&f, b"node-a").unwrap();
+    assert_eq!(opened.kind, KIND);
+    assert_eq!(postcard::from_bytes::<u32>(&opened.payload).unwrap(), 7);
+    assert_eq!(quorate_wire::peek_kind(&f), Some(KIND));
+    assert_eq!(quorate_wire::peek_kind(&f[..HEADER_BYTES - 1]), None);
+    // A first-contact datagram opens for whoever receives it.
+    let any = sender
+        .seal_datagram(KIND, &8u32, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    at_b.open_datagram(&any, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+}
+
+/// Issue 14: "A node's opener has never seen its own sealer session, so its own datagrams pass
+/// the replay check when sent back to it." With its sealer registered, they are dropped with
+/// a distinct error, and a peer's frames still open.
+#[test]
+fn own_session_frames_are_rejected() {
+    let ck = clock();
+    let c = config_at("prod", key(1), &ck);
+    let own = Sealer::new(&c);
+    let peer = Sealer::new(&c);
+    let opener = Opener::new(&c);
+    opener.add_own_session(own.session());
+    let f = own
+        .seal_datagram(KIND, &1u8, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    let e = opener
+        .open_datagram(&f, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap_err();
+    assert!(
+        matches!(e, WireError::OwnSession(s) if s == own.session()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("own"));
+    let g = peer
+        .seal_datagram(KIND, &1u8, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    opener
+        .open_datagram(&g, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    // Bounded: registering many sessions forgets the oldest.
+    for s in 0..quorate_wire::OWN_SESSIONS_MAX as u64 {
+        opener.add_own_session(s + 1_000);
+    }
+    let h = own
+        .seal_datagram(KIND, &2u8, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    opener
+        .open_datagram(&h, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_frame_bound_to_one_connection_does_not_open_on_another() {
+    let c = config_at("prod", key(1), &clock());
+    let o = Opener::new(&c);
+    let first = quorate_wire::Challenge::from_bytes([1; 16]);
+    let second = quorate_wire::Challenge::from_bytes([2; 16]);
+    let frame = Sealer::bound(&c, &first).seal(KIND, &5u8).unwrap();
+    // On another connection (another challenge), or on one without a challenge: refused.
+    for mut so in [StreamOpener::bound(&o, &second), StreamOpener::new(&o)] {
+        let e = read_frame::<u8, _>(&mut frame.as_slice(), &mut so)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WireError::AuthFailed), "{e:?}");
+    }
+    // On its own connection: accepted.
+    let (_, v) = read_frame::<u8, _>(&mut frame.as_slice(), &mut StreamOpener::bound(&o, &first))
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    // A challenge round-trips; anything else is not a challenge.
+    assert_eq!(
+        quorate_wire::Challenge::decode(&first.encode()).unwrap(),
+        first
+    );
+    let e = quorate_wire::Challenge::decode(&[0u8; quorate_wire::CHALLENGE_BYTES]).unwrap_err();
+    assert!(matches!(e, WireError::BadMagic(_)), "{e:?}");
 }

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
-use crate::report::{AgentEvent, RoleChangeEvent, StatusFile};
+use crate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 
 /// The demo role's name.
 pub const ROLE: &str = "demo-primary";
@@ -57,6 +57,8 @@ pub struct LoopbackPlan {
     pub cluster_name: String,
     /// The key, as hex.
     pub key_hex: String,
+    /// The key file every node's config names (mode 0600).
+    pub key_file: std::path::PathBuf,
     /// Node names (`n1`, `n2`, ...).
     pub names: Vec<String>,
     /// Raft listen addresses, by node.
@@ -66,11 +68,16 @@ pub struct LoopbackPlan {
 }
 
 impl LoopbackPlan {
-    /// `n` nodes on free loopback ports with a fresh key.
-    pub fn new(cluster_name: &str, n: usize) -> Result<LoopbackPlan> {
+    /// `n` nodes on free loopback ports with a fresh key, written to `dir/cluster.key`
+    /// (mode 0600: the config may not hold the key itself).
+    pub fn new(cluster_name: &str, n: usize, dir: &Path) -> Result<LoopbackPlan> {
+        let key_file = dir.join("cluster.key");
+        quorate_startup::config::write_new_key_file(&key_file).map_err(anyhow::Error::msg)?;
+        let key_hex = std::fs::read_to_string(&key_file)?.trim().to_owned();
         let mut plan = LoopbackPlan {
             cluster_name: cluster_name.to_owned(),
-            key_hex: quorate_wire::ClusterKey::generate()?.to_hex(),
+            key_hex,
+            key_file,
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             raft: Vec::new(),
             gossip: Vec::new(),
@@ -87,8 +94,9 @@ impl LoopbackPlan {
     pub fn agent(&self, i: usize, data_dir: &Path) -> AgentConfig {
         AgentConfig {
             cluster_name: self.cluster_name.clone(),
-            cluster_key: Some(self.key_hex.clone()),
-            cluster_key_file: None,
+            cluster_key: None,
+            accepted_key_files: Vec::new(),
+            cluster_key_file: Some(self.key_file.clone()),
             node_id: self.names[i].clone(),
             data_dir: data_dir.to_path_buf(),
             profile: "lan".to_owned(),
@@ -117,6 +125,7 @@ impl LoopbackPlan {
             },
             checks: Vec::new(),
             roles: Vec::new(),
+            startup: Default::default(),
         }
     }
 }
@@ -127,7 +136,7 @@ pub fn to_toml(config: &AgentConfig) -> Result<String> {
 }
 
 fn write_configs(dir: &Path) -> Result<Vec<Node>> {
-    let plan = LoopbackPlan::new("quorate-demo", 3)?;
+    let plan = LoopbackPlan::new("quorate-demo", 3, dir)?;
     let log = dir.join("actions.log");
     let hook = |what: &str| {
         format!(
@@ -166,7 +175,7 @@ fn write_configs(dir: &Path) -> Result<Vec<Node>> {
     Ok(nodes)
 }
 
-fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, AgentEvent)>) -> Result<()> {
+fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, NodeEvent)>) -> Result<()> {
     let exe = std::env::current_exe().context("finding the quorate executable")?;
     let mut child = Command::new(exe)
         .arg("agent")
@@ -189,7 +198,7 @@ fn spawn(node: &mut Node, tx: &mpsc::Sender<(String, AgentEvent)>) -> Result<()>
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(e) = AgentEvent::parse(&line)
+            if let Some(e) = NodeEvent::parse(&line)
                 && tx.send((name.clone(), e)).await.is_err()
             {
                 break;
@@ -242,7 +251,7 @@ fn why(dir: &Path) -> String {
 /// Waits for a role change naming a new primary other than `not`; returns it. On timeout the
 /// error carries each node's health and last role decision (read from `dir`).
 async fn wait_primary(
-    rx: &mut mpsc::Receiver<(String, AgentEvent)>,
+    rx: &mut mpsc::Receiver<(String, NodeEvent)>,
     not: Option<&str>,
     t0: Instant,
     wait: Duration,
@@ -261,7 +270,7 @@ async fn wait_primary(
             })?
             .context("all agents exited")?;
         match e {
-            AgentEvent::RoleChange(rc) => {
+            NodeEvent::RoleChange(rc) => {
                 println!("{}", describe(&from, &rc, t0));
                 if let Some(p) = rc.new_primary
                     && Some(p.as_str()) != not
@@ -269,7 +278,7 @@ async fn wait_primary(
                     return Ok(p);
                 }
             }
-            AgentEvent::Started { component, pid, .. } if component == "failover" => {
+            NodeEvent::Started { component, pid, .. } if component == "failover" => {
                 println!(
                     "[{:>7.2} s] {from} is up (pid {pid})",
                     t0.elapsed().as_secs_f64(),
@@ -441,7 +450,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
                         tokio::select! {
                             r = &mut rejoin => { r?; break; }
                             Some((from, e)) = rx.recv() => {
-                                if let AgentEvent::RoleChange(rc) = e {
+                                if let NodeEvent::RoleChange(rc) = e {
                                     println!("{}", describe(&from, &rc, t0));
                                     if let Some(p) = rc.new_primary {
                                         primary = p;

@@ -1,9 +1,11 @@
-//! quorate: the binary's library part. `quorate agent` runs one node from a validated TOML
-//! config ([`config`]), wiring health ([`quorate_health`]), membership
-//! ([`quorate_membership`]), embedded coordination ([`quorate_raft`]) and failover
-//! ([`quorate_failover`]) in that order ([`agent`]); role hooks can be shell commands
-//! ([`hooks`]); `quorate demo` starts three agents on loopback ([`demo`]); `quorate status`
-//! prints a node's view ([`status`]).
+//! quorate: the facade and the binary's library part.
+//!
+//! - The facade re-exports the components (`quorate::health`, `quorate::raft`,
+//!   `quorate::failover`, ...) and the node assembly ([`startup`], [`Node`]); the etcd backend
+//!   only with the `etcd` feature.
+//! - `quorate agent` ([`agent`]) is clap + config -> [`Node::builder`], printing the node's
+//!   events as JSON lines; `quorate demo` starts three agents on loopback ([`demo`]);
+//!   `quorate status` prints a node's view and says when it is stale ([`status`]).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -24,9 +26,9 @@ pub use quorate_raft as raft;
 pub use quorate_types as types;
 pub use quorate_wire as wire;
 
+pub use quorate_startup as startup;
+pub use quorate_startup::{Node, config, report};
+
 pub mod agent;
-pub mod config;
 pub mod demo;
-pub mod hooks;
-pub mod report;
 pub mod status;

@@ -51,8 +51,13 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print a new random cluster key (64 hex digits).
-    Keygen,
+    /// Make a new random cluster key (64 hex digits): written to `--out FILE` (mode 0600,
+    /// never overwriting), or printed.
+    Keygen {
+        /// The key file to create (refused if it exists).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
     let load = |p: &PathBuf| quorate::config::load(p).map_err(anyhow::Error::from);
     let r = rt.block_on(async {
         match cli.command {
-            Cmd::Agent { config } => quorate::agent::run(load(&config)?).await,
+            Cmd::Agent { config } => Box::pin(quorate::agent::run(load(&config)?)).await,
             Cmd::Demo {
                 chaos,
                 keep,
@@ -96,7 +101,15 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.display());
                 Ok(())
             }
-            Cmd::Keygen => {
+            Cmd::Keygen { out: Some(path) } => {
+                quorate::config::write_new_key_file(&path).map_err(anyhow::Error::msg)?;
+                println!(
+                    "wrote a new cluster key to {} (mode 0600); point cluster_key_file at it",
+                    path.display()
+                );
+                Ok(())
+            }
+            Cmd::Keygen { out: None } => {
                 println!("{}", quorate_wire::ClusterKey::generate()?.to_hex());
                 Ok(())
             }

@@ -108,3 +108,27 @@ fn failover_bench_tiny_run() {
     // Killing a Raft leader that is not the primary never moves the role.
     assert_eq!(report.leader_kill_role_moves, 0, "{report}");
 }
+
+#[test]
+fn rolling_restart_bench_tiny_run() {
+    if !enabled("rolling_restart_bench_tiny_run") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = quorate_chaos::rolling::RollingOptions {
+        agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
+        handoffs: 2,
+        kills: 1,
+        verbose: true,
+    };
+    let report = runtime()
+        .block_on(quorate_chaos::rolling::rolling_restart(&opts))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert_eq!(report.handoffs.len(), 2, "{report}");
+    assert_eq!(report.kills.len(), 1, "{report}");
+    assert!(
+        report.check.violations.is_empty(),
+        "no overlapping primaries:\n{report}"
+    );
+}

@@ -90,7 +90,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
     let started = Instant::now();
     let (program, agents_from) = match std::env::var_os(QUORATE_BIN_ENV) {
         Some(_) => {
-            let p = quorate_bench::agents::locate_quorate_binary().map_err(|e| e.to_string())?;
+            let p = quorate_testkit::process::locate_quorate_binary().map_err(|e| e.to_string())?;
             let from = format!("{} agent ({QUORATE_BIN_ENV})", p.display());
             (p, from)
         }
@@ -122,7 +122,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned());
     let text = format!(
-        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_bench::agents::RemoteCoord\nwall time: {:.0} s\n\n{}",
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_raft::client::CoordClient\nwall time: {:.0} s\n\n{}",
         machine(),
         started.elapsed().as_secs_f64(),
         report.table()
@@ -138,6 +138,20 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
     Ok(())
 }
 
+/// Command line of the coordination benchmarks.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// A tiny run (seconds, for CI), not the full one.
+    #[arg(long)]
+    tiny: bool,
+    /// Failover trials (default: the run's own number).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Where to write the table.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("agent") {
@@ -149,30 +163,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut cfg = BenchConfig::full();
-    let mut out =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt");
-    let mut it = argv.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--tiny" => cfg = BenchConfig::tiny(),
-            "--trials" => {
-                cfg.failover_trials = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(cfg.failover_trials);
-            }
-            "--out" => {
-                if let Some(p) = it.next() {
-                    out = PathBuf::from(p);
-                }
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; use --tiny, --trials N, --out PATH");
-                return ExitCode::from(2);
-            }
+    let parsed = match <Args as clap::Parser>::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
         }
+    };
+    let mut cfg = if parsed.tiny {
+        BenchConfig::tiny()
+    } else {
+        BenchConfig::full()
+    };
+    if let Some(t) = parsed.trials {
+        cfg.failover_trials = t;
     }
+    let out = parsed.out.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt")
+    });
     let args: String = argv.iter().map(|a| format!(" {a}")).collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

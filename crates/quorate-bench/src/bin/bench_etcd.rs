@@ -46,31 +46,34 @@ fn machine() -> String {
     format!("{cpus} CPU(s) ({model}){mem}; {etcd}")
 }
 
+/// Command line of the coordination benchmarks.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// A tiny run (seconds, for CI), not the full one.
+    #[arg(long)]
+    tiny: bool,
+    /// Failover trials (default: the run's own number).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Where to write the table.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let mut cfg = BenchConfig::full();
-    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord.txt");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--tiny" => cfg = BenchConfig::tiny(),
-            "--trials" => {
-                cfg.failover_trials = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(cfg.failover_trials);
-            }
-            "--out" => {
-                if let Some(p) = args.next() {
-                    out = PathBuf::from(p);
-                }
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; use --tiny, --trials N, --out PATH");
-                std::process::exit(2);
-            }
-        }
+    let args = <Args as clap::Parser>::parse();
+    let mut cfg = if args.tiny {
+        BenchConfig::tiny()
+    } else {
+        BenchConfig::full()
+    };
+    if let Some(t) = args.trials {
+        cfg.failover_trials = t;
     }
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord.txt")
+    });
     let started = Instant::now();
     let etcd = match EtcdTarget::start(3).await {
         Ok(t) => t,

@@ -5,25 +5,31 @@ use std::time::Duration;
 
 use quorate_bench::health::{self as bench, BenchConfig};
 
+/// Command line.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// Number of checks (default: the standard run's).
+    checks: Option<usize>,
+    /// Interval of each check, in milliseconds.
+    interval_ms: Option<u64>,
+    /// Length of the run, in seconds.
+    seconds: Option<u64>,
+}
+
 #[allow(
     clippy::print_stdout,
     clippy::print_stderr,
     reason = "a benchmark's report goes to the terminal"
 )]
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = <Args as clap::Parser>::parse();
     let standard = BenchConfig::standard();
     let config = BenchConfig {
-        checks: args.first().map_or(standard.checks, |&n| n as usize),
+        checks: args.checks.unwrap_or(standard.checks),
         interval: args
-            .get(1)
-            .map_or(standard.interval, |&ms| Duration::from_millis(ms)),
-        duration: args
-            .get(2)
-            .map_or(standard.duration, |&s| Duration::from_secs(s)),
+            .interval_ms
+            .map_or(standard.interval, Duration::from_millis),
+        duration: args.seconds.map_or(standard.duration, Duration::from_secs),
         ..standard
     };
     match bench::run(config) {

@@ -6,14 +6,18 @@
 
 use quorate_bench::membership::{BenchConfig, render, run_size};
 
+/// Command line.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// Cluster sizes to simulate (default: 8 to 512).
+    sizes: Vec<usize>,
+}
+
 fn main() {
+    let args = <Args as clap::Parser>::parse();
     let mut cfg = BenchConfig::full();
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    if !sizes.is_empty() {
-        cfg.sizes = sizes;
+    if !args.sizes.is_empty() {
+        cfg.sizes = args.sizes;
     }
     let mut reports = Vec::new();
     for n in cfg.sizes.clone() {

@@ -18,8 +18,22 @@ pub async fn cluster(clients: &[Arc<dyn Coord>], config: &SuiteConfig) -> Outcom
         ctx.c(0).put(&ctx.key("s"), b"s".to_vec(), None).await,
     )?;
     for i in 0..ctx.clients() {
-        let s = ctx.ok("status", ctx.c(i).status().await)?;
-        ensure!(ctx, s.leader.is_some(), "client {i}: no leader in {s:?}");
+        // A follower that has not heard from the leader yet (it may lag behind the majority
+        // that committed the put) legitimately reports no leader for a moment: wait for it,
+        // within a bound, before checking.
+        let mut s = ctx.ok("status", ctx.c(i).status().await)?;
+        for _ in 0..200 {
+            if s.leader.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            s = ctx.ok("status", ctx.c(i).status().await)?;
+        }
+        ensure!(
+            ctx,
+            s.leader.is_some(),
+            "client {i}: no leader within 10 s: {s:?}"
+        );
         ensure!(ctx, !s.voters.is_empty(), "client {i}: no voters in {s:?}");
         ensure!(
             ctx,

@@ -248,6 +248,10 @@ pub struct RoleStatus {
     pub token: Option<FencingToken>,
     /// The policy's last action, as text.
     pub last_action: String,
+    /// Decision steps completed so far: it advances on every step of the role's loop, so a
+    /// supervisor (e.g. the systemd watchdog in quorate-startup) can tell a live decision loop
+    /// from a stuck one.
+    pub steps: u64,
 }
 
 pub(crate) enum Command {

@@ -345,7 +345,9 @@ impl RoleTask {
             }
             _ => {}
         }
+        let steps = self.p.status.borrow().steps.wrapping_add(1);
         self.p.status.send_replace(RoleStatus {
+            steps,
             primary: obs.primary.clone(),
             acting: self.p.primary.borrow().is_some(),
             token: self.p.primary.borrow().as_ref().map(PrimaryContext::token),

@@ -1,14 +1,13 @@
 //! External command check (Consul's script check): exit 0 passing, 1 warning, anything else
-//! critical; output captured and truncated; on timeout the whole process group is killed.
+//! critical; output captured and truncated; on timeout the whole process group is killed. The
+//! program runs through [`crate::process::run`], the runner the agent's role hooks use too.
 
 use std::ffi::OsString;
-use std::process::Stdio;
 
 use quorate_health_api::{CheckFuture, CheckResult, HealthCheck, HealthStatus, truncate_message};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 use crate::HealthError;
+use crate::process::{self, ProcessEnd};
 
 /// Output kept by default, in bytes.
 pub const OUTPUT_BYTES_MAX_DEFAULT: usize = 4096;
@@ -59,36 +58,6 @@ impl CommandCheck {
     }
 }
 
-/// Sends SIGKILL to a process group when dropped, unless disarmed.
-struct KillGroupOnDrop(Option<rustix::process::Pid>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // The group may be gone already; nothing else to do then.
-            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// Read everything from `reader`, keeping the first `max` bytes.
-async fn read_bounded<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> Vec<u8> {
-    let Some(mut reader) = reader else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-}
-
 pub(crate) fn status_for_exit(code: Option<i32>) -> HealthStatus {
     match code {
         Some(0) => HealthStatus::Passing,
@@ -100,59 +69,36 @@ pub(crate) fn status_for_exit(code: Option<i32>) -> HealthStatus {
 impl HealthCheck for CommandCheck {
     fn check(&self) -> CheckFuture<'_> {
         Box::pin(async move {
-            let mut child = match Command::new(&self.program)
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true)
-                .spawn()
-            {
-                Ok(child) => child,
-                Err(e) => {
-                    return CheckResult::critical(format!("cannot start {}: {e}", self.name()));
-                }
-            };
-            let mut guard = KillGroupOnDrop(
-                child
-                    .id()
-                    .and_then(|id| i32::try_from(id).ok())
-                    .and_then(rustix::process::Pid::from_raw),
-            );
-            // Keep one byte more than the limit so truncation can be seen and marked.
-            let keep = self.output_bytes_max + 1;
-            let stdout = read_bounded(child.stdout.take(), keep);
-            let stderr = read_bounded(child.stderr.take(), keep);
-            let (status, stdout, stderr) = tokio::join!(child.wait(), stdout, stderr);
-            // Exited and reaped: its pid (the group id) may be reused now, so never signal it.
-            guard.0 = None;
-            let status = match status {
-                Ok(status) => status,
-                Err(e) => {
-                    return CheckResult::critical(format!(
-                        "waiting for {} failed: {e}",
-                        self.name()
-                    ));
-                }
-            };
-            let mut output = String::from_utf8_lossy(&stdout).trim_end().to_owned();
-            let stderr = String::from_utf8_lossy(&stderr);
-            let stderr = stderr.trim_end();
-            if !stderr.is_empty() {
-                if !output.is_empty() {
-                    output.push('\n');
-                }
-                output.push_str(stderr);
-            }
+            // Keep one byte more than the limit so truncation can be seen and marked. No
+            // timeout of its own: the monitor drops this future at its timeout, which kills
+            // the process group.
+            let outcome = process::run(
+                &self.program,
+                &self.args,
+                std::iter::empty::<(&str, &str)>(),
+                None,
+                self.output_bytes_max + 1,
+            )
+            .await;
+            let mut output = outcome.output_text();
             truncate_message(&mut output, self.output_bytes_max);
-            let code = status.code();
+            let name = self.name();
+            let code = outcome.code();
             let mut result = CheckResult::new(
                 status_for_exit(code),
-                match code {
-                    Some(c) if output.is_empty() => format!("{} exited with {c}", self.name()),
-                    Some(_) => output,
-                    None => format!("{} was killed by a signal ({status}) {output}", self.name()),
+                match outcome.end {
+                    ProcessEnd::NotStarted(e) => format!("cannot start {name}: {e}"),
+                    ProcessEnd::WaitFailed(e) => format!("waiting for {name} failed: {e}"),
+                    ProcessEnd::TimedOut(after) => {
+                        format!("{name} timed out after {after:?} {output}")
+                    }
+                    ProcessEnd::Signaled(sig) => {
+                        format!("{name} was killed by a signal ({sig}) {output}")
+                    }
+                    ProcessEnd::Exited(c) if output.is_empty() => {
+                        format!("{name} exited with {c}")
+                    }
+                    ProcessEnd::Exited(_) => output,
                 },
             );
             if let Some(c) = code {

@@ -448,6 +448,37 @@ fn history_is_bounded_and_compaction_is_whole_revisions() {
 }
 
 #[test]
+fn history_pages_resume_inside_a_revision_and_respect_their_bounds() {
+    let mut sm = Sm::new();
+    sm.put("x", "v", None); // revision 1, outside the prefix
+    let put = |k: &str| TxnOp::Put {
+        key: k.into(),
+        value: b"0123456789".to_vec(),
+        lease: None,
+    };
+    sm.ok(Command::Txn(Txn {
+        success: vec![put("p/1"), put("p/2"), put("p/3")],
+        ..Txn::default()
+    })); // revision 2
+    sm.put("p/4", "v", None); // revision 3
+    let keys = |evs: Vec<WatchEvent>| evs.into_iter().map(|e| e.kv.key).collect::<Vec<_>>();
+    let page = |from: u64, skip: u32, max: usize, bytes: usize| {
+        keys(
+            sm.m.history_page("p/", Revision(from), skip, max, bytes)
+                .unwrap(),
+        )
+    };
+    assert_eq!(page(1, 0, 10, usize::MAX), ["p/1", "p/2", "p/3", "p/4"]);
+    // Two per page: the second page starts inside revision 2 after the two delivered.
+    assert_eq!(page(2, 0, 2, usize::MAX), ["p/1", "p/2"]);
+    assert_eq!(page(2, 2, 2, usize::MAX), ["p/3", "p/4"]);
+    assert_eq!(page(3, 1, 2, usize::MAX), Vec::<String>::new());
+    // A byte budget below one event still returns one, so a poll always progresses.
+    assert_eq!(page(2, 0, 10, 1), ["p/1"]);
+    assert_eq!(page(9, 0, 10, usize::MAX), Vec::<String>::new());
+}
+
+#[test]
 fn snapshot_round_trips_and_garbage_is_an_error() {
     let mut sm = Sm::new();
     let a = sm.grant(1);

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use quorate_raft::{Limits, NodeConfig, RaftNode, Storage, Timing};
@@ -93,7 +93,7 @@ impl Cluster {
 
     /// (Re)starts node `i` from its data file.
     pub(crate) async fn restart(&mut self, i: usize) {
-        let storage = open_retry(&self.path(i)).await;
+        let storage = Storage::open(&self.path(i)).unwrap();
         let config = self.config(i);
         let node = if self.own_runtimes {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +130,11 @@ impl Cluster {
         let node = self.nodes[i].take();
         match self.runtimes[i].take() {
             Some(rt) => {
-                rt.shutdown_background();
+                // Abort every task at once (as `kill -9` would), then wait for the runtime's
+                // threads to finish, so that nothing of the node holds its store any more.
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10)))
+                    .await
+                    .unwrap();
                 drop(node);
             }
             None => {
@@ -173,15 +177,31 @@ impl Cluster {
     }
 }
 
-/// Opens a redb file, retrying while a just-stopped node's last handle is being dropped.
-pub(crate) async fn open_retry(path: &Path) -> Storage {
+/// The remote client settings of the tests.
+pub(crate) fn remote_config() -> quorate_raft::client::ClientConfig {
+    let mut config = quorate_raft::client::ClientConfig::lan(wire());
+    // The cluster runs the `wan` profile: an election takes up to ~3 s; keep trying through it.
+    config.attempts = std::num::NonZeroUsize::new(40).unwrap();
+    config.retry_pause = Duration::from_millis(100);
+    config.watch_wait = Duration::from_secs(2);
+    config
+}
+
+/// A remote client (`CoordClient`) of the test cluster's nodes at `addrs`, with the
+/// capabilities read from a node.
+pub(crate) async fn remote_client(
+    addrs: Vec<String>,
+) -> quorate_raft::client::CoordClient<TokioNet> {
+    let config = remote_config();
     let mut last = None;
-    for _ in 0..100 {
-        match Storage::open(path) {
-            Ok(s) => return s,
+    for _ in 0..50 {
+        match quorate_raft::client::CoordClient::connect(TokioNet, config.clone(), addrs.clone())
+            .await
+        {
+            Ok(c) => return c,
             Err(e) => last = Some(e),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("cannot open {}: {last:?}", path.display());
+    panic!("no node answered the remote client: {last:?}");
 }

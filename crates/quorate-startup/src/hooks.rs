@@ -3,33 +3,44 @@
 //! (`before_promote`, `on_promote`, `on_demote`, `on_role_change`), `QUORATE_ROLE`,
 //! `QUORATE_NODE`, `QUORATE_FENCING_TOKEN` (when known), and for `on_role_change`
 //! `QUORATE_OLD_PRIMARY`, `QUORATE_NEW_PRIMARY`, `QUORATE_CAUSE`. A `before_promote` that exits
-//! non-zero vetoes the promotion. Every role change is also printed to stdout as one JSON line
-//! (`{"event":"role_change",...}`), which `quorate demo` reads.
+//! non-zero vetoes the promotion. Every role change is also sent as a
+//! [`NodeEvent::RoleChange`] (the agent prints it as one JSON line, which `quorate demo` reads).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use quorate_failover::shell::{HookContext, RoleChange, RoleHooks};
-use tokio::process::Command;
+use quorate_health::process::{self, ProcessEnd};
 
 use crate::config::RoleSection;
-use crate::report::{AgentEvent, RoleChangeEvent};
+use crate::report::{NodeEvent, RoleChangeEvent};
+use tokio::sync::broadcast;
 
-/// The most bytes of a hook's output kept for the log.
-const OUTPUT_BYTES_MAX: usize = 4096;
+/// The most bytes of each of a hook's stdout and stderr kept for the log; the rest is read and
+/// dropped, so a hook printing without end costs the agent this much memory and no more.
+pub const OUTPUT_BYTES_MAX: usize = 4096;
 
-/// Hooks that run the commands of one `[[role]]` section.
+/// Hooks that run the commands of one `[[role]]` section, each through quorate's one process
+/// runner ([`quorate_health::process::run`]): in its own process group, killed as a group at the
+/// section's `hook_timeout` (or when the failover manager gives up on the call), output bounded.
 #[derive(Clone, Debug)]
 pub struct CommandHooks {
     section: RoleSection,
-    /// Bound on one command's run; the failover manager applies its own hook timeout too.
+    /// Bound on one command's run (the section's `hook_timeout`).
     timeout: Duration,
+    /// Where role changes go as [`NodeEvent::RoleChange`].
+    events: broadcast::Sender<NodeEvent>,
 }
 
 impl CommandHooks {
-    /// Hooks for one role section.
-    pub fn new(section: RoleSection, timeout: Duration) -> Self {
-        Self { section, timeout }
+    /// Hooks for one role section, with its `hook_timeout`; role changes are sent to
+    /// `events`.
+    pub fn new(section: RoleSection, events: broadcast::Sender<NodeEvent>) -> Self {
+        let timeout = section.hook_timeout();
+        Self {
+            section,
+            timeout,
+            events,
+        }
     }
 
     async fn run(
@@ -39,40 +50,40 @@ impl CommandHooks {
         env: &[(&str, String)],
     ) -> Result<(), String> {
         let Some(cmd) = cmd else { return Ok(()) };
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(cmd)
-            .env("QUORATE_EVENT", event)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            c.env(k, v);
+        let env = env
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain([("QUORATE_EVENT", event)]);
+        let out = process::run(
+            "sh",
+            ["-c", cmd.as_str()],
+            env,
+            Some(self.timeout),
+            OUTPUT_BYTES_MAX,
+        )
+        .await;
+        let mut text = out.output_text();
+        if out.output_bytes_dropped > 0 {
+            text.push_str(&format!(
+                " [{} more bytes of output dropped]",
+                out.output_bytes_dropped
+            ));
         }
-        let out = match tokio::time::timeout(self.timeout, c.output()).await {
-            Err(_) => return Err(format!("{event} hook timed out after {:?}", self.timeout)),
-            Ok(Err(e)) => return Err(format!("{event} hook could not start: {e}")),
-            Ok(Ok(o)) => o,
-        };
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        if text.len() > OUTPUT_BYTES_MAX {
-            let mut cut = OUTPUT_BYTES_MAX;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
+        match out.end {
+            ProcessEnd::Exited(0) => {
+                tracing::info!(event, output = %text, "hook ran");
+                Ok(())
             }
-            text.truncate(cut);
-        }
-        if out.status.success() {
-            tracing::info!(event, output = %text.trim(), "hook ran");
-            Ok(())
-        } else {
-            Err(format!(
-                "{event} hook exited with {}: {}",
-                out.status,
-                text.trim()
-            ))
+            ProcessEnd::Exited(code) => Err(format!("{event} hook exited with {code}: {text}")),
+            ProcessEnd::Signaled(sig) => {
+                Err(format!("{event} hook was killed by signal {sig}: {text}"))
+            }
+            ProcessEnd::TimedOut(after) => Err(format!(
+                "{event} hook timed out after {after:?} (hook_timeout); its process group was \
+                 killed: {text}"
+            )),
+            ProcessEnd::NotStarted(e) => Err(format!("{event} hook could not start: {e}")),
+            ProcessEnd::WaitFailed(e) => Err(format!("{event} hook could not be waited for: {e}")),
         }
     }
 
@@ -123,7 +134,7 @@ impl RoleHooks for CommandHooks {
     }
 
     async fn on_role_change(&self, change: &RoleChange) {
-        crate::agent::emit(&role_change_event(change));
+        let _ = self.events.send(role_change_event(change));
         let opt = |n: &Option<quorate_types::NodeId>| {
             n.as_ref().map(ToString::to_string).unwrap_or_default()
         };
@@ -147,9 +158,9 @@ impl RoleHooks for CommandHooks {
 }
 
 /// A role change as its typed event (what `quorate demo` and the e2e tests read).
-pub fn role_change_event(change: &RoleChange) -> AgentEvent {
+pub fn role_change_event(change: &RoleChange) -> NodeEvent {
     let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    AgentEvent::RoleChange(RoleChangeEvent {
+    NodeEvent::RoleChange(RoleChangeEvent {
         role: change.role.to_string(),
         old_primary: change.old_primary.as_ref().map(ToString::to_string),
         new_primary: change.new_primary.as_ref().map(ToString::to_string),

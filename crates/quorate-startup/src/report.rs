@@ -1,16 +1,26 @@
-//! The agent's typed outputs: [`AgentEvent`] (one JSON line per event on stdout) and
-//! [`StatusFile`] (`<data_dir>/status.json`, rewritten every 500 ms). Both are written from these
-//! serde types and read back through the same types by `quorate status`, `quorate demo` and the
-//! chaos harness; nobody formats or re-parses them by hand.
+//! The node's typed outputs: [`NodeEvent`] (the event stream; `quorate agent` prints one JSON
+//! line per event on stdout), [`NodeStatus`] (a snapshot; the agent also writes it to
+//! `<data_dir>/status.json` every 500 ms) and the [`StartupReport`]. All are serde types, read
+//! back through the same types by `quorate status`, `quorate demo`, the chaos harness and the
+//! adapters; nobody formats or re-parses them by hand.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use quorate_failover::shell::FailoverManager;
+use quorate_health_api::HealthView;
+use quorate_membership_api::{MemberState, Membership, SplitBrainStatus};
+use quorate_raft::{ClusterView, RaftNode};
+use quorate_wire::net::TokioNet;
 use serde::{Deserialize, Serialize};
 
-/// One line of the agent's stdout.
+use crate::config::Validated;
+
+/// One node event (one line of the agent's stdout).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum AgentEvent {
+pub enum NodeEvent {
     /// A component finished starting.
     Started {
         /// `health`, `membership`, `raft` or `failover`.
@@ -22,6 +32,43 @@ pub enum AgentEvent {
     },
     /// A role changed hands (reported by every node that saw it).
     RoleChange(RoleChangeEvent),
+    /// A startup stage ended (ready or failed).
+    Stage(StageReport),
+    /// Every stage is ready.
+    Ready {
+        /// This node.
+        node: String,
+    },
+    /// A health check changed status.
+    Health {
+        /// The check.
+        check: String,
+        /// Status before.
+        from: String,
+        /// Status after.
+        to: String,
+    },
+    /// A member changed state, as this node sees it.
+    Member {
+        /// The member.
+        id: String,
+        /// `alive`, `suspect`, `down` or `left`.
+        state: String,
+    },
+    /// This node's quorum view changed.
+    Quorum {
+        /// Whether it sees a majority of voters.
+        has_majority: bool,
+        /// Voters it can reach.
+        voters_reachable: usize,
+    },
+    /// A component stopped on its own (a fatal error): the node gives up its roles and stops.
+    ComponentFailed {
+        /// `membership`, ...
+        component: String,
+        /// Why.
+        reason: String,
+    },
     /// The agent got SIGTERM or Ctrl-C and is stopping.
     Stopping {
         /// This node.
@@ -55,7 +102,7 @@ pub struct RoleChangeEvent {
     pub at_ms: u64,
 }
 
-impl AgentEvent {
+impl NodeEvent {
     /// The event as one JSON line (no newline).
     pub fn to_line(&self) -> String {
         serde_json::to_string(self)
@@ -63,8 +110,156 @@ impl AgentEvent {
     }
 
     /// Parses one stdout line; `None` for lines that are not events (e.g. hook output).
-    pub fn parse(line: &str) -> Option<AgentEvent> {
+    pub fn parse(line: &str) -> Option<NodeEvent> {
         serde_json::from_str(line).ok()
+    }
+}
+
+/// The node's view: [`Node::status`](crate::Node::status), and `status.json`.
+pub type NodeStatus = StatusFile;
+
+/// How one startup stage ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageOutcome {
+    /// Its readiness condition held.
+    Ready,
+    /// It failed (or was not ready in time): why.
+    Failed(String),
+}
+
+/// One line of the startup report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// The stage (`config`, `storage`, ..., `plugin:NAME`).
+    pub stage: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub outcome: StageOutcome,
+}
+
+/// The stages in the order they ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupReport {
+    /// One line per stage.
+    pub stages: Vec<StageReport>,
+}
+
+impl std::fmt::Display for StartupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.stages {
+            match &s.outcome {
+                StageOutcome::Ready => {
+                    writeln!(f, "  {:<24} ready   {:>6} ms", s.stage, s.duration_ms)?
+                }
+                StageOutcome::Failed(why) => writeln!(
+                    f,
+                    "  {:<24} FAILED  {:>6} ms: {why}",
+                    s.stage, s.duration_ms
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often the agent rewrites `status.json`.
+pub const STATUS_INTERVAL_MS: u64 = 500;
+
+/// A member state in the status file's words.
+pub fn member_state(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Down => "down",
+        MemberState::Left => "left",
+    }
+}
+
+fn split_brain(s: &SplitBrainStatus) -> String {
+    match s {
+        SplitBrainStatus::NotConfigured => "not-configured".to_owned(),
+        SplitBrainStatus::Healthy => "healthy".to_owned(),
+        SplitBrainStatus::InMinority {
+            reachable, needed, ..
+        } => format!("in-minority ({reachable} voters reachable, {needed} needed)"),
+        SplitBrainStatus::ConflictingViews { a, b, .. } => {
+            format!("conflicting-views ({a} and {b} both claim a majority)")
+        }
+    }
+}
+
+/// Collects this node's view of the cluster, its roles and its health.
+pub fn collect(
+    v: &Validated,
+    raft: &RaftNode<TokioNet>,
+    membership: &Arc<dyn Membership>,
+    health: &Arc<dyn HealthView>,
+    manager: &FailoverManager,
+) -> NodeStatus {
+    collect_from(v, &raft.view().borrow(), membership, health, manager)
+}
+
+/// [`collect`] from a Raft view already read.
+pub fn collect_from(
+    v: &Validated,
+    view: &ClusterView,
+    membership: &Arc<dyn Membership>,
+    health: &Arc<dyn HealthView>,
+    manager: &FailoverManager,
+) -> NodeStatus {
+    let m = membership.snapshot();
+    let h = health.snapshot();
+    let roles = v
+        .roles
+        .iter()
+        .filter_map(|r| {
+            let s = manager.status(r).ok()?.borrow().clone();
+            Some(RoleStatus {
+                role: r.to_string(),
+                primary: s.primary.map(|n| n.to_string()),
+                acting_here: s.acting,
+                token: s.token.map(|t| t.0),
+                last_action: s.last_action,
+            })
+        })
+        .collect();
+    StatusFile {
+        node: v.node_id.to_string(),
+        pid: std::process::id(),
+        written_at_unix_ms: unix_ms_now(),
+        interval_ms: STATUS_INTERVAL_MS,
+        raft: RaftStatus {
+            leader: view.leader.as_ref().map(ToString::to_string),
+            term: view.term,
+            is_leader: view.is_leader,
+            can_act: view.can_act,
+            applied_index: view.applied_index,
+            voters: view.voters.iter().map(ToString::to_string).collect(),
+        },
+        membership: MembershipStatus {
+            joined: m.joined,
+            has_majority: m.quorum.has_majority,
+            voters_reachable: m.quorum.voters_reachable,
+            split_brain: split_brain(&m.split_brain),
+            members: m
+                .members
+                .iter()
+                .map(|mm| MemberStatus {
+                    id: mm.id.to_string(),
+                    address: mm.address.to_string(),
+                    state: member_state(mm.state).to_owned(),
+                    health: mm.meta.health.status.as_str().to_owned(),
+                })
+                .collect(),
+        },
+        health: HealthStatusView {
+            status: h.status.as_str().to_owned(),
+            healthy: h.healthy,
+            total: h.total,
+        },
+        roles,
     }
 }
 
@@ -231,7 +426,7 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_their_json_line() {
-        let e = AgentEvent::RoleChange(RoleChangeEvent {
+        let e = NodeEvent::RoleChange(RoleChangeEvent {
             role: "app".into(),
             old_primary: Some("n1".into()),
             new_primary: Some("n2".into()),
@@ -243,8 +438,8 @@ mod tests {
         });
         let line = e.to_line();
         assert!(line.contains("\"event\":\"role_change\""), "{line}");
-        assert_eq!(AgentEvent::parse(&line), Some(e));
-        assert_eq!(AgentEvent::parse("hook said hello"), None);
+        assert_eq!(NodeEvent::parse(&line), Some(e));
+        assert_eq!(NodeEvent::parse("hook said hello"), None);
     }
 
     #[test]

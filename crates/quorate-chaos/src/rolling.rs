@@ -1,0 +1,172 @@
+//! The planned hand-off benchmark (`cargo xtask bench rolling-restart`): three agents in
+//! network namespaces, the role's application acting every 10 ms while primary (each action
+//! stamped with its fencing token in the hook log). Each node in turn gets SIGTERM (a graceful
+//! shutdown hands its role over first) and is restarted; after the hand-offs, the same run
+//! measures unplanned kill -9 failovers for comparison. Per hand-off, the role's unavailability
+//! is the gap in the application's actions: from the old term's last action to the new term's
+//! first. The hook-log checker counts overlapping primaries (must be zero). Timings are
+//! reported, never asserted.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::hooklog::{self, Kind};
+use crate::world::{Cluster, ClusterSpec, FAILOVER, SETTLE};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RollingOptions {
+    /// The `quorate` executable.
+    pub agent_exe: PathBuf,
+    /// Planned hand-offs (SIGTERM of the primary, then its restart).
+    pub handoffs: u32,
+    /// Unplanned failovers (SIGKILL of the primary) measured in the same run.
+    pub kills: u32,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+/// One measured role change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// From the old term's last action to the new term's first, in milliseconds.
+    pub unavailable_ms: u64,
+    /// From the signal to the new term's first action, in milliseconds.
+    pub signal_to_action_ms: u64,
+}
+
+/// The results.
+#[derive(Clone, Debug, Default)]
+pub struct RollingReport {
+    /// Per planned hand-off.
+    pub handoffs: Vec<Gap>,
+    /// Per kill -9.
+    pub kills: Vec<Gap>,
+    /// The hook-log checker over the whole run (overlapping primaries are violations).
+    pub check: hooklog::Report,
+}
+
+fn summary(gaps: &[Gap]) -> String {
+    let v: Vec<f64> = gaps.iter().map(|g| g.unavailable_ms as f64).collect();
+    let s: Vec<f64> = gaps.iter().map(|g| g.signal_to_action_ms as f64).collect();
+    let q = |v: &[f64], q| {
+        quorate_bench::stats::quantile_ms(v, q).map_or("-".to_owned(), |x| format!("{x:.0} ms"))
+    };
+    format!(
+        "{} trials; unavailability median {} p99 {} max {}; signal to first action median {} p99 {}",
+        gaps.len(),
+        q(&v, 0.5),
+        q(&v, 0.99),
+        q(&v, 1.0),
+        q(&s, 0.5),
+        q(&s, 0.99)
+    )
+}
+
+impl fmt::Display for RollingReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "planned hand-off (SIGTERM, restart): {}",
+            summary(&self.handoffs)
+        )?;
+        writeln!(
+            f,
+            "unplanned failover (kill -9):       {}",
+            summary(&self.kills)
+        )?;
+        write!(f, "hook-log check over the whole run: {}", self.check)
+    }
+}
+
+/// Runs the benchmark (needs root: network namespaces).
+pub async fn rolling_restart(opts: &RollingOptions) -> Result<RollingReport> {
+    let mut c = Cluster::start(ClusterSpec {
+        agent_exe: opts.agent_exe.clone(),
+        size: 3,
+        flapping: false,
+        equal_priority: true,
+        verbose: opts.verbose,
+        act_interval_ms: 10,
+    })
+    .await?;
+    let mut report = RollingReport::default();
+    let r = steps(&mut c, opts, &mut report).await;
+    let stopped = c.shutdown().await;
+    report.check = c.check()?;
+    if r.is_err() || stopped.is_err() {
+        let kept = c.keep();
+        r.with_context(|| format!("rolling-restart bench failed (files in {})", kept.display()))?;
+        stopped.with_context(|| format!("stopping the agents (files in {})", kept.display()))?;
+    }
+    Ok(report)
+}
+
+/// The gap between the last action of `old` and the first of the next term, and from
+/// `signal_ns` to that first action.
+fn gap(c: &Cluster, old: u64, signal_ns: u64) -> Result<Option<Gap>> {
+    let log = c.log()?;
+    let last_old = log
+        .iter()
+        .filter(|e| e.kind == Kind::Act && e.token == old)
+        .map(|e| e.at_ns)
+        .max();
+    let first_new = log
+        .iter()
+        .filter(|e| e.kind == Kind::Act && e.token > old)
+        .map(|e| e.at_ns)
+        .min();
+    Ok(match (last_old, first_new) {
+        (Some(l), Some(f)) => Some(Gap {
+            unavailable_ms: f.saturating_sub(l) / 1_000_000,
+            signal_to_action_ms: f.saturating_sub(signal_ns) / 1_000_000,
+        }),
+        _ => None,
+    })
+}
+
+async fn first_new_action(c: &Cluster, old: u64, signal_ns: u64) -> Result<Gap> {
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        if let Some(g) = gap(c, old, signal_ns)? {
+            return Ok(g);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no action by a new term after token {old} within {FAILOVER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn steps(c: &mut Cluster, opts: &RollingOptions, report: &mut RollingReport) -> Result<()> {
+    for n in 0..opts.handoffs {
+        let p = c.wait_stable(SETTLE).await?;
+        let old = c.term_of(p)?.context("the primary has no term")?;
+        let at = crate::world::now_ns();
+        c.say(&format!(
+            "hand-off {}: SIGTERM of primary {}",
+            n + 1,
+            c.name(p)
+        ));
+        c.terminate(p).await?;
+        let g = first_new_action(c, old, at).await?;
+        c.say(&format!("unavailable {} ms", g.unavailable_ms));
+        report.handoffs.push(g);
+        let prio = c.priority(p);
+        c.spawn(p, false, prio).await?;
+    }
+    for n in 0..opts.kills {
+        let p = c.wait_stable(SETTLE).await?;
+        let old = c.term_of(p)?.context("the primary has no term")?;
+        c.say(&format!("kill {}: SIGKILL of primary {}", n + 1, c.name(p)));
+        let at = c.kill(p).await?;
+        let g = first_new_action(c, old, at).await?;
+        report.kills.push(g);
+        let prio = c.priority(p);
+        c.spawn(p, false, prio).await?;
+    }
+    Ok(())
+}
