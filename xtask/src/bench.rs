@@ -63,6 +63,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 agents in network namespaces (root): 20 planned hand-offs (SIGTERM + restart) and 10 kill -9, role unavailability per hand-off",
     ),
     (
+        "state",
+        "quorate-bench",
+        "bench_state",
+        "quorate-state locks and semaphores vs etcd's own lock recipe on one 3-member etcd: cycles/s, hand-off latency",
+    ),
+    (
         "etcd",
         "quorate-bench",
         "bench_etcd",

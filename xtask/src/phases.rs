@@ -133,6 +133,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-startup"]),
     },
     Phase {
+        name: "state",
+        what: "distributed state: sessions, locks, elections, semaphores, typed maps (Raft and etcd)",
+        kind: Kind::Layer(&["quorate-state"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
         kind: Kind::Layer(&["quorate", "quorate-chaos"]),
