@@ -229,6 +229,37 @@ impl World {
         c
     }
 
+    /// Every process in node `i`'s network namespace (`ip netns pids`).
+    pub async fn node_pids(&self, i: usize) -> Result<Vec<String>> {
+        let out = self
+            .command("ip")
+            .args(["netns", "pids", &Self::ns(i)])
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Every process in node `i`'s network namespace, synchronously (for `Drop`).
+    fn node_pids_sync(&self, i: usize) -> Vec<String> {
+        std::process::Command::new("nsenter")
+            .arg("-t")
+            .arg(self.holder_pid.to_string())
+            .args(["-n", "-m", "--", "ip", "netns", "pids", &Self::ns(i)])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A command that runs `program` in node `i`'s namespace. No process in the chain forks, so
     /// the child's pid is `program`'s.
     pub fn node_command(&self, i: usize, program: &str) -> Command {
@@ -632,6 +663,10 @@ impl Cluster {
         self.nodes[i].slow
     }
 
+    /// Sends `sig` to node `i`: its agent's process group, then every process in its network
+    /// namespace. A node is the whole machine: the process runner gives each hook a process
+    /// group of its own, so an application a hook started lives outside the agent's group, and
+    /// a crash (SIGKILL) or pause (SIGSTOP) of the node must reach it too.
     async fn signal_group(&self, i: usize, sig: &str) -> Result<()> {
         let pid = self.nodes[i].pid.context("node has no pid")?;
         let st = Command::new("kill")
@@ -640,6 +675,17 @@ impl Cluster {
             .await?;
         if !st.success() {
             bail!("kill -s {sig} -{pid} failed: {st}");
+        }
+        let pids = self.world.node_pids(i).await?;
+        if !pids.is_empty() {
+            // A process may exit between the listing and the signal: not an error.
+            let _ = Command::new("kill")
+                .args(["-s", sig, "--"])
+                .args(&pids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
         }
         Ok(())
     }
@@ -978,14 +1024,22 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Kill every node's whole group (its application too), synchronously.
-        for n in &mut self.nodes {
-            if let (Some(pid), Some(c)) = (n.pid, n.child.as_mut()) {
+        // Kill every node whole (agent group, and everything in its namespace: applications
+        // its hooks started live in groups of their own), synchronously.
+        for i in 0..self.nodes.len() {
+            let mut targets = self.world.node_pids_sync(i);
+            if let Some(pid) = self.nodes[i].pid {
+                targets.push(format!("-{pid}"));
+            }
+            if !targets.is_empty() {
                 let _ = std::process::Command::new("kill")
-                    .args(["-s", "KILL", "--", &format!("-{pid}")])
+                    .args(["-s", "KILL", "--"])
+                    .args(&targets)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
+            }
+            if let Some(c) = self.nodes[i].child.as_mut() {
                 let _ = c.start_kill();
             }
         }
