@@ -15,7 +15,8 @@
 //! - The host's CA bundle is mounted read-only at `/opt/rust/host-ca.crt` and named in
 //!   `CARGO_HTTP_CAINFO`, for machines whose egress proxy intercepts TLS; the root's own
 //!   `/etc/ssl` is untouched.
-//! - Everything is mounted in a private mount namespace (`unshare --mount`): `/proc`, `/sys`,
+//! - Everything is mounted in a private mount namespace (`unshare --mount`): the root bound
+//!   onto itself (so `/` is a mount point inside, as `unshare --propagation` needs), `/proc`, `/sys`,
 //!   `/dev`, a tmpfs on `/run` (for `ip netns`), the host's `resolv.conf`. The mounts vanish
 //!   when the command ends, whether it succeeds, fails or is interrupted, and never show on the
 //!   host; processes the command left running in the root are killed first.
@@ -488,6 +489,10 @@ fn bind_ro(from: &Path, to: &Path) -> Result<()> {
 
 /// The mounts, in this (private) mount namespace.
 fn mounts(dir: &Path, with_nextest: bool) -> Result<()> {
+    // The root itself becomes a mount point (bound onto itself), as `/` is on a machine:
+    // inside the chroot, `unshare --mount --propagation private` (the chaos tests' network
+    // world) changes the propagation of `/`, which fails when `/` is not a mount point.
+    mount(&["--bind"], dir, dir)?;
     mount(&["-t", "proc"], Path::new("proc"), &dir.join("proc"))?;
     mount(&["--rbind"], Path::new("/sys"), &dir.join("sys"))?;
     mount(&["--rbind"], Path::new("/dev"), &dir.join("dev"))?;
