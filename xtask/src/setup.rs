@@ -47,6 +47,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "unshare, nsenter, setpriv for the real-process tests",
     ),
     (
+        "mount",
+        "mount: the chaos world's tmpfs on /run/netns (Priority required, but not in a minimal root)",
+    ),
+    (
         "python3-mockupdb",
         "a server speaking MongoDB's wire protocol for the MongoDB check",
     ),

@@ -81,6 +81,7 @@ pub fn preflight() -> Result<()> {
     for (tool, pkg) in [
         ("unshare", "util-linux"),
         ("nsenter", "util-linux"),
+        ("mount", "mount"),
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("date", "coreutils"),
