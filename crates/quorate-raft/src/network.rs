@@ -773,9 +773,19 @@ impl<N: Net> Transport<N> {
         &self.net
     }
 
+    /// An idle connection to `addr` that is still open. One the peer closed while it sat in
+    /// the pool (the peer restarted, or its idle timeout ran out) is dropped here, before a
+    /// request is written to it: a request sent on it would fail with an "early eof" whose
+    /// outcome the caller could not know.
     fn take_idle(&self, addr: &str) -> Option<Conn<N::TcpStream>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get_mut(addr).and_then(Vec::pop)
+        let pool = idle.get_mut(addr)?;
+        while let Some(mut conn) = pool.pop() {
+            if still_open(&mut conn.stream) {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn put_idle(&self, addr: &str, conn: Conn<N::TcpStream>) {
@@ -949,6 +959,18 @@ impl<N: Net> Transport<N> {
         }
         r
     }
+}
+
+/// Whether an idle connection is still open. The server sends nothing unasked, so a stream
+/// that is readable now (end of stream, an error, or stray bytes) was closed by the peer or
+/// is out of step; one with nothing to read is open. Never waits.
+fn still_open<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(stream)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
 }
 
 /// Answers requests; implemented by the node.

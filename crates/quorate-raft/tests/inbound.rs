@@ -362,3 +362,30 @@ async fn a_frame_from_one_connection_is_refused_on_another_node() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A pooled connection that the server closed while it sat idle (here its idle timeout; a
+/// restarted peer is the same) is not used for the next call: the call opens a fresh one and
+/// is answered, instead of failing with an "early eof" whose outcome the caller cannot know.
+#[tokio::test(start_paused = true)]
+async fn a_pooled_connection_the_server_closed_is_not_reused() {
+    let server = Server::start(TransportConfig {
+        inbound_idle_timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .await;
+    let client = Transport::new(TokioNet, config());
+    let addr = server.addr.to_string();
+    let r = client.call(&addr, &Request::ReadIndex, None).await;
+    assert!(matches!(r, Ok(Response::ReadIndex(Ok(7)))), "{r:?}");
+    // The server drops the idle connection; its end of stream reaches the client's socket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = client.call(&addr, &Request::ReadIndex, None).await;
+    assert!(
+        matches!(r, Ok(Response::ReadIndex(Ok(7)))),
+        "a call on a connection the server had closed: {r:?}"
+    );
+    server.stop().await;
+}

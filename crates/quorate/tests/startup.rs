@@ -36,6 +36,16 @@ struct Agent {
     name: String,
     config: PathBuf,
     child: Option<Child>,
+    /// How many times it was started: events are tagged `name#incarnation`, so an event of a
+    /// killed incarnation still queued in the channel is never taken for the restarted one's.
+    incarnation: u32,
+}
+
+impl Agent {
+    /// The tag of the current incarnation's events.
+    fn tag(&self) -> String {
+        format!("{}#{}", self.name, self.incarnation)
+    }
 }
 
 /// A remote client of the cluster planned in `dir` (its key file and Raft addresses).
@@ -81,12 +91,13 @@ fn configs(dir: &Path, n: usize) -> Vec<Agent> {
                 name: plan.names[i].clone(),
                 config,
                 child: None,
+                incarnation: 0,
             }
         })
         .collect()
 }
 
-/// Starts `a` with `env`; its events go to `tx` tagged with its name.
+/// Starts `a` with `env`; its events go to `tx` tagged with [`Agent::tag`].
 fn spawn(a: &mut Agent, tx: &mpsc::UnboundedSender<(String, NodeEvent)>, env: &[(&str, String)]) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorate"));
     cmd.arg("agent")
@@ -102,7 +113,8 @@ fn spawn(a: &mut Agent, tx: &mpsc::UnboundedSender<(String, NodeEvent)>, env: &[
     }
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
-    let (name, tx) = (a.name.clone(), tx.clone());
+    a.incarnation += 1;
+    let (name, tx) = (a.tag(), tx.clone());
     tokio::spawn(async move {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(l)) = lines.next_line().await {
@@ -139,6 +151,28 @@ fn primary_of(e: &NodeEvent) -> Option<(String, u64)> {
     }
 }
 
+/// Waits until every agent's status file shows `primary` holding the role, so that each
+/// node's policy has seen this term before the test changes it.
+async fn all_see(dir: &Path, agents: &[Agent], primary: &str, within: Duration) {
+    let end = tokio::time::Instant::now() + within;
+    for a in agents {
+        let path = dir.join(&a.name).join("status.json");
+        loop {
+            if quorate::status::read(&path)
+                .is_ok_and(|s| s.role(ROLE).and_then(|r| r.primary.as_deref()) == Some(primary))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{} never saw {primary} as the primary",
+                a.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn kill9(a: &mut Agent) {
     if let Some(c) = a.child.as_mut() {
         let _ = c.start_kill();
@@ -166,6 +200,9 @@ async fn sigterm_of_the_primary_hands_the_role_over_before_exiting() {
     let long = Duration::from_secs(60);
     let (primary, token) = wait_for(&mut rx, long, |_, e| primary_of(e)).await;
     let i = agents.iter().position(|a| a.name == primary).unwrap();
+    // Every node has seen this term (a node still starting would see the successor as its
+    // first primary and call it an initial election).
+    all_see(dir.path(), &agents, &primary, long).await;
     sigterm(&agents[i]);
     // The successor is chosen by a switchover (a planned hand-off, not a lease expiry).
     let (successor, cause, new_token) = wait_for(&mut rx, long, |_, e| match e {
@@ -222,8 +259,9 @@ async fn kill_during(before: &'static str, during: &'static str) {
     kill9(&mut agents[victim]);
     let _ = agents[victim].child.as_mut().unwrap().wait().await;
     spawn(&mut agents[victim], &tx, &[]);
+    let tag = agents[victim].tag();
     wait_for(&mut rx, long, |who, e| match e {
-        NodeEvent::Stage(s) if who == name && s.stage == before => {
+        NodeEvent::Stage(s) if who == tag && s.stage == before => {
             assert_eq!(s.outcome, StageOutcome::Ready, "{s:?}");
             Some(())
         }
@@ -233,15 +271,16 @@ async fn kill_during(before: &'static str, during: &'static str) {
     kill9(&mut agents[victim]);
     let _ = agents[victim].child.as_mut().unwrap().wait().await;
     spawn(&mut agents[victim], &tx, &[]);
+    let tag = agents[victim].tag();
     wait_for(&mut rx, long, |who, e| match e {
-        NodeEvent::Stage(s) if who == name => match &s.outcome {
+        NodeEvent::Stage(s) if who == tag => match &s.outcome {
             StageOutcome::Failed(why) => panic!(
                 "{name} restarted after a kill during {during}: {} failed: {why}",
                 s.stage
             ),
             StageOutcome::Ready => None,
         },
-        NodeEvent::Ready { .. } if who == name => Some(()),
+        NodeEvent::Ready { .. } if who == tag => Some(()),
         _ => None,
     })
     .await;
