@@ -19,12 +19,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod config;
 pub mod hooks;
 pub mod node;
 pub mod notify;
 pub mod report;
 
+pub use admin::{Admin, AdminError, AdminOutcome, AdminRequest, Permission, Principal};
 pub use node::{
     HandoverOutcome, Node, NodeBuilder, NodeContext, Plugin, ShutdownReport, StartupError,
 };

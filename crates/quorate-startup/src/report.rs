@@ -79,6 +79,8 @@ pub enum NodeEvent {
         /// This node.
         node: String,
     },
+    /// An admin operation was asked for (the audit trail; refusals included).
+    Admin(crate::admin::AdminAudit),
 }
 
 /// A role change, with the measured times.
