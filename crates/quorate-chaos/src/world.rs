@@ -137,6 +137,10 @@ pub fn gate(quorate_chaos: Option<&str>, ci: Option<&str>) -> Gate {
     }
 }
 
+/// `nsenter` flags after `-t PID`: the holder's network and mount namespaces, and its root
+/// directory (see [`World::command`]).
+const NSENTER_ARGS: [&str; 4] = ["-n", "-m", "-r", "--"];
+
 /// A private network: a bridge and one network namespace per node, inside a holder process's
 /// own network and mount namespaces.
 pub struct World {
@@ -222,11 +226,17 @@ impl World {
     }
 
     /// A command that runs `program` in the world (the bridge's namespace).
+    ///
+    /// `-r` keeps the holder's root directory: entering a mount namespace otherwise moves the
+    /// process to that namespace's root mount, which inside a chroot (a fresh-root CI run) is
+    /// the host's `/`, so `ip netns` would use the host's `/run/netns` (shared by every world:
+    /// "File exists") and the agent's path would not resolve (exit 127).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg("-t")
             .arg(self.holder_pid.to_string())
-            .args(["-n", "-m", "--", program]);
+            .args(NSENTER_ARGS)
+            .arg(program);
         c
     }
 
@@ -249,7 +259,8 @@ impl World {
         std::process::Command::new("nsenter")
             .arg("-t")
             .arg(self.holder_pid.to_string())
-            .args(["-n", "-m", "--", "ip", "netns", "pids", &Self::ns(i)])
+            .args(NSENTER_ARGS)
+            .args(["ip", "netns", "pids", &Self::ns(i)])
             .stdin(Stdio::null())
             .output()
             .map(|o| {
