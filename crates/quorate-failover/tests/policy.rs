@@ -1221,3 +1221,63 @@ fn config_validation() {
          x (1 - drift) = 594 ms must exceed the margin; raise lease.ttl or lower lease.margin"
     );
 }
+
+#[test]
+fn a_settled_candidate_is_preferred_to_one_that_just_came_back() {
+    // b was away and has just come back: among equal priorities the settled c is chosen, and b
+    // only once it has been a candidate for `settle` (2 s).
+    let back = |at_switchover: u64, want: &'static str| {
+        check_scenario(
+            cfg(),
+            vec![n("a"), n("b"), n("c")],
+            &[
+                (0, Holder(Some("a")), ""),
+                (
+                    0,
+                    Step,
+                    "hold: primary healthy [changed -->a (initial election)]",
+                ),
+                (100, Set(n("b").unreachable()), ""),
+                (100, Step, "hold: primary healthy"),
+                (5_000, Set(n("b")), ""),
+                (5_000, Step, "hold: primary healthy"),
+                (at_switchover, Step, "hold: primary healthy"),
+                (at_switchover, Switchover(None), want),
+            ],
+        );
+    };
+    back(5_100, "demote a for c: manual switchover");
+    back(7_000, "demote a for b: manual switchover");
+    // A preference only: a lone fresh candidate is chosen at once.
+    check_scenario(
+        cfg(),
+        vec![n("a"), n("b").unreachable()],
+        &[
+            (0, Holder(Some("a")), ""),
+            (
+                0,
+                Step,
+                "hold: primary healthy [changed -->a (initial election)]",
+            ),
+            (5_000, Set(n("b")), ""),
+            (5_000, Step, "hold: primary healthy"),
+            (5_000, Switchover(None), "demote a for b: manual switchover"),
+        ],
+    );
+    // Priority still comes first.
+    check_scenario(
+        cfg(),
+        vec![n("a"), n("b").prio(2).unreachable(), n("c")],
+        &[
+            (0, Holder(Some("a")), ""),
+            (
+                0,
+                Step,
+                "hold: primary healthy [changed -->a (initial election)]",
+            ),
+            (5_000, Set(n("b").prio(2)), ""),
+            (5_000, Step, "hold: primary healthy"),
+            (5_000, Switchover(None), "demote a for b: manual switchover"),
+        ],
+    );
+}

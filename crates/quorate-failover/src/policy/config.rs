@@ -51,6 +51,12 @@ pub struct PolicyConfig {
     pub handover_timeout: Duration,
     /// Longest maintenance (pause) that may be requested at once; every pause expires.
     pub maintenance_max: Duration,
+    /// Among candidates of the same priority, one that has been a candidate for at least this
+    /// long is preferred to one that became a candidate more recently: a node that has just
+    /// restarted or rejoined is still warming up (connections, catch-up), and handing it the
+    /// role makes the hand-off slower. A preference only: a lone fresh candidate is still
+    /// chosen at once.
+    pub settle: Duration,
 }
 
 impl PolicyConfig {
@@ -72,6 +78,7 @@ impl PolicyConfig {
             veto_backoff: Duration::from_secs(10),
             handover_timeout: Duration::from_secs(5),
             maintenance_max: Duration::from_secs(24 * 3600),
+            settle: Duration::from_secs(2),
         }
     }
 
@@ -81,6 +88,7 @@ impl PolicyConfig {
             unhealthy_grace: Duration::from_secs(5),
             veto_backoff: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(30),
+            settle: Duration::from_secs(10),
             ..Self::lan()
         }
     }

@@ -856,8 +856,15 @@ impl<N: NodeKey> RolePolicy<N> {
                     0
                 }
             };
-            (Reverse(a.priority), lag(a), a.coord_leader, &a.id).cmp(&(
+            // A candidate that became one within `settle` (just restarted or rejoined) comes
+            // after the settled ones of its priority.
+            let fresh = |v: &NodeView<N>| {
+                let since = self.eligible_since.get(&v.id).copied().unwrap_or(now);
+                now.saturating_sub(since) < self.config.settle
+            };
+            (Reverse(a.priority), fresh(a), lag(a), a.coord_leader, &a.id).cmp(&(
                 Reverse(b.priority),
+                fresh(b),
                 lag(b),
                 b.coord_leader,
                 &b.id,
