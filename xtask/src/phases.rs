@@ -58,7 +58,7 @@ pub(crate) fn layer_crates() -> Vec<&'static str> {
 }
 
 /// The cargo-fuzz targets in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["frame_decode", "gossip_payload"];
+const FUZZ_TARGETS: &[&str] = &["frame_decode", "gossip_payload", "raft_request"];
 
 const PHASES: &[Phase] = &[
     Phase {
