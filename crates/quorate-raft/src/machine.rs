@@ -179,12 +179,19 @@ pub struct MachineLimits {
     pub lease_ttl_min_ms: u64,
     /// The longest lease TTL, in milliseconds.
     pub lease_ttl_max_ms: u64,
+    /// The most bytes of keys and values stored (etcd's `--quota-backend-bytes`). A write of a
+    /// user key that would grow the store past it is refused with `ResourceExhausted` (etcd's
+    /// NOSPACE); reads, deletes and writes that do not grow the store still work, and so do the
+    /// store's own keys (locks, elections, role leases), so that a full store never blocks a
+    /// failover.
+    pub store_bytes_max: u64,
 }
 
 impl MachineLimits {
     /// Limits for a LAN cluster: 1.5 MiB values (etcd's request limit), 1 KiB keys,
     /// 1,000,000 keys, 100,000 leases, 128 txn operations (etcd), 10,000 keys per range,
-    /// 10,000 events of history, lease TTL 2 s (etcd's floor) to 1 day.
+    /// 10,000 events of history, lease TTL 2 s (etcd's floor) to 1 day, 2 GiB of keys and
+    /// values (etcd's default quota).
     pub fn lan() -> MachineLimits {
         MachineLimits {
             key_bytes_max: 1024,
@@ -196,6 +203,7 @@ impl MachineLimits {
             history_events_max: 10_000,
             lease_ttl_min_ms: 2_000,
             lease_ttl_max_ms: 86_400_000,
+            store_bytes_max: 2 << 30,
         }
     }
 }
@@ -226,6 +234,46 @@ pub struct Machine {
     /// Watch history: every event with revision > `compacted`.
     history: VecDeque<WatchEvent>,
     compacted: u64,
+    /// Bytes of keys and values stored (derived from `kv`: not in snapshots, recomputed).
+    #[serde(skip)]
+    bytes: u64,
+}
+
+/// The machine as snapshots before `store_bytes_max` encoded it (no format prefix): read so
+/// that a data dir written by the previous version still starts.
+#[derive(Deserialize)]
+struct MachineV1 {
+    limits: MachineLimitsV1,
+    revision: u64,
+    kv: BTreeMap<String, KeyValue>,
+    leases: BTreeMap<LeaseId, LeaseState>,
+    grants: BTreeMap<String, u64>,
+    ended: VecDeque<(LeaseId, bool)>,
+    history: VecDeque<WatchEvent>,
+    compacted: u64,
+}
+
+/// [`MachineLimits`] before `store_bytes_max`.
+#[derive(Deserialize)]
+struct MachineLimitsV1 {
+    key_bytes_max: usize,
+    value_bytes_max: usize,
+    keys_max: u64,
+    leases_max: u64,
+    txn_ops_max: usize,
+    range_keys_max: usize,
+    history_events_max: u64,
+    lease_ttl_min_ms: u64,
+    lease_ttl_max_ms: u64,
+}
+
+/// The first bytes of a snapshot in the current format (older snapshots have no prefix; their
+/// first byte is the varint of `key_bytes_max`, never this sequence for any limit in use).
+const SNAPSHOT_V2: &[u8; 4] = b"QSM\x02";
+
+/// Bytes one key-value pair counts against `store_bytes_max`.
+fn stored_bytes(key: &str, value: &[u8]) -> u64 {
+    (key.len() as u64).saturating_add(value.len() as u64)
 }
 
 /// Prefix of every key the machine reserves for itself; clients may read and watch these keys
@@ -306,7 +354,13 @@ impl Machine {
             ended: VecDeque::new(),
             history: VecDeque::new(),
             compacted: 0,
+            bytes: 0,
         }
+    }
+
+    /// Bytes of keys and values stored now (counted against `store_bytes_max`).
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The limits this machine enforces.
@@ -333,16 +387,53 @@ impl Machine {
     /// Serializes the whole machine (postcard) for a Raft snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
         // Serializing plain maps, strings and integers into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        let mut out = SNAPSHOT_V2.to_vec();
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
     }
 
     /// Rebuilds a machine from [`Machine::snapshot`] bytes. Fails on bytes that do not decode.
     pub fn restore(bytes: &[u8]) -> Result<Machine, CoordError> {
-        postcard::from_bytes(bytes).map_err(|e| CoordError::Internal {
+        let bad = |e: postcard::Error| CoordError::Internal {
             reason: format!(
                 "state machine snapshot does not decode ({e}): the snapshot is corrupt or from an incompatible version"
             ),
-        })
+        };
+        let mut machine: Machine = match bytes.strip_prefix(SNAPSHOT_V2.as_slice()) {
+            Some(v2) => postcard::from_bytes(v2).map_err(bad)?,
+            None => {
+                let v1: MachineV1 = postcard::from_bytes(bytes).map_err(bad)?;
+                let l = v1.limits;
+                Machine {
+                    limits: MachineLimits {
+                        key_bytes_max: l.key_bytes_max,
+                        value_bytes_max: l.value_bytes_max,
+                        keys_max: l.keys_max,
+                        leases_max: l.leases_max,
+                        txn_ops_max: l.txn_ops_max,
+                        range_keys_max: l.range_keys_max,
+                        history_events_max: l.history_events_max,
+                        lease_ttl_min_ms: l.lease_ttl_min_ms,
+                        lease_ttl_max_ms: l.lease_ttl_max_ms,
+                        store_bytes_max: MachineLimits::lan().store_bytes_max,
+                    },
+                    revision: v1.revision,
+                    kv: v1.kv,
+                    leases: v1.leases,
+                    grants: v1.grants,
+                    ended: v1.ended,
+                    history: v1.history,
+                    compacted: v1.compacted,
+                    bytes: 0,
+                }
+            }
+        };
+        machine.bytes = machine
+            .kv
+            .values()
+            .map(|kv| stored_bytes(&kv.key, &kv.value))
+            .fold(0, u64::saturating_add);
+        Ok(machine)
     }
 
     /// Applies `cmd` as the entry at log `index`. Never panics; a bad command yields
@@ -381,6 +472,7 @@ impl Machine {
                 self.check_value(value)?;
                 self.check_lease(*lease)?;
                 self.check_room_for(std::iter::once(key.as_str()))?;
+                self.check_space(self.growth(key, value))?;
                 let prev = self.put_inner(step, key, value.clone(), *lease);
                 Ok(Outcome::Put(PutResponse {
                     revision: Revision(step.rev),
@@ -523,6 +615,34 @@ impl Machine {
         }
     }
 
+    /// How much writing `value` at `key` would grow the store (negative: shrink).
+    fn growth(&self, key: &str, value: &[u8]) -> i128 {
+        let old = self
+            .kv
+            .get(key)
+            .map_or(0, |kv| stored_bytes(key, &kv.value));
+        i128::from(stored_bytes(key, value)) - i128::from(old)
+    }
+
+    /// Fails (NOSPACE) if user writes growing the store by `growth` bytes would take it past
+    /// `store_bytes_max`. Writes that do not grow it always pass, so a full store can be
+    /// cleaned up with deletes and smaller overwrites.
+    fn check_space(&self, growth: i128) -> Result<(), CoordError> {
+        if growth > 0
+            && i128::from(self.bytes).saturating_add(growth)
+                > i128::from(self.limits.store_bytes_max)
+        {
+            return Err(CoordError::ResourceExhausted {
+                what: format!(
+                    "store_bytes_max (bytes of stored keys and values; {} stored, this write adds {growth}: NOSPACE)",
+                    self.bytes
+                ),
+                max: self.limits.store_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
     /// Fails if creating the absent ones among `keys` would exceed `keys_max`.
     fn check_room_for<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Result<(), CoordError> {
         let new: BTreeSet<&str> = keys.filter(|k| !self.kv.contains_key(*k)).collect();
@@ -576,6 +696,11 @@ impl Machine {
             kind: EventKind::Put,
             kv: kv.clone(),
         });
+        let old = prev.as_ref().map_or(0, |p| stored_bytes(key, &p.value));
+        self.bytes = self
+            .bytes
+            .saturating_sub(old)
+            .saturating_add(stored_bytes(key, &kv.value));
         self.kv.insert(key.to_owned(), kv);
         if prev.is_none()
             && let Some(queue) = queue_of(key)
@@ -587,6 +712,7 @@ impl Machine {
 
     fn delete_inner(&mut self, step: &mut Step, key: &str) -> Option<KeyValue> {
         let prev = self.kv.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(stored_bytes(key, &prev.value));
         if let Some(l) = prev.lease.and_then(|id| self.leases.get_mut(&id)) {
             l.keys.remove(key);
         }
@@ -976,6 +1102,18 @@ impl Machine {
             TxnOp::Put { key, .. } => Some(key.as_str()),
             _ => None,
         }))?;
+        let growth = branch
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } => self.growth(key, value),
+                TxnOp::Delete { key } => self
+                    .kv
+                    .get(key)
+                    .map_or(0, |kv| -(stored_bytes(key, &kv.value) as i128)),
+                TxnOp::Get { .. } | TxnOp::Range { .. } => 0,
+            })
+            .sum();
+        self.check_space(growth)?;
         let mut results = Vec::with_capacity(branch.len());
         for op in branch {
             results.push(match op {

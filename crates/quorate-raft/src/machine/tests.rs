@@ -19,6 +19,7 @@ fn small_limits() -> MachineLimits {
         history_events_max: 8,
         lease_ttl_min_ms: 1_000,
         lease_ttl_max_ms: 60_000,
+        store_bytes_max: 120,
     }
 }
 
@@ -492,6 +493,131 @@ fn snapshot_round_trips_and_garbage_is_an_error() {
     ));
 }
 
+#[test]
+fn a_full_store_refuses_growth_with_nospace_but_reads_deletes_and_locks_work() {
+    let mut sm = Sm::new();
+    // 12 keys of 1 + 9 bytes: 120 bytes, the quota.
+    for i in 0..12u8 {
+        let key = ((b'a' + i) as char).to_string();
+        sm.put(&key, "123456789", None);
+    }
+    assert_eq!(sm.m.stored_bytes(), 120);
+    let e = sm.rejected(Command::Put {
+        key: "b".into(),
+        value: b"1234567890".to_vec(),
+        lease: None,
+    });
+    assert!(
+        matches!(&e, CoordError::ResourceExhausted { max: 120, .. })
+            && e.to_string().contains("NOSPACE"),
+        "{e}"
+    );
+    // The same in a transaction (counted net: -10 + 7 + 7); nothing of it is applied.
+    let txn = Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Delete { key: "c".into() },
+            TxnOp::Put {
+                key: "b".into(),
+                value: b"1234567890123456".to_vec(),
+                lease: None,
+            },
+            TxnOp::Put {
+                key: "a".into(),
+                value: b"1234567890123456".to_vec(),
+                lease: None,
+            },
+        ],
+        failure: vec![],
+    };
+    let e = sm.rejected(Command::Txn(txn));
+    assert!(matches!(e, CoordError::ResourceExhausted { .. }), "{e}");
+    assert!(sm.m.get("c").is_some());
+    // Reads work; an overwrite that does not grow the store works; a delete frees room.
+    assert_eq!(sm.m.get("b").map(|kv| kv.value.len()), Some(9));
+    sm.put("b", "1", None);
+    sm.put("c", "12345678901", None);
+    assert_eq!(sm.m.stored_bytes(), 114);
+    // The store's own keys are not refused: a full store never blocks a lock or an election
+    // (a delete makes room under keys_max, not under the byte quota).
+    sm.ok(Command::Delete { key: "d".into() });
+    sm.put("e", "1234567890123456", None);
+    sm.put("f", "1234567890123456", None);
+    sm.put("g", "12345678901", None);
+    assert_eq!(sm.m.stored_bytes(), 120);
+    assert!(sm.m.get("d").is_none());
+    let l = sm.grant(1);
+    sm.lock("l", l);
+    assert!(sm.m.stored_bytes() > 120);
+    sm.put("e", "", None);
+    let e = sm.rejected(Command::Put {
+        key: "d".into(),
+        value: b"1".to_vec(),
+        lease: None,
+    });
+    assert!(matches!(e, CoordError::ResourceExhausted { .. }), "{e}");
+}
+
+#[test]
+fn a_snapshot_from_before_the_quota_still_restores() {
+    #[derive(Serialize)]
+    struct OldLimits {
+        key_bytes_max: usize,
+        value_bytes_max: usize,
+        keys_max: u64,
+        leases_max: u64,
+        txn_ops_max: usize,
+        range_keys_max: usize,
+        history_events_max: u64,
+        lease_ttl_min_ms: u64,
+        lease_ttl_max_ms: u64,
+    }
+    #[derive(Serialize)]
+    struct Old<'a> {
+        limits: OldLimits,
+        revision: u64,
+        kv: &'a BTreeMap<String, KeyValue>,
+        leases: &'a BTreeMap<LeaseId, LeaseState>,
+        grants: &'a BTreeMap<String, u64>,
+        ended: &'a VecDeque<(LeaseId, bool)>,
+        history: &'a VecDeque<WatchEvent>,
+        compacted: u64,
+    }
+    let mut sm = Sm::new();
+    let a = sm.grant(1);
+    sm.put("a", "1", Some(a));
+    sm.lock("l", a);
+    let l = small_limits();
+    let old = Old {
+        limits: OldLimits {
+            key_bytes_max: l.key_bytes_max,
+            value_bytes_max: l.value_bytes_max,
+            keys_max: l.keys_max,
+            leases_max: l.leases_max,
+            txn_ops_max: l.txn_ops_max,
+            range_keys_max: l.range_keys_max,
+            history_events_max: l.history_events_max,
+            lease_ttl_min_ms: l.lease_ttl_min_ms,
+            lease_ttl_max_ms: l.lease_ttl_max_ms,
+        },
+        revision: sm.m.revision,
+        kv: &sm.m.kv,
+        leases: &sm.m.leases,
+        grants: &sm.m.grants,
+        ended: &sm.m.ended,
+        history: &sm.m.history,
+        compacted: sm.m.compacted,
+    };
+    let bytes = postcard::to_allocvec(&old).unwrap();
+    let restored = Machine::restore(&bytes).unwrap();
+    assert_eq!(restored.kv, sm.m.kv);
+    assert_eq!(restored.stored_bytes(), sm.m.stored_bytes());
+    assert_eq!(
+        restored.limits.store_bytes_max,
+        MachineLimits::lan().store_bytes_max
+    );
+}
+
 // ---- properties ----
 
 fn key() -> impl Strategy<Value = String> {
@@ -594,6 +720,15 @@ fn command() -> impl Strategy<Value = Command> {
 /// Structural invariants of a machine.
 fn check_invariants(m: &Machine) -> Result<(), TestCaseError> {
     let limits = &m.limits;
+    let counted: u64 =
+        m.kv.values()
+            .map(|kv| stored_bytes(&kv.key, &kv.value))
+            .sum();
+    prop_assert_eq!(
+        m.bytes,
+        counted,
+        "stored bytes drifted from the keys and values"
+    );
     prop_assert!(m.kv.len() as u64 <= limits.keys_max);
     prop_assert!(m.leases.len() as u64 <= limits.leases_max);
     prop_assert!(m.history.len() as u64 <= limits.history_events_max);
