@@ -318,7 +318,23 @@ async fn phase(coord: &Arc<dyn Coord>, cfg: &BenchConfig, op: Op, clients: usize
                     Op::Write => {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let key = bench_key('w', n, key_bytes);
-                        coord.put(&key, value.clone(), None).await.is_ok()
+                        match coord.put(&key, value.clone(), None).await {
+                            Ok(_) => true,
+                            Err(e) => {
+                                if s.errors == 0
+                                    && std::env::var_os("QUORATE_BENCH_ERRORS").is_some()
+                                {
+                                    #[allow(
+                                        clippy::print_stderr,
+                                        reason = "diagnostics asked for by the env var"
+                                    )]
+                                    {
+                                        eprintln!("write failed: {e}");
+                                    }
+                                }
+                                false
+                            }
+                        }
                     }
                     Op::Read => coord
                         .get(&read_key, Consistency::Linearizable)

@@ -68,6 +68,13 @@ pub struct ClientConfig {
     /// Idle connections kept per node (at least the number of concurrent callers, watches
     /// and lock waiters included, or calls reconnect).
     pub idle_connections_per_node: usize,
+    /// The most calls in flight to one node at once, watch polls not counted (each call
+    /// holds one connection); more wait
+    /// for a free slot (at most `rpc_timeout`, then `Unavailable`: nothing was sent). Keep it
+    /// below the nodes' `inbound_per_ip_max` (64) with room for the peers' own connections
+    /// when clients and nodes share an address: a node closes connections beyond that limit
+    /// at accept, and a refused connection is an error for the caller.
+    pub calls_in_flight_per_node_max: NonZeroUsize,
     /// The most events one watch poll asks for (at most the nodes' `watch_events_max`).
     pub watch_events_max: NonZeroU32,
     /// How long a node may hold a watch poll that has nothing to send (at most the nodes'
@@ -84,7 +91,7 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A client of a cluster on one LAN: 300 ms connects, 6 s calls (above the nodes' 5 s
     /// `write_timeout`), 8 attempts, 10 ms election pauses, a refused node skipped for 500 ms,
-    /// 128 idle connections per node, watch polls of up to 1024 events held up to 5 s (half
+    /// 128 idle connections per node, at most 32 calls in flight per node, watch polls of up to 1024 events held up to 5 s (half
     /// the nodes' default `watch_wait_max`), no lock wait limit, and the capabilities of the
     /// default `lan` machine limits until read from a node.
     pub fn lan(wire: WireConfig) -> ClientConfig {
@@ -100,6 +107,7 @@ impl ClientConfig {
             retry_pause: Duration::from_millis(10),
             down_for: Duration::from_millis(500),
             idle_connections_per_node: 128,
+            calls_in_flight_per_node_max: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
             watch_events_max: NonZeroU32::new(1024).unwrap_or(NonZeroU32::MIN),
             watch_wait: Duration::from_secs(5),
             lock_wait_max: None,
@@ -123,6 +131,8 @@ struct Inner<N: Net> {
     capabilities: Mutex<Capabilities>,
     /// Calls sent (every attempt), for tests and reports.
     calls: AtomicU64,
+    /// Per node: slots for calls in flight (`calls_in_flight_per_node_max`).
+    slots: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A `Coord` client of a quorate-raft cluster from outside. See the module docs. Cheap to
@@ -181,6 +191,14 @@ impl<N: Net> CoordClient<N> {
             inner: Arc::new(Inner {
                 transport,
                 down_until: Mutex::new(vec![None; addrs.len()]),
+                slots: addrs
+                    .iter()
+                    .map(|_| {
+                        Arc::new(tokio::sync::Semaphore::new(
+                            config.calls_in_flight_per_node_max.get(),
+                        ))
+                    })
+                    .collect(),
                 addrs,
                 current: AtomicUsize::new(0),
                 capabilities: Mutex::new(config.capabilities.clone()),
@@ -392,6 +410,28 @@ impl<N: Net> Inner<N> {
             _ => Duration::ZERO,
         };
         let req = Request::Client(req.clone());
+        // A free slot first (nothing is sent while waiting for one). Watch polls, held by
+        // the node for up to `watch_wait`, take none: they would block the short calls.
+        let slot = match req {
+            Request::Client(ClientRequest::WatchPoll(_)) => None,
+            _ => self.slots.get(i).cloned(),
+        };
+        let _permit = match slot {
+            Some(s) => Some(
+                tokio::time::timeout(self.config.rpc_timeout, s.acquire_owned())
+                    .await
+                    .map_err(|_| CoordError::Unavailable {
+                        reason: format!(
+                            "{addr}: no free call slot within {:?} (calls_in_flight_per_node_max = {})",
+                            self.config.rpc_timeout, self.config.calls_in_flight_per_node_max
+                        ),
+                    })?
+                    .map_err(|_| CoordError::Unavailable {
+                        reason: format!("{addr}: the client is closing"),
+                    })?,
+            ),
+            None => None,
+        };
         self.calls.fetch_add(1, Ordering::Relaxed);
         match self
             .transport

@@ -9,6 +9,7 @@
 //! then read locally.
 
 mod client_api;
+mod read_batch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,6 +154,8 @@ struct Core<N: Net> {
     view: watch::Sender<ClusterView>,
     /// Slots for held remote watch polls (`Limits::watch_polls_held_max`).
     watch_holds: Arc<tokio::sync::Semaphore>,
+    /// Concurrent linearizable reads share one leadership round (`node/read_batch.rs`).
+    read_batch: read_batch::ReadBatch<Local<u64>>,
     cancel: CancellationToken,
     /// Stops the storage writer (after openraft has shut down).
     store_stop: CancellationToken,
@@ -182,6 +185,7 @@ impl<N: Net> std::fmt::Debug for RaftNode<N> {
 }
 
 /// Why a local attempt did not produce an answer.
+#[derive(Clone)]
 enum Local<T> {
     Done(Result<T, CoordError>),
     Forward(Option<PeerNode>),
@@ -286,6 +290,7 @@ impl<N: Net> RaftNode<N> {
             watch_holds: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.watch_polls_held_max.get(),
             )),
+            read_batch: read_batch::ReadBatch::default(),
             cancel: CancellationToken::new(),
             store_stop,
             tracker,
@@ -592,6 +597,12 @@ impl<N: Net> Core<N> {
         {
             return Local::Done(Err(e));
         }
+        self.read_batch.run(|| self.read_index_round()).await
+    }
+
+    /// One leadership-confirming quorum round and the read index it gives (run by
+    /// `read_index_local` for every read waiting on it).
+    async fn read_index_round(&self) -> Local<u64> {
         let r =
             tokio::time::timeout(self.limits.rpc_timeout, self.raft.ensure_linearizable()).await;
         match r {

@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 use crate::error::NodeError;
 use crate::lease_glue::LeaseTracker;
 use crate::machine::{Machine, MachineLimits};
-use crate::store::{SNAPSHOT, Storage};
+use crate::store::{IoMode, SNAPSHOT, Storage};
 use crate::types::{Applied, Entry, LogId, PeerNode, StorageError, StoredMembership, TypeConfig};
 
 fn any(e: impl std::fmt::Display) -> AnyError {
@@ -167,11 +167,27 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let sig = Some(self.meta.signature());
-        write_snapshot(&self.storage, &self.meta, &self.data)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(sig, any(e))))?;
+        let data = std::mem::take(&mut self.data);
+        // The snapshot can be megabytes: its commit (and fsync) runs on the blocking pool in
+        // production, not on a runtime worker (it stalled client and Raft tasks there).
+        let (written, data) = match self.storage.io() {
+            IoMode::Inline => (write_snapshot(&self.storage, &self.meta, &data), data),
+            IoMode::Blocking => {
+                let (storage, meta) = (self.storage.clone(), self.meta.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = write_snapshot(&storage, &meta, &data);
+                    (r, data)
+                })
+                .await
+                .map_err(|e| {
+                    StorageError::from(StorageIOError::write_snapshot(sig.clone(), any(e)))
+                })?
+            }
+        };
+        written.map_err(|e| StorageError::from(StorageIOError::write_snapshot(sig, any(e))))?;
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.data.clone())),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }

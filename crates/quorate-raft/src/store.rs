@@ -8,6 +8,15 @@
 //! appends flushed (`LogFlushed`) and answers the vote/truncate/purge waiters. Under load many
 //! client writes share one fsync; an idle node commits each write alone.
 //!
+//! **The committed id costs no fsync of its own.** openraft reports the committed log id
+//! after every commit (and a follower after every heartbeat); committing it alone cost one
+//! more fsync per write, on the critical path (the next append queued behind it). The writer
+//! keeps the newest one and writes it inside the next commit that has real work (append,
+//! vote, truncate, purge), alone once the writer has been idle for 50 ms, and at shutdown. A crash can lose it: openraft allows that (the
+//! committed id is a hint for re-applying the log at start; the node re-learns the rest from
+//! the leader), and it never runs ahead of the log, since it is written in a commit that
+//! holds every append queued before it.
+//!
 //! Appended entries are readable at once (openraft's rule) from an in-memory overlay of
 //! not-yet-flushed entries, which the writer drains after each commit.
 //!
@@ -399,6 +408,11 @@ impl Storage {
         &self.db
     }
 
+    /// How this store runs its blocking commits.
+    pub(crate) fn io(&self) -> IoMode {
+        self.io
+    }
+
     /// Whether the log has never been written (no vote, no entries): a fresh node that may be
     /// bootstrapped with `initialize`.
     pub fn is_fresh(&self) -> Result<bool, NodeError> {
@@ -610,12 +624,38 @@ async fn writer(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(batch_max);
+    // The newest committed id openraft reported that is not yet in a commit. It rides along
+    // with the next commit that has real work (an append, vote, truncate or purge) instead
+    // of costing an fsync of its own: a committed id that is lost in a crash only means the
+    // node re-learns it from the leader (openraft allows `save_committed` to be lost).
+    let mut committed: Option<Option<LogId>> = None;
     loop {
+        // With a committed id waiting and nothing else to do for `COMMITTED_IDLE_FLUSH`, it
+        // is committed alone: off the critical path (the node is idle), and it bounds how far
+        // a restarted node's state starts behind what it had applied.
+        let waiting = committed.is_some();
+        let idle_flush = async move {
+            if waiting {
+                tokio::time::sleep(COMMITTED_IDLE_FLUSH).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let first = tokio::select! {
             biased;
             op = rx.recv() => op,
             // Shutting down: commit what is queued, then end.
             _ = stop.cancelled() => rx.try_recv().ok(),
+            () = idle_flush => {
+                let result = match encode_batch(&[], committed.take()) {
+                    Ok(ops) => commit_ops(&shared.storage, ops).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "saving the committed log id failed");
+                }
+                continue;
+            }
         };
         let Some(first) = first else {
             break;
@@ -627,20 +667,52 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let encoded = encode_batch(&batch);
+        let mut durable_work = false;
+        batch.retain(|op| match op {
+            WriteOp::Committed { committed: c } => {
+                committed = Some(*c);
+                false
+            }
+            _ => {
+                durable_work = true;
+                true
+            }
+        });
+        if !durable_work {
+            continue;
+        }
+        let encoded = encode_batch(&batch, committed.take());
         let result = match encoded {
-            Ok(ops) => match shared.storage.io {
-                IoMode::Inline => commit_batch(&shared.storage.db, &ops),
-                IoMode::Blocking => {
-                    let db = shared.storage.db.clone();
-                    tokio::task::spawn_blocking(move || commit_batch(&db, &ops))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("log writer thread failed: {e}")))
-                }
-            },
+            Ok(ops) => commit_ops(&shared.storage, ops).await,
             Err(e) => Err(e),
         };
         finish_batch(&shared, batch.drain(..), &result);
+    }
+    // Closing: save the last committed id (best effort, as before; see above).
+    if let Some(c) = committed {
+        let result = match encode_batch(&[], Some(c)) {
+            Ok(ops) => commit_ops(&shared.storage, ops).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "saving the committed log id failed");
+        }
+    }
+}
+
+/// How long the writer waits, idle, before committing a committed id alone.
+const COMMITTED_IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Commits `ops` on `storage`: inline or on the blocking pool, by its `IoMode`.
+async fn commit_ops(storage: &Storage, ops: Vec<Encoded>) -> Result<(), String> {
+    match storage.io {
+        IoMode::Inline => commit_batch(&storage.db, &ops),
+        IoMode::Blocking => {
+            let db = storage.db.clone();
+            tokio::task::spawn_blocking(move || commit_batch(&db, &ops))
+                .await
+                .unwrap_or_else(|e| Err(format!("log writer thread failed: {e}")))
+        }
     }
 }
 
@@ -653,7 +725,10 @@ enum Encoded {
     Meta(&'static str, Vec<u8>),
 }
 
-fn encode_batch(batch: &[WriteOp]) -> Result<Vec<Encoded>, String> {
+fn encode_batch(
+    batch: &[WriteOp],
+    committed: Option<Option<LogId>>,
+) -> Result<Vec<Encoded>, String> {
     let mut out = Vec::new();
     for op in batch {
         match op {
@@ -669,6 +744,9 @@ fn encode_batch(batch: &[WriteOp]) -> Result<Vec<Encoded>, String> {
                 out.push(Encoded::Meta("committed", enc(committed)?));
             }
         }
+    }
+    if let Some(c) = committed {
+        out.push(Encoded::Meta("committed", enc(&c)?));
     }
     Ok(out)
 }

@@ -1,5 +1,5 @@
 //! `cargo run --release -p quorate-bench --bin bench_coord_vs_etcd -- [--tiny] [--trials N]
-//! [--out PATH]`: the coordination benchmark through the `Coord` trait, side by side, on
+//! [--out PATH] [--phase-ms MS] [--rounds N] [--writes 1,16,64] [--reads 1,64] [--locks 1,16]`: the coordination benchmark through the `Coord` trait, side by side, on
 //! loopback: a 3-member etcd cluster (Debian's `etcd`, or `QUORATE_ETCD_BIN`) and a 3-process
 //! quorate cluster, interleaved phase by phase (see `quorate_bench::coord`). Prints the table
 //! and writes it to `target/bench-coord-vs-etcd.txt`.
@@ -150,6 +150,21 @@ struct Args {
     /// Where to write the table.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Length of each measured phase in milliseconds (default: the run's own).
+    #[arg(long)]
+    phase_ms: Option<u64>,
+    /// Rounds per phase and target (default: the run's own).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Client counts of the write phases, comma-separated (`--writes 0` runs none).
+    #[arg(long, value_delimiter = ',')]
+    writes: Option<Vec<usize>>,
+    /// Client counts of the linearizable read phases, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    reads: Option<Vec<usize>>,
+    /// Client counts of the lock phases, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    locks: Option<Vec<usize>>,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +192,21 @@ fn main() -> ExitCode {
     };
     if let Some(t) = parsed.trials {
         cfg.failover_trials = t;
+    }
+    if let Some(ms) = parsed.phase_ms {
+        cfg.phase = std::time::Duration::from_millis(ms);
+    }
+    if let Some(r) = parsed.rounds {
+        cfg.rounds = r.max(1);
+    }
+    if let Some(w) = parsed.writes {
+        cfg.write_clients = w.into_iter().filter(|&c| c > 0).collect();
+    }
+    if let Some(r) = parsed.reads {
+        cfg.read_clients = r.into_iter().filter(|&c| c > 0).collect();
+    }
+    if let Some(l) = parsed.locks {
+        cfg.lock_clients = l.into_iter().filter(|&c| c > 0).collect();
     }
     let out = parsed.out.unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt")
