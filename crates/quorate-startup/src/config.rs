@@ -145,8 +145,7 @@ pub struct TelegramSection {
     /// Messages per second in all (default 30, Telegram's limit).
     #[serde(default = "default_global_per_second")]
     pub global_per_second: u32,
-    /// Messages waiting in the outbox at most; beyond it, the oldest alerts are coalesced
-    /// into a count (default 1000).
+    /// Outbox entries the sender reads per round, oldest first (default 256).
     #[serde(default = "default_outbox_max")]
     pub outbox_max: u32,
     /// Whether to send alerts (role changes, quorum, critical health, split-brain
@@ -186,7 +185,7 @@ fn default_global_per_second() -> u32 {
     30
 }
 fn default_outbox_max() -> u32 {
-    1000
+    256
 }
 
 impl TelegramSection {

@@ -70,7 +70,7 @@ impl AlertMapper {
             text,
             group,
             count: 1,
-            sending: None,
+            sending: Vec::new(),
         }
     }
 
@@ -264,7 +264,7 @@ pub(crate) fn compose(chat: i64, pending: &[Stored]) -> Option<(String, Vec<Stri
         .collect();
     let first = owed.first()?;
     let mark = |s: &Stored| {
-        if s.entry.sending.is_some_and(|x| x.chat == chat) {
+        if s.entry.sending.contains(&chat) {
             "(this may repeat a message sent just before a failover of the bot)\n"
         } else {
             ""
@@ -348,7 +348,7 @@ mod tests {
                 text: format!("alert {key}"),
                 group: group.into(),
                 count: 1,
-                sending: None,
+                sending: Vec::new(),
             },
         }
     }
@@ -360,7 +360,7 @@ mod tests {
     /// message count far below the alert count.
     #[test]
     fn a_burst_of_100_alerts_is_delivered_within_the_limits_and_nothing_is_lost() {
-        let chats = [7_i64, -100_5];
+        let chats = [7_i64, -1005];
         let mut pending: Vec<Stored> = Vec::new();
         let mut t = Throttle::new(limits());
         let mut sent: Vec<(i64, Duration, Vec<String>)> = Vec::new();

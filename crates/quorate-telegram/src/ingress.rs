@@ -35,9 +35,7 @@ use crate::alerts::{AlertMapper, Limits, Throttle, compose};
 use crate::api::{BotApi, CallError, Incoming};
 use crate::commands;
 use crate::error::TelegramError;
-use crate::store::{
-    EntryKind, Inflight, OffsetRecord, OutboxEntry, Sending, Store, Takeover, encode, put,
-};
+use crate::store::{EntryKind, Inflight, OffsetRecord, OutboxEntry, Store, Takeover, encode, put};
 
 /// Counters of one node's ingress (see [`crate::TelegramPlugin::stats`]).
 #[derive(Debug, Default)]
@@ -81,6 +79,20 @@ const POLL_MARGIN: Duration = Duration::from_millis(100);
 
 /// Retries of a store call inside a term, and the pause between them.
 const STORE_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest a command may take (an operation waits for the failover manager's answer).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn answer(shared: &Shared, chat: i64, cmd: commands::Command) -> String {
+    let who = Shared::principal(chat);
+    let run = commands::run(&shared.node, &shared.admin, &who, cmd);
+    match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+        Ok(a) => a,
+        Err(_) => format!(
+            "❌ no answer within {COMMAND_TIMEOUT:?}: the node is busy or cannot reach the cluster; check /roles before repeating an operation"
+        ),
+    }
+}
 
 impl Shared {
     /// The longest a previous holder's poll may stay open at Telegram after it stepped down:
@@ -198,7 +210,7 @@ async fn recover_inflight(shared: &Shared, token: FencingToken) -> Result<(), Te
             ),
             group: String::new(),
             count: 1,
-            sending: None,
+            sending: Vec::new(),
         };
         let id = key.rsplit('/').next().unwrap_or("x").to_owned();
         shared
@@ -225,7 +237,7 @@ fn reply(chat: i64, text: String) -> OutboxEntry {
         text,
         group: String::new(),
         count: 1,
-        sending: None,
+        sending: Vec::new(),
     }
 }
 
@@ -364,25 +376,21 @@ async fn process(
                     ));
                     shared.store.commit(token, std::mem::take(&mut ops)).await?;
                     *rec = after;
-                    let answer =
-                        commands::run(&shared.node, &shared.admin, &Shared::principal(chat), cmd)
-                            .await;
+                    let text = answer(shared, chat, cmd).await;
                     shared
                         .store
                         .commit(
                             token,
                             vec![
-                                put(&out_key, encode(&reply(chat, answer))),
+                                put(&out_key, encode(&reply(chat, text))),
                                 TxnOp::Delete { key: marker },
                             ],
                         )
                         .await?;
                 }
                 Ok(cmd) => {
-                    let answer =
-                        commands::run(&shared.node, &shared.admin, &Shared::principal(chat), cmd)
-                            .await;
-                    ops.push(put(&out_key, encode(&reply(chat, answer))));
+                    let text = answer(shared, chat, cmd).await;
+                    ops.push(put(&out_key, encode(&reply(chat, text))));
                 }
                 Err(help) => ops.push(put(&out_key, encode(&reply(chat, help)))),
             },
@@ -406,6 +414,9 @@ pub(crate) fn refusal(chat: i64) -> String {
         "Sorry, this bot only takes commands from its operators' chats, and it changed nothing. (This chat's id is {chat}; an operator can add it to [telegram] admin_chats.)"
     )
 }
+
+/// Messages sent per round at most (one per chat; concurrently).
+const ROUND_MAX: usize = 32;
 
 async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationToken) {
     let token = ctx.token();
@@ -431,18 +442,36 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
                 continue;
             }
         };
+        // This round: every chat that may be sent to now (one message each), oldest first.
         let now = start.elapsed();
-        let chats: BTreeSet<i64> = pending
-            .iter()
-            .flat_map(|s| s.entry.chats.iter().copied())
-            .collect();
-        let next = chats.iter().map(|c| (throttle.ready_at(*c, now), *c)).min();
-        let wait = match next {
-            None => Duration::from_secs(1),
-            Some((at, _)) => at.saturating_sub(now),
-        };
-        if next.is_none() || !wait.is_zero() {
-            // Until the next chat may be sent to, or the outbox changes.
+        let mut chats: Vec<i64> = Vec::new();
+        for s in &pending {
+            for c in &s.entry.chats {
+                if !chats.contains(c) {
+                    chats.push(*c);
+                }
+            }
+        }
+        let mut round: Vec<(i64, String, Vec<String>)> = Vec::new();
+        let mut soonest: Option<Duration> = None;
+        let mut planned = throttle.clone();
+        for chat in chats {
+            if round.len() >= ROUND_MAX {
+                break;
+            }
+            let at = planned.ready_at(chat, now);
+            if at > now {
+                soonest = Some(soonest.map_or(at, |s| s.min(at)));
+                continue;
+            }
+            if let Some((text, keys)) = compose(chat, &pending) {
+                planned.sent(chat, now);
+                round.push((chat, text, keys));
+            }
+        }
+        if round.is_empty() {
+            // Until a chat may be sent to, or the outbox changes.
+            let wait = soonest.map_or(Duration::from_secs(1), |s| s.saturating_sub(now));
             let changed = async {
                 match changes.as_mut() {
                     Some(w) => {
@@ -458,34 +487,31 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
                 () = stop.cancelled() => return,
                 () = ctx.demoted() => return,
                 () = changed => {}
-                () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                () = tokio::time::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(1))) => {}
             }
             continue;
         }
-        let Some((_, chat)) = next else {
-            continue;
-        };
-        let Some((text, keys)) = compose(chat, &pending) else {
-            continue;
-        };
-        let covered: Vec<_> = pending.iter().filter(|s| keys.contains(&s.key)).collect();
         // The intent: a successor finding it marks its resend as a possible repeat.
-        let intent = covered
+        let mut entries: std::collections::BTreeMap<String, OutboxEntry> = pending
             .iter()
-            .map(|s| {
-                let mut e = s.entry.clone();
-                e.sending = Some(Sending {
-                    chat,
-                    token: token.0,
-                });
-                put(&s.key, encode(&e))
-            })
+            .filter(|s| round.iter().any(|(_, _, k)| k.contains(&s.key)))
+            .map(|s| (s.key.clone(), s.entry.clone()))
             .collect();
+        for (chat, _, keys) in &round {
+            for k in keys {
+                if let Some(e) = entries.get_mut(k)
+                    && !e.sending.contains(chat)
+                {
+                    e.sending.push(*chat);
+                }
+            }
+        }
+        let intent = entries.iter().map(|(k, e)| put(k, encode(e))).collect();
         match shared.store.commit(token, intent).await {
             Ok(()) => {}
             Err(TelegramError::Fenced { .. }) => return,
             Err(e) => {
-                tracing::warn!("telegram: marking a send: {e}");
+                tracing::warn!("telegram: marking sends: {e}");
                 continue;
             }
         }
@@ -496,64 +522,68 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
         if left.is_zero() {
             return;
         }
+        let bound = shared.request_timeout.min(left);
         let sent_at = start.elapsed();
-        let r = shared
-            .api
-            .send(chat, &text, shared.request_timeout.min(left))
-            .await;
-        let (ack, keep_marker) = match &r {
-            Ok(()) => {
-                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-                throttle.sent(chat, sent_at);
-                (true, false)
-            }
-            Err(CallError::RetryAfter(d)) => {
-                shared.counters.retry_after.fetch_add(1, Ordering::Relaxed);
-                throttle.retry_after(chat, start.elapsed(), *d);
-                (false, false)
-            }
-            Err(CallError::Permanent(d)) => {
-                shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    chat,
-                    "telegram: Telegram refused a message for good, dropped for this chat: {d}"
-                );
-                (true, false)
-            }
-            Err(e) => {
-                // It may have arrived (a timeout): keep the marker, so the resend says so.
-                shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(chat, "telegram: sendMessage: {e}");
-                throttle.retry_after(chat, start.elapsed(), shared.short_poll_interval);
-                (false, matches!(e, CallError::Timeout))
-            }
-        };
-        let done: Vec<TxnOp> = covered
-            .iter()
-            .map(|s| {
-                let mut e = s.entry.clone();
-                if ack {
-                    e.chats.retain(|c| *c != chat);
+        let results = futures::future::join_all(
+            round
+                .iter()
+                .map(|(chat, text, _)| shared.api.send(*chat, text, bound)),
+        )
+        .await;
+        for ((chat, _, keys), r) in round.iter().zip(results) {
+            let chat = *chat;
+            let (ack, keep_marker) = match &r {
+                Ok(()) => {
+                    shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    throttle.sent(chat, sent_at);
+                    (true, false)
                 }
-                e.sending = if keep_marker {
-                    Some(Sending {
+                Err(CallError::RetryAfter(d)) => {
+                    shared.counters.retry_after.fetch_add(1, Ordering::Relaxed);
+                    throttle.retry_after(chat, start.elapsed(), *d);
+                    (false, false)
+                }
+                Err(CallError::Permanent(d)) => {
+                    shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
                         chat,
-                        token: token.0,
-                    })
-                } else {
-                    None
-                };
+                        "telegram: Telegram refused a message for good, dropped for this chat: {d}"
+                    );
+                    (true, false)
+                }
+                Err(e) => {
+                    // It may have arrived (a timeout): keep the mark, so the resend says so.
+                    shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(chat, "telegram: sendMessage: {e}");
+                    throttle.retry_after(chat, start.elapsed(), shared.short_poll_interval);
+                    (false, matches!(e, CallError::Timeout))
+                }
+            };
+            for k in keys {
+                if let Some(e) = entries.get_mut(k) {
+                    if ack {
+                        e.chats.retain(|c| *c != chat);
+                    }
+                    if !keep_marker {
+                        e.sending.retain(|c| *c != chat);
+                    }
+                }
+            }
+        }
+        let done: Vec<TxnOp> = entries
+            .into_iter()
+            .map(|(k, e)| {
                 if e.chats.is_empty() {
-                    TxnOp::Delete { key: s.key.clone() }
+                    TxnOp::Delete { key: k }
                 } else {
-                    put(&s.key, encode(&e))
+                    put(&k, encode(&e))
                 }
             })
             .collect();
         // Recorded even when the term just ended (the fence still holds this token until a
         // successor takes over, which waits for the hand-off guard first).
         if let Err(e) = shared.store.commit(token, done).await {
-            tracing::warn!("telegram: acknowledging a send: {e}");
+            tracing::warn!("telegram: recording sends: {e}");
         }
     }
 }

@@ -45,15 +45,6 @@ pub(crate) enum EntryKind {
     Alert,
 }
 
-/// A send under way: written before the call, removed with the acknowledgement. A successor
-/// that finds it does not know whether Telegram got the message, so it sends it again marked
-/// as a possible repeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Sending {
-    pub(crate) chat: i64,
-    pub(crate) token: u64,
-}
-
 /// One message to send.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct OutboxEntry {
@@ -67,8 +58,11 @@ pub(crate) struct OutboxEntry {
     /// How many alerts this entry stands for (coalesced when the outbox was full).
     #[serde(default = "one")]
     pub(crate) count: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sending: Option<Sending>,
+    /// Chats with a send under way: written before the call, removed with its outcome. A
+    /// successor that finds a chat here does not know whether Telegram got the message, so it
+    /// sends it again marked as a possible repeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sending: Vec<i64>,
 }
 
 fn one() -> u32 {
@@ -143,9 +137,9 @@ impl Store {
     pub(crate) async fn takeover(&self, token: FencingToken) -> Result<Takeover, TelegramError> {
         let fence = self.key("fence");
         let mine = token_bytes(token);
-        let r = self
-            .coord
-            .txn(Txn {
+        let r = within(
+            "a transaction",
+            self.coord.txn(Txn {
                 compares: vec![Compare {
                     key: fence.clone(),
                     op: CompareOp::Less,
@@ -153,8 +147,9 @@ impl Store {
                 }],
                 success: vec![put(&fence, mine.clone())],
                 failure: vec![TxnOp::Get { key: fence.clone() }],
-            })
-            .await?;
+            }),
+        )
+        .await?;
         if r.succeeded {
             return Ok(Takeover::Taken);
         }
@@ -166,14 +161,15 @@ impl Store {
             Some(t) if t == token.0 => Ok(Takeover::Taken),
             Some(t) => Ok(Takeover::Stale(t)),
             None => {
-                let r = self
-                    .coord
-                    .txn(Txn {
+                let r = within(
+                    "a transaction",
+                    self.coord.txn(Txn {
                         compares: vec![Compare::absent(fence.clone())],
                         success: vec![put(&fence, mine)],
                         failure: vec![TxnOp::Get { key: fence }],
-                    })
-                    .await?;
+                    }),
+                )
+                .await?;
                 if r.succeeded {
                     return Ok(Takeover::Taken);
                 }
@@ -200,14 +196,15 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
-        let r = self
-            .coord
-            .txn(Txn {
+        let r = within(
+            "a transaction",
+            self.coord.txn(Txn {
                 compares: vec![Compare::value_eq(self.key("fence"), token_bytes(token))],
                 success: ops,
                 failure: vec![],
-            })
-            .await?;
+            }),
+        )
+        .await?;
         if r.succeeded {
             Ok(())
         } else {
@@ -224,22 +221,25 @@ impl Store {
         entry: &OutboxEntry,
     ) -> Result<bool, TelegramError> {
         let key = self.outbox_key(id);
-        let r = self
-            .coord
-            .txn(Txn {
+        let r = within(
+            "a transaction",
+            self.coord.txn(Txn {
                 compares: vec![Compare::absent(key.clone())],
                 success: vec![put(&key, encode(entry))],
                 failure: vec![],
-            })
-            .await?;
+            }),
+        )
+        .await?;
         Ok(r.succeeded)
     }
 
     pub(crate) async fn offset(&self) -> Result<OffsetRecord, TelegramError> {
-        let r = self
-            .coord
-            .get(&self.offset_key(), Consistency::Linearizable)
-            .await?;
+        let r = within(
+            "reading the offset",
+            self.coord
+                .get(&self.offset_key(), Consistency::Linearizable),
+        )
+        .await?;
         Ok(r.kv
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
             .unwrap_or_default())
@@ -248,7 +248,7 @@ impl Store {
     async fn range(&self, prefix: String, limit: u32) -> Result<Vec<KeyValue>, TelegramError> {
         let mut req = RangeRequest::prefix(prefix);
         req.limit = Some(limit);
-        Ok(self.coord.range(req).await?.kvs)
+        Ok(within("reading a range", self.coord.range(req)).await?.kvs)
     }
 
     /// The outbox, oldest first (at most `limit` entries).
@@ -278,6 +278,25 @@ impl Store {
             .into_iter()
             .filter_map(|kv| Some((kv.key, serde_json::from_slice(&kv.value).ok()?)))
             .collect())
+    }
+}
+
+/// The longest one store call may take before the caller treats it as failed (outcome
+/// unknown for a write) and retries.
+pub(crate) const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn within<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, quorate_coord_api::CoordError>>,
+) -> Result<T, TelegramError> {
+    match tokio::time::timeout(STORE_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(TelegramError::Store {
+            what: what.to_owned(),
+            reason: format!(
+                "no answer within {STORE_TIMEOUT:?} (a write may or may not have happened)"
+            ),
+        }),
     }
 }
 

@@ -433,7 +433,7 @@ async fn get_updates(
         superseded.as_mut().enable();
         {
             let mut g = fake.lock();
-            if !g.open.is_some_and(|(gen_, _)| gen_ == generation) {
+            if g.open.is_none_or(|(gen_, _)| gen_ != generation) {
                 drop(g);
                 guard.finish("409-superseded", 0);
                 return err(StatusCode::CONFLICT, CONFLICT, None);
