@@ -255,9 +255,16 @@ impl Throttle {
 
 /// The next message to `chat` from `pending` (oldest first): the oldest reply alone, or else
 /// every pending alert, similar ones (same group) coalesced into one line with a count, up to
-/// [`MESSAGE_CHARS_MAX`]. Returns the text and the keys of the entries it covers; `None` when
-/// nothing is owed to `chat`.
-pub(crate) fn compose(chat: i64, pending: &[Stored]) -> Option<(String, Vec<String>)> {
+/// [`MESSAGE_CHARS_MAX`] and at most `entries_max` entries. Returns the text and the keys of
+/// the entries it covers; `None` when nothing is owed to `chat` or `entries_max` is 0.
+pub(crate) fn compose(
+    chat: i64,
+    pending: &[Stored],
+    entries_max: usize,
+) -> Option<(String, Vec<String>)> {
+    if entries_max == 0 {
+        return None;
+    }
     let owed: Vec<&Stored> = pending
         .iter()
         .filter(|s| s.entry.chats.contains(&chat))
@@ -281,6 +288,7 @@ pub(crate) fn compose(chat: i64, pending: &[Stored]) -> Option<(String, Vec<Stri
     let alerts: Vec<&Stored> = owed
         .iter()
         .take_while(|s| s.entry.kind == EntryKind::Alert)
+        .take(entries_max)
         .copied()
         .collect();
     let mut groups: Vec<(&str, Vec<&Stored>)> = Vec::new();
@@ -380,7 +388,7 @@ mod tests {
             }
             for chat in chats {
                 if t.ready_at(chat, now) <= now
-                    && let Some((_, keys)) = compose(chat, &pending)
+                    && let Some((_, keys)) = compose(chat, &pending, usize::MAX)
                 {
                     t.sent(chat, now);
                     for s in pending.iter_mut().filter(|s| keys.contains(&s.key)) {
@@ -465,16 +473,19 @@ mod tests {
             alert("a3", "role-app", vec![1, 2], 3),
             reply,
         ];
-        let (text, keys) = compose(1, &pending).expect("owed");
+        let (text, keys) = compose(1, &pending, usize::MAX).expect("owed");
         assert_eq!(keys, vec!["a1", "a2", "a3"]);
         assert!(
             text.contains("alert a2 (and 1 similar before it)"),
             "{text}"
         );
         assert!(text.contains("alert a3"), "{text}");
-        let (text, keys) = compose(1, &pending[3..]).expect("owed");
+        let (text, keys) = compose(1, &pending[3..], usize::MAX).expect("owed");
         assert_eq!((text.as_str(), keys), ("pong", vec!["r1".to_owned()]));
-        assert_eq!(compose(3, &pending), None);
+        assert_eq!(compose(3, &pending, usize::MAX), None);
+        // A transaction's size bounds how many entries one message covers.
+        let (_, keys) = compose(1, &pending, 2).expect("owed");
+        assert_eq!(keys, vec!["a1", "a2"]);
     }
 
     #[test]

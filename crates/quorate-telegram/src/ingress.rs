@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) mapper: std::sync::Mutex<AlertMapper>,
     pub(crate) alerts: bool,
+    /// Operations one fenced transaction may carry (the store's `txn_ops_max` less the
+    /// fence compare and the offset put).
+    pub(crate) txn_ops: usize,
 }
 
 /// Time a poll leaves between its end and the lease window's close (network latency to
@@ -114,31 +117,46 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
         tracing::error!(role = %shared.role, "telegram: the ingress role is not managed by this node");
         return;
     };
-    let mut last: Option<FencingToken> = None;
+    // A token found stale by the fence is not run again; a term resumed with the same token
+    // (the manager kept the lease through a store election) is a new context and runs.
+    let mut stale: Option<FencingToken> = None;
     loop {
         let ctx = loop {
             let current = rx.borrow_and_update().clone();
             if let Some(c) = current
                 && c.is_valid()
-                && Some(c.token()) != last
+                && Some(c.token()) != stale
             {
                 break c;
             }
+            // The lease window also reopens without a change of context (a late renew).
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
                 changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         };
-        last = Some(ctx.token());
         shared.counters.terms.fetch_add(1, Ordering::Relaxed);
         let stop = cancel.child_token();
-        tokio::select! {
-            () = run_term(&shared, &ctx, stop) => {}
+        let end = tokio::select! {
+            end = run_term(&shared, &ctx, stop) => end,
             () = cancel.cancelled() => return,
+        };
+        if end == TermEnd::Stale {
+            stale = Some(ctx.token());
         }
-        tracing::info!(role = %shared.role, token = ctx.token().0, "telegram: ingress term over");
+        tracing::info!(role = %shared.role, token = ctx.token().0, ?end, "telegram: ingress term over");
     }
+}
+
+/// Why a term's work ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TermEnd {
+    /// The term ended, or the plugin stops.
+    Over,
+    /// A higher token holds the fence.
+    Stale,
 }
 
 async fn sleep_or(stop: &CancellationToken, ctx: &PrimaryContext, d: Duration) -> bool {
@@ -150,16 +168,16 @@ async fn sleep_or(stop: &CancellationToken, ctx: &PrimaryContext, d: Duration) -
     }
 }
 
-async fn run_term(shared: &Shared, ctx: &PrimaryContext, stop: CancellationToken) {
+async fn run_term(shared: &Shared, ctx: &PrimaryContext, stop: CancellationToken) -> TermEnd {
     let token = ctx.token();
     tracing::info!(role = %shared.role, token = token.0, "telegram: ingress term starts");
     // A previous holder that stepped down early may still have a poll open at Telegram.
     if !sleep_or(&stop, ctx, shared.handoff_guard()).await {
-        return;
+        return TermEnd::Over;
     }
     loop {
         if !ctx.is_valid() {
-            return;
+            return TermEnd::Over;
         }
         match shared.store.takeover(token).await {
             Ok(Takeover::Taken) => break,
@@ -170,12 +188,12 @@ async fn run_term(shared: &Shared, ctx: &PrimaryContext, stop: CancellationToken
                     "telegram: a higher token took the ingress over; this term stands down"
                 );
                 shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
-                return;
+                return TermEnd::Stale;
             }
             Err(e) => {
                 tracing::warn!("telegram: takeover: {e}");
                 if !sleep_or(&stop, ctx, STORE_RETRY).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
         }
@@ -187,16 +205,23 @@ async fn run_term(shared: &Shared, ctx: &PrimaryContext, stop: CancellationToken
     // Telegram ends within the successor's hand-off guard); a send under way completes
     // (bounded by the lease window) and is acknowledged.
     let local = stop.child_token();
-    tokio::join!(
+    let (polled, sent) = tokio::join!(
         async {
-            poll_loop(shared, ctx, &local).await;
+            let end = poll_loop(shared, ctx, &local).await;
             local.cancel();
+            end
         },
         async {
-            send_loop(shared, ctx, &local).await;
+            let end = send_loop(shared, ctx, &local).await;
             local.cancel();
+            end
         }
     );
+    if polled == TermEnd::Stale || sent == TermEnd::Stale {
+        TermEnd::Stale
+    } else {
+        TermEnd::Over
+    }
 }
 
 async fn recover_inflight(shared: &Shared, token: FencingToken) -> Result<(), TelegramError> {
@@ -241,7 +266,7 @@ fn reply(chat: i64, text: String) -> OutboxEntry {
     }
 }
 
-async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationToken) {
+async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationToken) -> TermEnd {
     let token = ctx.token();
     let mut rec = loop {
         match shared.store.offset().await {
@@ -249,21 +274,29 @@ async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
             Err(e) => {
                 tracing::warn!("telegram: reading the offset: {e}");
                 if !sleep_or(stop, ctx, STORE_RETRY).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
         }
     };
     loop {
-        if stop.is_cancelled() || !ctx.is_valid() {
-            return;
+        if stop.is_cancelled() || ctx.cancellation().is_cancelled() {
+            return TermEnd::Over;
+        }
+        if !ctx.is_valid() {
+            // The lease window closed with a renew still out: act no more until it is back
+            // (or the term ends).
+            if !sleep_or(stop, ctx, Duration::from_millis(10)).await {
+                return TermEnd::Over;
+            }
+            continue;
         }
         let left = ctx.valid_until().saturating_sub(ctx.now());
         let budget = left.saturating_sub(POLL_MARGIN);
         if budget.is_zero() {
             // A renew is due; wait for it (or for the term to end).
             if !sleep_or(stop, ctx, Duration::from_millis(10)).await {
-                return;
+                return TermEnd::Over;
             }
             continue;
         }
@@ -273,33 +306,43 @@ async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
         shared.counters.polls.fetch_add(1, Ordering::Relaxed);
         let r = tokio::select! {
             biased;
-            () = stop.cancelled() => return,
-            () = ctx.demoted() => return,
+            () = stop.cancelled() => return TermEnd::Over,
+            () = ctx.demoted() => return TermEnd::Over,
             r = shared.api.get_updates(rec.next, wait_s, shared.batch_max, bound) => r,
         };
         match r {
             Ok(updates) => {
                 if !ctx.is_valid() {
-                    return;
+                    // Not processed: asked for again from the stored offset.
+                    continue;
                 }
                 let empty = updates.is_empty();
                 match process(shared, token, &mut rec, updates).await {
                     Ok(()) => {}
                     Err(TelegramError::Fenced { .. }) => {
                         shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return TermEnd::Stale;
                     }
                     Err(e) => {
-                        // Not committed: the updates are asked for again from the stored offset.
+                        // Not committed (or not known to be): ask again from the stored offset.
                         tracing::warn!("telegram: committing a batch: {e}");
-                        match shared.store.offset().await {
-                            Ok(r) => rec = r,
-                            Err(_) => return,
+                        loop {
+                            match shared.store.offset().await {
+                                Ok(r) => {
+                                    rec = r;
+                                    break;
+                                }
+                                Err(_) => {
+                                    if !sleep_or(stop, ctx, STORE_RETRY).await {
+                                        return TermEnd::Over;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
                 if empty && wait_s == 0 && !sleep_or(stop, ctx, shared.short_poll_interval).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
             Err(CallError::Conflict(d)) => {
@@ -317,20 +360,20 @@ async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
                     let _ = shared.store.put_if_absent(&draft.id, &draft.entry).await;
                 }
                 if !sleep_or(stop, ctx, shared.short_poll_interval).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
             Err(CallError::RetryAfter(d)) => {
                 shared.counters.retry_after.fetch_add(1, Ordering::Relaxed);
                 if !sleep_or(stop, ctx, d.min(Duration::from_secs(600))).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
             Err(e) => {
                 shared.counters.poll_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("telegram: getUpdates: {e}");
                 if !sleep_or(stop, ctx, shared.short_poll_interval).await {
-                    return;
+                    return TermEnd::Over;
                 }
             }
         }
@@ -356,6 +399,12 @@ async fn process(
             next: u.id + 1,
             processed: next.processed + 1,
         };
+        if ops.len() + 3 > shared.txn_ops {
+            // A transaction has a size limit: commit what is done so far.
+            ops.push(offset_op(&next));
+            shared.store.commit(token, std::mem::take(&mut ops)).await?;
+            *rec = next;
+        }
         let out_key = shared.store.outbox_key(&format!("r-{:012}", u.id));
         match (u.chat, u.text) {
             (Some(chat), _) if !shared.admins.contains(&chat) => {
@@ -418,7 +467,7 @@ pub(crate) fn refusal(chat: i64) -> String {
 /// Messages sent per round at most (one per chat; concurrently).
 const ROUND_MAX: usize = 32;
 
-async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationToken) {
+async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationToken) -> TermEnd {
     let token = ctx.token();
     let start = Instant::now();
     let mut throttle = Throttle::new(shared.limits);
@@ -429,15 +478,23 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
         .await
         .ok();
     loop {
-        if stop.is_cancelled() || !ctx.is_valid() {
-            return;
+        if stop.is_cancelled() || ctx.cancellation().is_cancelled() {
+            return TermEnd::Over;
+        }
+        if !ctx.is_valid() {
+            // The lease window closed with a renew still out: act no more until it is back
+            // (or the term ends).
+            if !sleep_or(stop, ctx, Duration::from_millis(10)).await {
+                return TermEnd::Over;
+            }
+            continue;
         }
         let pending = match shared.store.outbox(shared.outbox_max).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("telegram: reading the outbox: {e}");
                 if !sleep_or(stop, ctx, STORE_RETRY).await {
-                    return;
+                    return TermEnd::Over;
                 }
                 continue;
             }
@@ -464,7 +521,12 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
                 soonest = Some(soonest.map_or(at, |s| s.min(at)));
                 continue;
             }
-            if let Some((text, keys)) = compose(chat, &pending) {
+            let touched = round.iter().flat_map(|(_, _, k)| k).collect::<BTreeSet<_>>().len();
+            let room = shared.txn_ops.saturating_sub(touched);
+            if room == 0 {
+                break;
+            }
+            if let Some((text, keys)) = compose(chat, &pending, room) {
                 planned.sent(chat, now);
                 round.push((chat, text, keys));
             }
@@ -484,8 +546,8 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
             };
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return,
-                () = ctx.demoted() => return,
+                () = stop.cancelled() => return TermEnd::Over,
+                () = ctx.demoted() => return TermEnd::Over,
                 () = changed => {}
                 () = tokio::time::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(1))) => {}
             }
@@ -509,7 +571,7 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
         let intent = entries.iter().map(|(k, e)| put(k, encode(e))).collect();
         match shared.store.commit(token, intent).await {
             Ok(()) => {}
-            Err(TelegramError::Fenced { .. }) => return,
+            Err(TelegramError::Fenced { .. }) => return TermEnd::Stale,
             Err(e) => {
                 tracing::warn!("telegram: marking sends: {e}");
                 continue;
@@ -519,10 +581,12 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
             .valid_until()
             .saturating_sub(ctx.now())
             .saturating_sub(POLL_MARGIN);
-        if left.is_zero() {
-            return;
-        }
+        // A send must end before the lease window closes; too little left: the marks stay
+        // (a resend says it may repeat) and the round is tried again.
         let bound = shared.request_timeout.min(left);
+        if bound < Duration::from_millis(20) {
+            continue;
+        }
         let sent_at = start.elapsed();
         let results = futures::future::join_all(
             round
