@@ -521,7 +521,11 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
                 soonest = Some(soonest.map_or(at, |s| s.min(at)));
                 continue;
             }
-            let touched = round.iter().flat_map(|(_, _, k)| k).collect::<BTreeSet<_>>().len();
+            let touched = round
+                .iter()
+                .flat_map(|(_, _, k)| k)
+                .collect::<BTreeSet<_>>()
+                .len();
             let room = shared.txn_ops.saturating_sub(touched);
             if room == 0 {
                 break;

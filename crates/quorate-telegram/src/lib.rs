@@ -183,7 +183,12 @@ impl TelegramPlugin {
                 s.admin_chats.clone(),
             )),
             alerts: s.alerts,
-            txn_ops: node.coord.capabilities().txn_ops_max.saturating_sub(2).max(4),
+            txn_ops: node
+                .coord
+                .capabilities()
+                .txn_ops_max
+                .saturating_sub(2)
+                .max(4),
         })
     }
 }

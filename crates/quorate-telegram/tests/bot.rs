@@ -300,6 +300,42 @@ async fn faults_are_ridden_out_409_is_alerted_and_retry_after_is_honoured() {
     assert_eq!(count(&msgs), 100, "nothing lost, nothing twice: {msgs:#?}");
     assert!(msgs.len() < 50, "coalesced: {} messages", msgs.len());
     assert_eq!(fake.overlaps(), 0);
+
+    // The fence: once a higher token holds it (as a successor's takeover would), this term's
+    // writes are refused: the update is neither committed nor answered, and the term stands
+    // down.
+    let offset_key = "quorate/telegram/telegram-ingress/offset";
+    let read_offset = async || -> serde_json::Value {
+        let kv = n
+            .ctx
+            .coord
+            .get(offset_key, quorate::coord_api::Consistency::Linearizable)
+            .await
+            .unwrap()
+            .kv
+            .unwrap();
+        serde_json::from_slice(&kv.value).unwrap()
+    };
+    n.ctx
+        .coord
+        .put(
+            "quorate/telegram/telegram-ingress/fence",
+            (u64::MAX / 2).to_be_bytes().to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    let before = read_offset().await;
+    let answers = fake.sent_to(ADMIN).len();
+    let id = fake.push_text(ADMIN, "/status");
+    until("the stale term to stand down", WAIT, || {
+        n.stats().fenced >= 1
+    })
+    .await;
+    let after = read_offset().await;
+    assert_eq!(before, after, "nothing committed under the lower token");
+    assert!(after["next"].as_i64().unwrap() <= id);
+    assert_eq!(fake.sent_to(ADMIN).len(), answers, "no answer sent");
     for n in nodes.into_iter().flatten() {
         n.stop(Stop::Graceful).await;
     }

@@ -97,11 +97,18 @@ async fn the_ingress_survives_kills_and_handovers_without_loss_repeat_or_overlap
                 answered(&fake),
                 fake.polls().len(),
                 fake.unconfirmed(),
-                nodes.iter().flatten().map(|n| n.stats()).collect::<Vec<_>>()
+                nodes
+                    .iter()
+                    .flatten()
+                    .map(|n| n.stats())
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        until("a holder", WAIT, || primary_of(&nodes, "telegram-ingress").is_some()).await;
+        until("a holder", WAIT, || {
+            primary_of(&nodes, "telegram-ingress").is_some()
+        })
+        .await;
         let holder = primary_of(&nodes, "telegram-ingress").expect("a holder");
         let i = cluster
             .plan
