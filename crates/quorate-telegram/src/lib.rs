@@ -6,7 +6,7 @@
 //!   holder polls `getUpdates`, each poll ends before the holder's lease can, and the last
 //!   processed `update_id` lives in the coordination store behind a fence of fencing tokens
 //!   (a write carrying a lower token than the fence is refused), so a hand-off neither loses
-//!   nor repeats an update ([`ingress`](crate) module docs spell out the argument);
+//!   nor repeats an update (the `ingress` module docs spell out the argument);
 //! - answers **commands** from the admin chats (`/status`, `/nodes`, `/roles`, `/history`,
 //!   `/health`, `/explain`, `/switchover`, `/pause`, `/resume`); operations go through
 //!   [`quorate_startup::admin::Admin`], so they get the same outcome and reason as on every
