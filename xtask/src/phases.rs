@@ -138,6 +138,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-state"]),
     },
     Phase {
+        name: "telegram",
+        what: "the Telegram bot against a fake Bot API: commands, alerts, ingress hand-off",
+        kind: Kind::Layer(&["quorate-telegram"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
         kind: Kind::Layer(&["quorate", "quorate-chaos"]),

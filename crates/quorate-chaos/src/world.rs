@@ -563,6 +563,7 @@ impl Cluster {
                 ..RoleSection::named(ROLE)
             }],
             startup: Default::default(),
+            telegram: None,
         };
         to_toml(&config)
     }

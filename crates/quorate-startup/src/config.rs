@@ -88,6 +88,242 @@ pub struct AgentConfig {
     /// Startup and shutdown timing.
     #[serde(default)]
     pub startup: StartupSection,
+    /// The Telegram bot (admin commands and alerts), if any (docs/telegram.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telegram: Option<TelegramSection>,
+}
+
+/// The role name the Telegram ingress uses unless `[telegram] role` says otherwise.
+pub const TELEGRAM_ROLE_DEFAULT: &str = "telegram-ingress";
+
+/// `[telegram]`: a bot for admin commands and alerts whose update ingress is a failover role
+/// (one poller cluster-wide). Every node that may poll lists the same section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramSection {
+    /// A file holding the bot token from BotFather (mode 0600 or 0400).
+    pub token_file: PathBuf,
+    /// Chats allowed to run commands (they get the `operate` permission); alerts go to them
+    /// too. Group chats have negative ids.
+    pub admin_chats: Vec<i64>,
+    /// `poll` (long polling by the ingress role's holder). Webhook mode is not built yet.
+    #[serde(default = "default_telegram_mode")]
+    pub mode: String,
+    /// The Bot API base URL (default `https://api.telegram.org`; a local Bot API server or a
+    /// test double).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The failover role whose holder polls (default `telegram-ingress`). It is added with the
+    /// profile's timing unless a `[[role]]` of that name sets its own (a longer `lease_ttl`
+    /// allows longer polls: a poll never outlives the lease).
+    #[serde(default = "default_telegram_role")]
+    pub role: String,
+    /// The longest long poll (default 10 s, at most 50 s); each poll is also cut to end before
+    /// the holder's lease window can close.
+    #[serde(default = "default_poll_timeout", with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// The pause after an empty short poll (a poll of 0 s, when the lease is shorter than a
+    /// second; default 300 ms).
+    #[serde(default = "default_short_poll_interval", with = "humantime_serde")]
+    pub short_poll_interval: Duration,
+    /// Timeout of one Bot API call besides the poll's own wait (default 5 s).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// What a new holder waits beyond the longest poll a previous holder may still have
+    /// open at Telegram before its first call (default 250 ms).
+    #[serde(default = "default_handoff_margin", with = "humantime_serde")]
+    pub handoff_margin: Duration,
+    /// Updates fetched per poll, 1 to 100 (default 100).
+    #[serde(default = "default_batch_max")]
+    pub batch_max: u8,
+    /// The shortest gap between two messages to one chat (default 1 s, Telegram's limit).
+    #[serde(default = "default_chat_interval", with = "humantime_serde")]
+    pub chat_interval: Duration,
+    /// Messages per minute to one group chat (default 20, Telegram's limit).
+    #[serde(default = "default_group_per_minute")]
+    pub group_per_minute: u32,
+    /// Messages per second in all (default 30, Telegram's limit).
+    #[serde(default = "default_global_per_second")]
+    pub global_per_second: u32,
+    /// Outbox entries the sender reads per round, oldest first (default 256).
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max: u32,
+    /// Whether to send alerts (role changes, quorum, critical health, split-brain
+    /// suspicion) to the admin chats (default true).
+    #[serde(default = "default_true")]
+    pub alerts: bool,
+}
+
+fn default_telegram_mode() -> String {
+    "poll".to_owned()
+}
+fn default_telegram_role() -> String {
+    TELEGRAM_ROLE_DEFAULT.to_owned()
+}
+fn default_poll_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_short_poll_interval() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_handoff_margin() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_batch_max() -> u8 {
+    100
+}
+fn default_chat_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_group_per_minute() -> u32 {
+    20
+}
+fn default_global_per_second() -> u32 {
+    30
+}
+fn default_outbox_max() -> u32 {
+    256
+}
+
+impl TelegramSection {
+    /// A section for `token_file` and `admin_chats` with every other setting at its default.
+    pub fn new(token_file: PathBuf, admin_chats: Vec<i64>) -> TelegramSection {
+        TelegramSection {
+            token_file,
+            admin_chats,
+            mode: default_telegram_mode(),
+            api_url: None,
+            role: default_telegram_role(),
+            poll_timeout: default_poll_timeout(),
+            short_poll_interval: default_short_poll_interval(),
+            request_timeout: default_request_timeout(),
+            handoff_margin: default_handoff_margin(),
+            batch_max: default_batch_max(),
+            chat_interval: default_chat_interval(),
+            group_per_minute: default_group_per_minute(),
+            global_per_second: default_global_per_second(),
+            outbox_max: default_outbox_max(),
+            alerts: true,
+        }
+    }
+}
+
+/// The `[telegram]` section, validated, with the token read from its file.
+#[derive(Clone, Debug)]
+pub struct TelegramSettings {
+    /// The section as written.
+    pub section: TelegramSection,
+    /// The bot token. Never shown in `Debug` output.
+    pub token: Secret,
+    /// The ingress role.
+    pub role: RoleName,
+}
+
+fn check_telegram(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<TelegramSettings> {
+    let token = read_key_file(errs, "telegram.token_file", &t.token_file);
+    if let Some(tok) = &token {
+        // BotFather tokens look like `123456789:AA...` (digits, a colon, 35 URL-safe chars).
+        let ok = tok.split_once(':').is_some_and(|(id, rest)| {
+            !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !ok {
+            errs.push(
+                "telegram.token_file",
+                format!(
+                    "{} does not hold a bot token (BotFather's `123456789:AA...`, one line)",
+                    t.token_file.display()
+                ),
+            );
+        }
+    }
+    if t.admin_chats.is_empty() {
+        errs.push(
+            "telegram.admin_chats",
+            "empty: list the chat ids allowed to run commands (docs/telegram.md tells how to find them)",
+        );
+    }
+    if t.mode != "poll" {
+        errs.push(
+            "telegram.mode",
+            format!(
+                "{:?} is not supported: use \"poll\" (webhook mode is not built yet)",
+                t.mode
+            ),
+        );
+    }
+    if let Some(u) = &t.api_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        errs.push(
+            "telegram.api_url",
+            format!("{u:?} must start with http:// or https://"),
+        );
+    }
+    let role = RoleName::new(t.role.clone())
+        .map_err(|e| errs.push("telegram.role", e.to_string()))
+        .ok();
+    let limits = [
+        (
+            "telegram.poll_timeout",
+            t.poll_timeout,
+            Duration::ZERO,
+            Duration::from_secs(50),
+        ),
+        (
+            "telegram.short_poll_interval",
+            t.short_poll_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        ),
+        (
+            "telegram.request_timeout",
+            t.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        ),
+        (
+            "telegram.handoff_margin",
+            t.handoff_margin,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        ),
+        (
+            "telegram.chat_interval",
+            t.chat_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        ),
+    ];
+    for (field, d, min, max) in limits {
+        if d < min || d > max {
+            errs.push(field, format!("{d:?} must be {min:?} to {max:?}"));
+        }
+    }
+    if !(1..=100).contains(&t.batch_max) {
+        errs.push("telegram.batch_max", "must be 1 to 100 (Telegram's limit)");
+    }
+    for (field, v, max) in [
+        ("telegram.group_per_minute", t.group_per_minute, 1_000),
+        ("telegram.global_per_second", t.global_per_second, 1_000),
+        ("telegram.outbox_max", t.outbox_max, 100_000),
+    ] {
+        if v == 0 || v > max {
+            errs.push(field, format!("{v} must be 1 to {max}"));
+        }
+    }
+    Some(TelegramSettings {
+        section: t.clone(),
+        token: Secret::new(token?),
+        role: role?,
+    })
 }
 
 /// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
@@ -517,6 +753,8 @@ pub struct Validated {
     pub check_kinds: Vec<CheckKind>,
     /// Startup and shutdown timing.
     pub startup: StartupSection,
+    /// The Telegram bot, if configured.
+    pub telegram: Option<TelegramSettings>,
 }
 
 /// Reads and validates the config at `path`, with `QUORATE_...` environment overrides.
@@ -553,6 +791,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("raft", &["listen", "advertise"]),
+    ("telegram", &["token_file", "mode", "api_url"]),
     ("gossip", &["listen", "advertise", "seeds", "bootstrap"]),
     (
         "startup",
@@ -848,7 +1087,7 @@ fn locate(text: &str, file: &str, path: &str) -> Option<String> {
     best.map(|(_, line)| format!("{file}:{line}"))
 }
 
-fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
+fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     if raw.cluster_name.is_empty() || raw.cluster_name.len() > 128 {
         errs.push("cluster_name", "must be 1 to 128 bytes");
@@ -1034,6 +1273,34 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
+    // The Telegram ingress role comes with the [telegram] section: added with the profile's
+    // timing unless listed; listed without the section, nobody would poll while holding it.
+    let telegram = raw
+        .telegram
+        .as_ref()
+        .and_then(|t| check_telegram(&mut errs, t));
+    match &telegram {
+        Some(t) if !roles.contains(&t.role) => {
+            roles.push(t.role.clone());
+            raw.roles.push(RoleSection::named(t.role.as_str()));
+        }
+        Some(_) => {}
+        None if raw.telegram.is_none() => {
+            if let Some(i) = raw
+                .roles
+                .iter()
+                .position(|r| r.name == TELEGRAM_ROLE_DEFAULT)
+            {
+                errs.push(
+                    format!("role[{i}].name"),
+                    format!(
+                        "{TELEGRAM_ROLE_DEFAULT} is the Telegram ingress role: add a [telegram] section (docs/telegram.md) or give the role another name"
+                    ),
+                );
+            }
+        }
+        None => {}
+    }
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1046,6 +1313,7 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             profile,
             check_kinds,
             startup,
+            telegram,
         }),
         _ => Err(errs),
     }
@@ -1626,5 +1894,63 @@ on_promote = "echo promoted"
                 "{bad}: {e}"
             );
         }
+    }
+
+    fn token_file(dir: &Path, mode: u32, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = dir.join(format!("token-{mode:o}"));
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_telegram_section_brings_its_role_and_is_checked_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = token_file(dir.path(), 0o600, "123456:AAbb_cc-dd\n");
+        let v = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [42, -1001]\n",
+            good.display()
+        ))
+        .unwrap();
+        let t = v.telegram.as_ref().unwrap();
+        assert_eq!(t.token.expose(), "123456:AAbb_cc-dd");
+        assert_eq!(t.role.as_str(), TELEGRAM_ROLE_DEFAULT);
+        assert_eq!(t.section.chat_interval, Duration::from_secs(1));
+        // The ingress role was added with the profile's timing.
+        assert!(v.roles.iter().any(|r| r.as_str() == TELEGRAM_ROLE_DEFAULT));
+        assert_eq!(v.raw.roles.len(), v.roles.len());
+        assert!(
+            !format!("{v:?}").contains("AAbb"),
+            "the token is never in Debug output"
+        );
+
+        let open = token_file(dir.path(), 0o644, "123456:AAbb");
+        let junk = token_file(dir.path(), 0o400, "not a token");
+        let e = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = []\nmode = \"webhook\"\napi_url = \"ftp://x\"\nbatch_max = 0\nchat_interval = \"0s\"\n",
+            open.display()
+        ))
+        .unwrap_err();
+        for field in [
+            "telegram.token_file",
+            "telegram.admin_chats",
+            "telegram.mode",
+            "telegram.api_url",
+            "telegram.batch_max",
+            "telegram.chat_interval",
+        ] {
+            assert!(e.0.iter().any(|p| p.field == field), "{field}: {e}");
+        }
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\n",
+            junk.display()
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("does not hold a bot token"), "{e}");
+        // The ingress role without the section: nobody would poll while holding it.
+        let e = parse(&format!("{GOOD}\n[[role]]\nname = \"telegram-ingress\"\n")).unwrap_err();
+        assert!(e.to_string().contains("add a [telegram] section"), "{e}");
     }
 }

@@ -21,7 +21,14 @@ fn emit(e: &NodeEvent) {
 /// Runs the agent until a signal.
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
-    let builder = Node::builder(v);
+    let telegram = v.telegram.clone();
+    let mut builder = Node::builder(v);
+    // The Telegram bot, when configured: a stage after the roles (its ingress is a role).
+    if let Some(t) = telegram {
+        builder = builder.plugin(std::sync::Arc::new(quorate_telegram::TelegramPlugin::new(
+            t,
+        )));
+    }
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.
     let mut events = builder.events();
