@@ -21,7 +21,12 @@ fn emit(e: &NodeEvent) {
 /// Runs the agent until a signal.
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
-    let builder = Node::builder(v);
+    let redis = quorate_redis::RedisConfig::from_agent(&v)?;
+    let mut builder = Node::builder(v);
+    // `[redis]`: the Redis adapter's hooks, lag source and plugin for its role.
+    if let Some(config) = redis {
+        builder = quorate_redis::RedisAdapter::new(config)?.install(builder);
+    }
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.
     let mut events = builder.events();
