@@ -262,17 +262,38 @@ async fn failover_with_writer(
     let w = writer(old_port, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     fault(m);
-    // The new master: the first write it acknowledges (answered time).
-    let (new, first_ack) = until(m, "a new master takes a write", || async {
-        for &i in live.iter().filter(|&&i| i != old) {
-            let port = m.servers[i].port;
-            if info(port).await.is_some_and(|r| r.master) && set(port, "after", "1").await {
-                return Some((i, Instant::now()));
+    // The new master: the first write it acknowledges (answered time), probed every few ms
+    // on held connections, so that the instant is close to the promotion.
+    let candidates: Vec<usize> = live.iter().copied().filter(|&i| i != old).collect();
+    let mut held: Vec<Option<MultiplexedConnection>> = Vec::new();
+    for &i in &candidates {
+        held.push(conn(m.servers[i].port).await);
+    }
+    let end = Instant::now() + DEADLINE;
+    let (new, first_ack) = 'found: loop {
+        for (k, &i) in candidates.iter().enumerate() {
+            if held[k].is_none() {
+                held[k] = conn(m.servers[i].port).await;
+            }
+            if let Some(c) = held[k].as_mut() {
+                let r: Result<Result<String, _>, _> = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    redis::cmd("SET").arg("after").arg(1).query_async(c),
+                )
+                .await;
+                match r {
+                    Ok(Ok(s)) if s == "OK" => break 'found (i, Instant::now()),
+                    Ok(Err(e)) if e.code().is_some() => {}
+                    _ => held[k] = None,
+                }
             }
         }
-        None
-    })
-    .await;
+        assert!(
+            Instant::now() < end,
+            "no new master took a write within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     eprintln!("new master {}", m.names[new]);
     // Keep writing to the old server a while after the new master took writes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
