@@ -499,3 +499,43 @@ async fn the_redis_bench_runs_tiny() {
         assert_eq!(s.write.len() + u64::from(s.failed), 1, "{}", s.name);
     }
 }
+
+/// Acknowledged-write mode (`min_replicas_to_write = 2`): the master is configured by the
+/// adapter, `WAIT 2` confirms both replicas, and with one replica's node gone the master
+/// refuses writes (`NOREPLICAS`) instead of acknowledging what a failover could lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_mode_refuses_writes_without_enough_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = start(dir.path(), |_, c| {
+        if let Some(r) = c.redis.as_mut() {
+            r.min_replicas_to_write = Some(2);
+            r.min_replicas_max_lag = Some(Duration::from_secs(1));
+        }
+    });
+    let all = [0, 1, 2];
+    let p = until(&m, "one master settled", || settled_master(&m, &all)).await;
+    let port = m.servers[p].port;
+    let mut c = conn(port).await.unwrap();
+    let got: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("min-replicas-to-write")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, vec!["min-replicas-to-write".to_owned(), "2".to_owned()]);
+    let _: String = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let acked: i64 = redis::cmd("WAIT").arg(2).arg(5000).query_async(&mut c).await.unwrap();
+    assert_eq!(acked, 2, "both replicas acknowledged the write");
+    let replica = all.into_iter().find(|&i| i != p).unwrap();
+    m.kill_node(replica);
+    let refusal = until(&m, "the master refuses writes with one replica gone", || async {
+        let mut c = conn(port).await?;
+        match redis::cmd("SET").arg("k2").arg("v").query_async::<String>(&mut c).await {
+            Err(e) if e.code() == Some("NOREPLICAS") => Some(e.to_string()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(refusal.contains("NOREPLICAS"), "{refusal}");
+    assert!(info(port).await.unwrap().master, "the primary kept its role");
+}
