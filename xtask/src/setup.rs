@@ -21,6 +21,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "real Redis for the health checks' and the Redis adapter's tests",
     ),
     (
+        "python3-redis",
+        "redis-py: an unchanged Sentinel-aware client against quorate's Sentinel-compatible listener",
+    ),
+    (
         "redis-sentinel",
         "Redis Sentinel, the peer of `cargo xtask bench redis`",
     ),

@@ -522,20 +522,108 @@ async fn acknowledged_write_mode_refuses_writes_without_enough_replicas() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(got, vec!["min-replicas-to-write".to_owned(), "2".to_owned()]);
-    let _: String = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
-    let acked: i64 = redis::cmd("WAIT").arg(2).arg(5000).query_async(&mut c).await.unwrap();
+    assert_eq!(
+        got,
+        vec!["min-replicas-to-write".to_owned(), "2".to_owned()]
+    );
+    let _: String = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(5000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(acked, 2, "both replicas acknowledged the write");
     let replica = all.into_iter().find(|&i| i != p).unwrap();
     m.kill_node(replica);
-    let refusal = until(&m, "the master refuses writes with one replica gone", || async {
-        let mut c = conn(port).await?;
-        match redis::cmd("SET").arg("k2").arg("v").query_async::<String>(&mut c).await {
-            Err(e) if e.code() == Some("NOREPLICAS") => Some(e.to_string()),
-            _ => None,
-        }
-    })
+    let refusal = until(
+        &m,
+        "the master refuses writes with one replica gone",
+        || async {
+            let mut c = conn(port).await?;
+            match redis::cmd("SET")
+                .arg("k2")
+                .arg("v")
+                .query_async::<String>(&mut c)
+                .await
+            {
+                Err(e) if e.code() == Some("NOREPLICAS") => Some(e.to_string()),
+                _ => None,
+            }
+        },
+    )
     .await;
     assert!(refusal.contains("NOREPLICAS"), "{refusal}");
-    assert!(info(port).await.unwrap().master, "the primary kept its role");
+    assert!(
+        info(port).await.unwrap().master,
+        "the primary kept its role"
+    );
+}
+
+/// A real Sentinel-aware client, unchanged: redis-py's `Sentinel` (Debian package
+/// `python3-redis`, run with Debian's `/usr/bin/python3`) pointed at the agents' listeners
+/// finds the master, writes through it, reads from a replica it discovers, and after a kill -9
+/// of the master's node finds the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_sentinel_client_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = start(dir.path(), |_, _| {});
+    let all = [0, 1, 2];
+    let p = until(&m, "one master settled", || settled_master(&m, &all)).await;
+    let script = r#"
+import sys, time
+from redis.sentinel import Sentinel
+ports = [int(p) for p in sys.argv[1].split(",")]
+s = Sentinel([("127.0.0.1", p) for p in ports], socket_timeout=0.5)
+host, port = s.discover_master("mymaster")
+print("master", port)
+master = s.master_for("mymaster", socket_timeout=0.5)
+master.set(sys.argv[2], "from-python")
+print("replicas", len(s.discover_slaves("mymaster")))
+"#;
+    let run = |ports: Vec<u16>, key: &str| {
+        let ports = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script, &ports, key])
+            .output()
+            .expect("run /usr/bin/python3 (Debian packages python3 and python3-redis)");
+        assert!(
+            out.status.success(),
+            "redis-py Sentinel client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(m.sentinel_ports.clone(), "py1");
+    assert!(
+        out.contains(&format!("master {}", m.servers[p].port)),
+        "{out}"
+    );
+    assert!(out.contains("replicas 2"), "{out}");
+    assert_eq!(
+        get(m.servers[p].port, "py1").await.as_deref(),
+        Some("from-python")
+    );
+    m.kill_node(p);
+    let live: Vec<usize> = all.into_iter().filter(|&i| i != p).collect();
+    let new = until(&m, "a new master settled", || settled_master(&m, &live)).await;
+    let ports: Vec<u16> = live.iter().map(|&i| m.sentinel_ports[i]).collect();
+    let out = run(ports, "py2");
+    assert!(
+        out.contains(&format!("master {}", m.servers[new].port)),
+        "{out}"
+    );
+    assert_eq!(
+        get(m.servers[new].port, "py2").await.as_deref(),
+        Some("from-python")
+    );
 }
