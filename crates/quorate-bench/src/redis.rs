@@ -341,9 +341,10 @@ async fn sentinel_side(
     for trial in 1..=trials {
         // Settled, and every Sentinel knows the two replicas and the two other Sentinels
         // (otherwise a kill could leave too few to authorise a failover).
+        // With Sentinel's defaults a returning node can take minutes to be reconfigured.
         let p = wait_for(
             &format!("{name}: cluster settled"),
-            Duration::from_secs(120),
+            Duration::from_secs(120).max(limit * 2),
             || async {
                 let p = settled(&ports, &all, &sentinel_ports).await?;
                 for &sp in &sentinel_ports {

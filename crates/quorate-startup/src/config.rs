@@ -1377,6 +1377,36 @@ on_promote = "echo promoted"
 "#;
 
     #[test]
+    fn redis_section_is_validated_with_every_problem_at_once() {
+        let good = format!(
+            "{GOOD}\n[redis]\nrole = \"demo\"\nservers = {{ n1 = \"127.0.0.1:6379\", n2 = \"127.0.0.1:6380\" }}\nsentinel_listen = \"127.0.0.1:26379\"\nmin_replicas_to_write = 1\n"
+        );
+        let v = parse(&good).unwrap();
+        let r = v.raw.redis.as_ref().unwrap();
+        assert_eq!(r.servers.len(), 2);
+        assert_eq!(r.min_replicas_to_write, Some(1));
+        let bad = format!(
+            "{GOOD}\n[redis]\nrole = \"cache\"\nservers = {{ n2 = \"nohost\", \"Bad!\" = \"h:1\" }}\nmin_replicas_to_write = 0\nmin_replicas_max_lag = \"100ms\"\npoll_interval = \"1ms\"\nsentinel_listen = \"x\"\n"
+        );
+        let errs = parse(&bad).unwrap_err();
+        let fields: Vec<&str> = errs.0.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "redis.role",
+            "redis.servers.n2",
+            "redis.servers.Bad!",
+            "redis.servers",
+            "redis.min_replicas_to_write",
+            "redis.min_replicas_max_lag",
+            "redis.poll_interval",
+            "redis.sentinel_listen",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+        let role = errs.0.iter().find(|p| p.field == "redis.role").unwrap();
+        assert!(role.message.contains("[[role]] name = \"cache\""), "{}", role.message);
+    }
+
+    #[test]
     fn good_config_parses() {
         let v = parse(GOOD).unwrap();
         assert_eq!(v.node_id.as_str(), "n1");

@@ -5,7 +5,8 @@
 //! their defaults (30 s). kill -9 of the primary's node until a client's write succeeds on the
 //! new master, and until discovery names it; 20 trials per side by default (`--trials` sets
 //! all three). Needs the Debian packages redis-server and redis-sentinel. Figures are printed,
-//! never asserted; also written to `$QUORATE_BENCH_OUT` when set.
+//! never asserted; also written to `$QUORATE_BENCH_OUT` when set. `QUORATE_BIN` picks another
+//! agent binary.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -19,7 +20,10 @@ use quorate_bench::redis::{RedisBenchOptions, run};
 
 fn main() -> Result<()> {
     let mut o = RedisBenchOptions {
-        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
+        // `QUORATE_BIN` runs another build of the agent (e.g. release agents under a dev
+        // runner); by default the binary Cargo built with this bench.
+        agent_exe: std::env::var_os(quorate_testkit::process::QUORATE_BIN_ENV)
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_quorate")), PathBuf::from),
         quorate_trials: 20,
         tuned_trials: 20,
         default_trials: 20,
