@@ -43,8 +43,10 @@ struct Shared {
     offsets: Mutex<Offsets>,
     /// Serialises what is done to the local server between the hooks and the follower loop.
     control: tokio::sync::Mutex<Control>,
-    /// The primary as this node sees it (for the Sentinel listener).
+    /// The primary as this node sees it (for [`RedisAdapter::primary`]).
     primary: watch::Sender<Option<NodeId>>,
+    /// The primary and the servers that are down (for the Sentinel listener).
+    discovery: watch::Sender<sentinel::Discovery>,
     /// Wakes the follower loop at once (after a promotion).
     wake: Notify,
     tracker: TaskTracker,
@@ -80,6 +82,7 @@ impl RedisAdapter {
                 message: format!("does not list this node ({})", config.node),
             })?;
         let (primary, _) = watch::channel(None);
+        let (discovery, _) = watch::channel(sentinel::Discovery::default());
         Ok(RedisAdapter {
             shared: Arc::new(Shared {
                 offsets: Mutex::new(Offsets::new(config.offset_memory)),
@@ -88,6 +91,7 @@ impl RedisAdapter {
                 servers,
                 control: tokio::sync::Mutex::new(Control::default()),
                 primary,
+                discovery,
                 wake: Notify::new(),
                 tracker: TaskTracker::new(),
                 cancel: CancellationToken::new(),
@@ -136,6 +140,19 @@ impl RedisAdapter {
 impl Shared {
     fn me(&self) -> &NodeId {
         &self.config.node
+    }
+
+    fn publish_primary(&self, primary: Option<NodeId>) {
+        self.primary.send_if_modified(|p| {
+            let changed = *p != primary;
+            *p = primary.clone();
+            changed
+        });
+        self.discovery.send_if_modified(|d| {
+            let changed = d.primary != primary;
+            d.primary = primary;
+            changed
+        });
     }
 
     fn others(&self) -> impl Iterator<Item = (&NodeId, &Arc<Server>)> {
@@ -199,6 +216,16 @@ impl Shared {
                 }
             }
         }
+        let down: std::collections::BTreeSet<NodeId> = readings
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.discovery.send_if_modified(|d| {
+            let changed = d.down != down;
+            d.down = down;
+            changed
+        });
         let reading = |n: &NodeId| {
             readings
                 .iter()
@@ -303,7 +330,7 @@ impl RoleHooks for RedisHooks {
             }
         }
         drop(control);
-        s.primary.send_replace(Some(s.me().clone()));
+        s.publish_primary(Some(s.me().clone()));
         s.wake.notify_one();
     }
 
@@ -374,11 +401,12 @@ impl Plugin for RedisPlugin {
                 master_name: sc.master_name.clone(),
                 servers: s.config.servers.clone(),
                 primary: None,
+                down: std::collections::BTreeSet::new(),
             };
             s.tracker.spawn(sentinel::serve(
                 listener,
                 view,
-                s.primary.subscribe(),
+                s.discovery.subscribe(),
                 sc.connections_max,
                 s.cancel.clone(),
                 s.tracker.clone(),
@@ -415,11 +443,7 @@ async fn follower_loop(s: Arc<Shared>, mut status: watch::Receiver<RoleStatus>) 
         } else {
             st.primary.clone()
         };
-        s.primary.send_if_modified(|p| {
-            let changed = *p != primary;
-            *p = primary.clone();
-            changed
-        });
+        s.publish_primary(primary);
         s.round(&st).await;
     }
 }

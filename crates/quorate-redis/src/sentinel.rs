@@ -13,7 +13,7 @@
 //! Requests are bounded: a line or bulk string of at most [`ARG_BYTES_MAX`], at most
 //! [`ARGS_MAX`] arguments; anything else gets an error and the connection is closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use quorate_types::NodeId;
@@ -165,6 +165,18 @@ pub struct View {
     pub servers: BTreeMap<NodeId, ServerAddr>,
     /// The primary as this node sees it.
     pub primary: Option<NodeId>,
+    /// Servers that did not answer the last poll (listed with the flag `s_down`, so that
+    /// clients do not pick them for reads).
+    pub down: BTreeSet<NodeId>,
+}
+
+/// What the listener's answers change with: the primary, and the servers that are down.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// The primary as this node sees it.
+    pub primary: Option<NodeId>,
+    /// Servers that did not answer the last poll.
+    pub down: BTreeSet<NodeId>,
 }
 
 fn bulk(s: impl Into<String>) -> Reply {
@@ -260,12 +272,17 @@ impl View {
                     self.servers
                         .iter()
                         .filter(|(n, _)| Some(*n) != self.primary.as_ref())
-                        .map(|(_, a)| {
+                        .map(|(n, a)| {
                             let master = self.primary_addr();
+                            let flags = if self.down.contains(n) {
+                                "slave,s_down,disconnected"
+                            } else {
+                                "slave"
+                            };
                             server_fields(
                                 a,
                                 a.to_string(),
-                                "slave",
+                                flags,
                                 &[
                                     (
                                         "master-host",
@@ -293,11 +310,11 @@ impl View {
 }
 
 /// Binds `listen` and serves Sentinel clients until `cancel`, answering from `view` (its
-/// `primary` follows `primary`). At most `connections_max` connections are served at once.
+/// `primary` and `down` follow `discovery`). At most `connections_max` connections are served at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     base: View,
-    primary: watch::Receiver<Option<NodeId>>,
+    discovery: watch::Receiver<Discovery>,
     connections_max: usize,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -318,19 +335,19 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (base, primary, cancel) = (base.clone(), primary.clone(), cancel.clone());
+        let (base, discovery, cancel) = (base.clone(), discovery.clone(), cancel.clone());
         tracker.spawn(async move {
             let _permit = permit;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {}
-                () = connection(stream, base, primary) => {}
+                () = connection(stream, base, discovery) => {}
             }
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, base: View, primary: watch::Receiver<Option<NodeId>>) {
+async fn connection(mut stream: TcpStream, base: View, discovery: watch::Receiver<Discovery>) {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -342,8 +359,10 @@ async fn connection(mut stream: TcpStream, base: View, primary: watch::Receiver<
                     if args.is_empty() {
                         continue;
                     }
+                    let d = discovery.borrow().clone();
                     let view = View {
-                        primary: primary.borrow().clone(),
+                        primary: d.primary,
+                        down: d.down,
                         ..base.clone()
                     };
                     let reply = view.answer(&args);
@@ -388,6 +407,7 @@ mod tests {
             ]
             .into(),
             primary: primary.map(n),
+            down: BTreeSet::new(),
         }
     }
 
@@ -442,6 +462,15 @@ mod tests {
             panic!("not an array")
         };
         assert_eq!(replicas.len(), 1);
+        let mut v = view(Some("n1"));
+        v.down.insert(NodeId::new("n2").unwrap());
+        let Reply::Array(replicas) = ask(&v, "SENTINEL slaves mymaster") else {
+            panic!("not an array")
+        };
+        let Reply::Array(fields) = &replicas[0] else {
+            panic!("not an array")
+        };
+        assert_eq!(fields[7], bulk("slave,s_down,disconnected"));
         assert_eq!(ask(&view(None), "PING"), Reply::Simple("PONG".to_owned()));
         assert!(matches!(
             ask(&view(None), "SENTINEL failover mymaster"),

@@ -1403,7 +1403,11 @@ on_promote = "echo promoted"
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
         let role = errs.0.iter().find(|p| p.field == "redis.role").unwrap();
-        assert!(role.message.contains("[[role]] name = \"cache\""), "{}", role.message);
+        assert!(
+            role.message.contains("[[role]] name = \"cache\""),
+            "{}",
+            role.message
+        );
     }
 
     #[test]

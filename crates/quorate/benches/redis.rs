@@ -22,8 +22,10 @@ fn main() -> Result<()> {
     let mut o = RedisBenchOptions {
         // `QUORATE_BIN` runs another build of the agent (e.g. release agents under a dev
         // runner); by default the binary Cargo built with this bench.
-        agent_exe: std::env::var_os(quorate_testkit::process::QUORATE_BIN_ENV)
-            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_quorate")), PathBuf::from),
+        agent_exe: std::env::var_os(quorate_testkit::process::QUORATE_BIN_ENV).map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_quorate")),
+            PathBuf::from,
+        ),
         quorate_trials: 20,
         tuned_trials: 20,
         default_trials: 20,

@@ -567,8 +567,8 @@ async fn acknowledged_write_mode_refuses_writes_without_enough_replicas() {
 
 /// A real Sentinel-aware client, unchanged: redis-py's `Sentinel` (Debian package
 /// `python3-redis`, run with Debian's `/usr/bin/python3`) pointed at the agents' listeners
-/// finds the master, writes through it, reads from a replica it discovers, and after a kill -9
-/// of the master's node finds the new master.
+/// finds the master, writes through it, discovers the replicas, and after a kill -9 of the
+/// master's node finds the new master and no longer offers the dead server as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_sentinel_client_works_unchanged() {
     let dir = tempfile::tempdir().unwrap();
@@ -622,6 +622,8 @@ print("replicas", len(s.discover_slaves("mymaster")))
         out.contains(&format!("master {}", m.servers[new].port)),
         "{out}"
     );
+    // The dead node's server is listed as down, so the client offers one replica for reads.
+    assert!(out.contains("replicas 1"), "{out}");
     assert_eq!(
         get(m.servers[new].port, "py2").await.as_deref(),
         Some("from-python")
