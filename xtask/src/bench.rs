@@ -63,6 +63,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 agents in network namespaces (root): 20 planned hand-offs (SIGTERM + restart) and 10 kill -9, role unavailability per hand-off",
     ),
     (
+        "redis",
+        "quorate",
+        "bench:redis",
+        "3 real redis-servers: failover managed by quorate vs redis-sentinel (tuned, defaults), 20 kill -9 each (args: --trials N, --default-trials N)",
+    ),
+    (
         "state",
         "quorate-bench",
         "bench_state",

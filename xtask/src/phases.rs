@@ -143,8 +143,13 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-telegram"]),
     },
     Phase {
+        name: "redis",
+        what: "the Redis adapter: INFO parsing, lag, the Sentinel-compatible protocol",
+        kind: Kind::Layer(&["quorate-redis"]),
+    },
+    Phase {
         name: "binary",
-        what: "the quorate binary: agent, demo (real processes), status",
+        what: "the quorate binary: agent, demo, status, Redis adapter on real servers (real processes)",
         kind: Kind::Layer(&["quorate", "quorate-chaos"]),
     },
     Phase {

@@ -16,7 +16,18 @@ use anyhow::{Context, Result, bail};
 
 /// The Debian packages the tests need, each with the reason.
 pub(crate) const PACKAGES: &[(&str, &str)] = &[
-    ("redis-server", "real Redis for the health checks' tests"),
+    (
+        "redis-server",
+        "real Redis for the health checks' and the Redis adapter's tests",
+    ),
+    (
+        "python3-redis",
+        "redis-py: an unchanged Sentinel-aware client against quorate's Sentinel-compatible listener",
+    ),
+    (
+        "redis-sentinel",
+        "Redis Sentinel, the peer of `cargo xtask bench redis`",
+    ),
     (
         "postgresql",
         "real PostgreSQL (initdb, postgres) for the health checks' tests",
@@ -57,7 +68,7 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
-const SERVICES: &[&str] = &["redis-server", "postgresql", "etcd"];
+const SERVICES: &[&str] = &["redis-server", "redis-sentinel", "postgresql", "etcd"];
 
 /// The package names of [`PACKAGES`].
 pub(crate) fn package_names() -> Vec<&'static str> {

@@ -11,12 +11,14 @@
 //! - [`raft`]: the in-process 3-node quorate-raft benchmark;
 //! - [`state`]: quorate-state's locks and semaphores beside etcd's own lock recipe;
 //! - [`health`]: the health monitor's overhead;
-//! - [`membership`]: simulated detection time, traffic and convergence for N = 8..512.
+//! - [`membership`]: simulated detection time, traffic and convergence for N = 8..512;
+//! - [`redis`]: Redis failover managed by quorate vs Redis Sentinel (defaults and tuned).
 
 pub mod agents;
 pub mod coord;
 pub mod health;
 pub mod membership;
 pub mod raft;
+pub mod redis;
 pub mod state;
 pub mod stats;

@@ -564,6 +564,7 @@ impl Cluster {
             }],
             startup: Default::default(),
             telegram: None,
+            redis: None,
         };
         to_toml(&config)
     }

@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// The Telegram bot (admin commands and alerts), if any (docs/telegram.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram: Option<TelegramSection>,
+    /// A Redis server this node manages as a role (the `quorate-redis` adapter; docs/redis.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSection>,
 }
 
 /// The role name the Telegram ingress uses unless `[telegram] role` says otherwise.
@@ -324,6 +327,70 @@ fn check_telegram(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<Telegr
         token: Secret::new(token?),
         role: role?,
     })
+}
+
+/// `[redis]`: this node's Redis server follows a role: the role's primary runs it as the
+/// master (`REPLICAOF NO ONE`, the fencing token in a key), every other node as a replica of
+/// the primary's server; a demoted master stops taking writes at once (`CLIENT PAUSE WRITE`).
+/// The values are read by the `quorate-redis` adapter (docs/redis.md); this section only holds
+/// and validates them.
+///
+/// ```toml
+/// [redis]
+/// role = "redis"                          # a [[role]] of this config
+/// servers = { n1 = "10.0.0.1:6379", n2 = "10.0.0.2:6379", n3 = "10.0.0.3:6379" }
+/// max_lag_bytes = 1048576                 # optional: a replica further behind is no candidate
+/// min_replicas_to_write = 1               # optional: acknowledged-write mode
+/// sentinel_listen = "0.0.0.0:26379"       # optional: answers Sentinel clients
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// The `[[role]]` whose primary runs the Redis master.
+    pub role: String,
+    /// Every node's Redis server, node id -> `host:port` as the other servers and clients
+    /// reach it (the same map on every node; it must list this node).
+    pub servers: BTreeMap<String, String>,
+    /// A file holding the Redis password (`requirepass`/`masterauth`), mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// A replica whose replication offset is more than this many bytes behind is not a
+    /// failover candidate (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_bytes: Option<u64>,
+    /// Acknowledged-write mode: the master refuses writes unless this many replicas are
+    /// connected and recent (`min-replicas-to-write`; default: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas_to_write: Option<u32>,
+    /// With `min_replicas_to_write`: how stale a replica's last ack may be
+    /// (`min-replicas-max-lag`, whole seconds, default 10 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_replicas_max_lag: Option<Duration>,
+    /// Where a Sentinel-compatible listener binds (`SENTINEL get-master-addr-by-name`);
+    /// default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_listen: Option<String>,
+    /// The master name Sentinel clients ask for (default: the role's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_master_name: Option<String>,
+    /// How often every server's `INFO replication` is read (lag, following; default 100 ms).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub poll_interval: Option<Duration>,
+    /// Timeout of one Redis command (default 500 ms).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub command_timeout: Option<Duration>,
 }
 
 /// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
@@ -755,6 +822,8 @@ pub struct Validated {
     pub startup: StartupSection,
     /// The Telegram bot, if configured.
     pub telegram: Option<TelegramSettings>,
+    /// The Redis password read from `[redis] password_file`, if given.
+    pub redis_password: Option<Secret>,
 }
 
 /// Reads and validates the config at `path`, with `QUORATE_...` environment overrides.
@@ -1301,6 +1370,13 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         }
         None => {}
     }
+    let mut redis_password = None;
+    if let Some(r) = &raw.redis {
+        check_redis(&mut errs, r, node_id.as_ref(), &roles);
+        if let Some(p) = &r.password_file {
+            redis_password = read_key_file(&mut errs, "redis.password_file", p).map(Secret::new);
+        }
+    }
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1314,6 +1390,7 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             check_kinds,
             startup,
             telegram,
+            redis_password,
         }),
         _ => Err(errs),
     }
@@ -1434,6 +1511,91 @@ fn check_tags(errs: &mut ConfigErrors, tags: &BTreeMap<String, String>) {
     }
 }
 
+/// Checks `[redis]`: the role exists, the servers are `host:port` under valid node ids and
+/// list this node, the limits are sane.
+fn check_redis(
+    errs: &mut ConfigErrors,
+    r: &RedisSection,
+    node: Option<&NodeId>,
+    roles: &[RoleName],
+) {
+    if !roles.iter().any(|n| n.as_str() == r.role) {
+        errs.push(
+            "redis.role",
+            format!(
+                "{:?} is not a [[role]] of this config; add [[role]] name = {:?}",
+                r.role, r.role
+            ),
+        );
+    }
+    if r.servers.is_empty() {
+        errs.push(
+            "redis.servers",
+            "empty: list every node's Redis, id = \"host:port\"",
+        );
+    }
+    for (id, addr) in &r.servers {
+        if let Err(e) = NodeId::new(id.clone()) {
+            errs.push(format!("redis.servers.{id}"), e.to_string());
+        }
+        check_addr(errs, &format!("redis.servers.{id}"), addr);
+    }
+    if let Some(n) = node
+        && !r.servers.is_empty()
+        && !r.servers.contains_key(n.as_str())
+    {
+        errs.push(
+            "redis.servers",
+            format!("does not list this node ({n}): add {n} = \"host:port\" of its Redis"),
+        );
+    }
+    if let Some(a) = &r.sentinel_listen {
+        check_addr(errs, "redis.sentinel_listen", a);
+    }
+    if let Some(name) = &r.sentinel_master_name
+        && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace))
+    {
+        errs.push(
+            "redis.sentinel_master_name",
+            "must be 1 to 128 bytes without spaces",
+        );
+    }
+    if r.min_replicas_to_write.is_some_and(|n| n == 0 || n > 64) {
+        errs.push(
+            "redis.min_replicas_to_write",
+            "must be 1 to 64 (leave it out to turn acknowledged-write mode off)",
+        );
+    }
+    if let Some(l) = r.min_replicas_max_lag
+        && (l < Duration::from_secs(1) || l > Duration::from_secs(3600))
+    {
+        errs.push(
+            "redis.min_replicas_max_lag",
+            format!("{l:?} must be 1 s to 1 h (Redis counts it in whole seconds)"),
+        );
+    }
+    for (field, v, min, max) in [
+        (
+            "redis.poll_interval",
+            r.poll_interval,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        ),
+        (
+            "redis.command_timeout",
+            r.command_timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        ),
+    ] {
+        if let Some(v) = v
+            && (v < min || v > max)
+        {
+            errs.push(field, format!("{v:?} must be {min:?} to {max:?}"));
+        }
+    }
+}
+
 fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
     let ok = addr
         .rsplit_once(':')
@@ -1481,6 +1643,40 @@ target = "/"
 name = "demo"
 on_promote = "echo promoted"
 "#;
+
+    #[test]
+    fn redis_section_is_validated_with_every_problem_at_once() {
+        let good = format!(
+            "{GOOD}\n[redis]\nrole = \"demo\"\nservers = {{ n1 = \"127.0.0.1:6379\", n2 = \"127.0.0.1:6380\" }}\nsentinel_listen = \"127.0.0.1:26379\"\nmin_replicas_to_write = 1\n"
+        );
+        let v = parse(&good).unwrap();
+        let r = v.raw.redis.as_ref().unwrap();
+        assert_eq!(r.servers.len(), 2);
+        assert_eq!(r.min_replicas_to_write, Some(1));
+        let bad = format!(
+            "{GOOD}\n[redis]\nrole = \"cache\"\nservers = {{ n2 = \"nohost\", \"Bad!\" = \"h:1\" }}\nmin_replicas_to_write = 0\nmin_replicas_max_lag = \"100ms\"\npoll_interval = \"1ms\"\nsentinel_listen = \"x\"\n"
+        );
+        let errs = parse(&bad).unwrap_err();
+        let fields: Vec<&str> = errs.0.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "redis.role",
+            "redis.servers.n2",
+            "redis.servers.Bad!",
+            "redis.servers",
+            "redis.min_replicas_to_write",
+            "redis.min_replicas_max_lag",
+            "redis.poll_interval",
+            "redis.sentinel_listen",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+        let role = errs.0.iter().find(|p| p.field == "redis.role").unwrap();
+        assert!(
+            role.message.contains("[[role]] name = \"cache\""),
+            "{}",
+            role.message
+        );
+    }
 
     #[test]
     fn good_config_parses() {

@@ -98,8 +98,16 @@ pub struct NodeBuilder {
     plugins: Vec<Arc<dyn Plugin>>,
     notifier: Arc<dyn Notifier>,
     hooks: Vec<(RoleName, Arc<dyn quorate_failover::shell::RoleHooks>)>,
+    lags: Vec<RoleLag>,
     write_status_file: bool,
 }
+
+/// A replication-lag source for a role, with the candidate limit that goes with it.
+type RoleLag = (
+    RoleName,
+    Arc<dyn quorate_failover::shell::LagSource>,
+    Option<u64>,
+);
 
 /// A running node.
 pub struct Node {
@@ -282,6 +290,7 @@ impl Node {
             plugins: Vec::new(),
             notifier: Arc::new(SdNotifier),
             hooks: Vec::new(),
+            lags: Vec::new(),
             write_status_file: true,
         }
     }
@@ -504,6 +513,19 @@ impl NodeBuilder {
         self
     }
 
+    /// A replication-lag source for `role` (e.g. a managed database's replica offsets), and
+    /// the policy's `max_lag` for it (`None`: the profile's). With a lag source, a node whose
+    /// lag is unknown or above `max_lag` is not a candidate, and `explain` says so.
+    pub fn lag(
+        mut self,
+        role: RoleName,
+        lag: Arc<dyn quorate_failover::shell::LagSource>,
+        max_lag: Option<u64>,
+    ) -> Self {
+        self.lags.push((role, lag, max_lag));
+        self
+    }
+
     /// Whether to write `<data_dir>/status.json` every 500 ms (default: yes; `quorate status`
     /// reads it).
     pub fn status_file(mut self, on: bool) -> Self {
@@ -690,7 +712,16 @@ impl NodeBuilder {
         let _ = events.send(started_event("membership"));
 
         let manager = stage(report, n, events, "roles", timeout, async {
-            let (mgr_config, roles) = failover_setup(&v, events, &self.hooks);
+            let (mgr_config, mut roles) = failover_setup(&v, events, &self.hooks);
+            for spec in &mut roles {
+                if let Some((_, lag, max_lag)) = self.lags.iter().find(|(r, _, _)| *r == spec.name)
+                {
+                    spec.lag = Some(Arc::clone(lag));
+                    if max_lag.is_some() {
+                        spec.config.policy.max_lag = *max_lag;
+                    }
+                }
+            }
             let manager = FailoverManager::start(
                 mgr_config,
                 Arc::clone(&coord),

@@ -6,11 +6,14 @@
 //!   sleep);
 //! - [`agents`]: `quorate agent` configs built from the agent's own serde types
 //!   ([`quorate::config::AgentConfig`]), never with `format!`;
-//! - [`etcd`]: real etcd clusters on loopback (Debian package `etcd-server`).
+//! - [`etcd`]: real etcd clusters on loopback (Debian package `etcd-server`);
+//! - [`redis`]: real Redis servers and Sentinels on loopback (Debian packages `redis-server`,
+//!   `redis-sentinel`).
 
 pub mod agents;
 mod error;
 pub mod etcd;
 pub mod process;
+pub mod redis;
 
 pub use error::TestkitError;

@@ -22,12 +22,17 @@ fn emit(e: &NodeEvent) {
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
     let telegram = v.telegram.clone();
+    let redis = quorate_redis::RedisConfig::from_agent(&v)?;
     let mut builder = Node::builder(v);
     // The Telegram bot, when configured: a stage after the roles (its ingress is a role).
     if let Some(t) = telegram {
         builder = builder.plugin(std::sync::Arc::new(quorate_telegram::TelegramPlugin::new(
             t,
         )));
+    }
+    // `[redis]`: the Redis adapter's hooks, lag source and plugin for its role.
+    if let Some(config) = redis {
+        builder = quorate_redis::RedisAdapter::new(config)?.install(builder);
     }
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.

@@ -127,6 +127,7 @@ impl LoopbackPlan {
             roles: Vec::new(),
             startup: Default::default(),
             telegram: None,
+            redis: None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub use quorate_health_api as health_api;
 pub use quorate_membership as membership;
 pub use quorate_membership_api as membership_api;
 pub use quorate_raft as raft;
+pub use quorate_redis as redis;
 /// The Telegram bot stage.
 pub use quorate_telegram as telegram;
 pub use quorate_types as types;
