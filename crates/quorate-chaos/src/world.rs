@@ -552,6 +552,7 @@ impl Cluster {
                 ..RoleSection::named(ROLE)
             }],
             startup: Default::default(),
+            replication: None,
         };
         to_toml(&config)
     }

@@ -96,10 +96,14 @@ impl LeaderConfig {
 /// A replica's lag behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaLag {
-    /// Entries the primary had that the replica had not persisted.
+    /// Entries the primary had that the replica had not persisted. At a replica: behind the
+    /// primary's last position as of its last append (or this node's own log, when newer or
+    /// when no primary was heard since start); the other replicas' positions come from the
+    /// primary's appends, and are unknown (no lag) before the first.
     pub entries: u64,
     /// At the primary: how old the oldest such entry is, in ms of the primary's wall clock.
-    /// At a replica: how long since this node last heard from the primary.
+    /// At a replica: how long since this node last heard from the primary (0 when it has
+    /// heard from none since it started).
     pub time_ms: u64,
 }
 
@@ -572,16 +576,21 @@ fn lag_of(st: &State, node: &NodeId, me: &NodeId, now_ms: u64) -> Option<Replica
             Some(ReplicaLag { entries, time_ms })
         }
         LeaderRole::Replica => {
+            // Since the last append from a primary (0 if none was heard since this start:
+            // nothing is known to lag behind).
             let since = st
                 .heard_at
-                .map(|t| Instant::now().duration_since(t).as_millis() as u64)?;
+                .map_or(0, |t| Instant::now().duration_since(t).as_millis() as u64);
             let m = if node == me {
                 st.last().index
             } else {
                 *st.matched.get(node)?
             };
+            // Behind the newest history known here: the primary's last position as of its
+            // last append, or our own log.
+            let newest = st.primary_last.index.max(st.last().index);
             Some(ReplicaLag {
-                entries: st.primary_last.index.saturating_sub(m),
+                entries: newest.saturating_sub(m),
                 time_ms: since,
             })
         }

@@ -132,6 +132,16 @@ async fn async_lag_is_measured_in_entries_and_time_and_catches_up() {
     let b = c.start("n2").await;
     let ka = a.leader(asynchronous()).unwrap();
     let kb = b.leader(asynchronous()).unwrap();
+    // Before any primary: a replica is not behind anything it knows (so the failover
+    // policy's first election has candidates); other nodes' lag is unknown.
+    assert_eq!(
+        kb.lag(&id("n2")),
+        Some(ReplicaLag {
+            entries: 0,
+            time_ms: 0
+        })
+    );
+    assert_eq!(kb.lag(&id("n3")), None);
     ka.promote(FencingToken(9)).unwrap();
     for i in 0..5 {
         ka.write(FencingToken(9), &format!("k{i}"), v("x"))

@@ -88,6 +88,9 @@ pub struct AgentConfig {
     /// Startup and shutdown timing.
     #[serde(default)]
     pub startup: StartupSection,
+    /// Replicated keyspaces (`crate::replication`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::ReplicationSection>,
 }
 
 /// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
@@ -385,7 +388,7 @@ pub struct Problem {
 pub struct ConfigErrors(pub Vec<Problem>);
 
 impl ConfigErrors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             field: field.into(),
             message: message.into(),
@@ -1034,6 +1037,9 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
+    if let Some(r) = &raw.replication {
+        crate::replication::validate(r, &raw.node_id, &roles, &mut errs);
+    }
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1166,7 +1172,7 @@ fn check_tags(errs: &mut ConfigErrors, tags: &BTreeMap<String, String>) {
     }
 }
 
-fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
+pub(crate) fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());

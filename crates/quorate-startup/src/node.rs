@@ -98,6 +98,7 @@ pub struct NodeBuilder {
     plugins: Vec<Arc<dyn Plugin>>,
     notifier: Arc<dyn Notifier>,
     hooks: Vec<(RoleName, Arc<dyn quorate_failover::shell::RoleHooks>)>,
+    lags: Vec<(RoleName, Arc<dyn quorate_failover::shell::LagSource>)>,
     write_status_file: bool,
 }
 
@@ -282,6 +283,7 @@ impl Node {
             plugins: Vec::new(),
             notifier: Arc::new(SdNotifier),
             hooks: Vec::new(),
+            lags: Vec::new(),
             write_status_file: true,
         }
     }
@@ -504,6 +506,23 @@ impl NodeBuilder {
         self
     }
 
+    /// The replication-lag source of `role` (e.g. a leader-mode keyspace's, see
+    /// [`crate::replication::ReplicationStage::attach`]), compared with the role's
+    /// `max_lag` when choosing a new primary.
+    pub fn lag_source(
+        mut self,
+        role: RoleName,
+        lag: Arc<dyn quorate_failover::shell::LagSource>,
+    ) -> Self {
+        self.lags.push((role, lag));
+        self
+    }
+
+    /// The validated config the node will run.
+    pub fn config(&self) -> &Validated {
+        &self.config
+    }
+
     /// Whether to write `<data_dir>/status.json` every 500 ms (default: yes; `quorate status`
     /// reads it).
     pub fn status_file(mut self, on: bool) -> Self {
@@ -690,7 +709,12 @@ impl NodeBuilder {
         let _ = events.send(started_event("membership"));
 
         let manager = stage(report, n, events, "roles", timeout, async {
-            let (mgr_config, roles) = failover_setup(&v, events, &self.hooks);
+            let (mgr_config, mut roles) = failover_setup(&v, events, &self.hooks);
+            for spec in &mut roles {
+                if let Some((_, lag)) = self.lags.iter().find(|(r, _)| *r == spec.name) {
+                    spec.lag = Some(Arc::clone(lag));
+                }
+            }
             let manager = FailoverManager::start(
                 mgr_config,
                 Arc::clone(&coord),
