@@ -187,7 +187,7 @@ async fn mm_host(
     let index = ctx.name.trim_start_matches('n').parse::<u64>().unwrap_or(0);
     let mut n = 0u64;
     while now() < FAULTS_END {
-        tokio::time::sleep(ms(rng.range(20, 80))).await;
+        tokio::time::sleep(ms(rng.range(40, 120))).await;
         if rng.next().is_multiple_of(2) {
             let key = format!("k{}", rng.range(0, 7));
             *world.borrow_mut().attempted.entry(key.clone()).or_default() += 1;
