@@ -364,6 +364,10 @@ impl<N: Net> LeaderKeyspace<N> {
                 max: sh.config.value_bytes_max.get(),
             });
         }
+        // The commit below blocks this task for an fsync and an asynchronous write awaits
+        // nothing else: yield first, so that a caller writing in a loop cannot starve the
+        // runtime's other tasks (timers, the senders).
+        tokio::task::yield_now().await;
         let mut acked = sh.acked.subscribe();
         let pos = {
             let mut st = sh.lock();
