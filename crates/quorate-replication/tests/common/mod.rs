@@ -27,9 +27,19 @@ pub(crate) fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap()
 }
 
-/// A free loopback port (bound then released; the node binds it again with SO_REUSEADDR).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback address of its own for each cluster of this process (127.P.C.1, P from the
+/// process id, C a counter), so that a port freed here cannot be taken by a test of another
+/// process between "free" and "bound" (nextest runs tests as parallel processes).
+pub(crate) fn cluster_ip() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("127.{}.{}.1", std::process::id() % 250 + 1, n % 250 + 1)
+}
+
+/// A free port on `ip` (bound then released; the node binds it again with SO_REUSEADDR).
+pub(crate) fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -54,8 +64,9 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn new(n: usize) -> Self {
+        let ip = cluster_ip();
         let addrs = (1..=n)
-            .map(|i| (id(&format!("n{i}")), format!("127.0.0.1:{}", free_port())))
+            .map(|i| (id(&format!("n{i}")), format!("{ip}:{}", free_port(&ip))))
             .collect();
         Self {
             dir: tempfile::tempdir().unwrap(),
