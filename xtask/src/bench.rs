@@ -75,6 +75,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "quorate-state locks and semaphores vs etcd's own lock recipe on one 3-member etcd: cycles/s, hand-off latency",
     ),
     (
+        "replication",
+        "quorate-bench",
+        "bench_replication",
+        "replicated keyspaces on loopback nodes: leader-mode writes/s sync/async at 1/16/64 clients with p99, lag p99, multi-master writes/s, convergence after a heal (1k, 100k keys)",
+    ),
+    (
         "etcd",
         "quorate-bench",
         "bench_etcd",

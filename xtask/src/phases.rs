@@ -124,7 +124,7 @@ const PHASES: &[Phase] = &[
     },
     Phase {
         name: "replication",
-        what: "multi-master replication core: HLC, CRDT laws, Merkle digests",
+        what: "replication: CRDT laws, HLC, digests; multi-master and leader-mode keyspaces over loopback TCP and redb",
         kind: Kind::Layer(&["quorate-replication"]),
     },
     Phase {

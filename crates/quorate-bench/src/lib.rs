@@ -9,6 +9,7 @@
 //!   side-by-side table;
 //! - [`agents`]: three `quorate agent` processes on loopback as a benchmark target;
 //! - [`raft`]: the in-process 3-node quorate-raft benchmark;
+//! - [`replication`]: replicated keyspaces (leader and multi-master) on loopback nodes;
 //! - [`state`]: quorate-state's locks and semaphores beside etcd's own lock recipe;
 //! - [`health`]: the health monitor's overhead;
 //! - [`membership`]: simulated detection time, traffic and convergence for N = 8..512;
@@ -20,5 +21,6 @@ pub mod health;
 pub mod membership;
 pub mod raft;
 pub mod redis;
+pub mod replication;
 pub mod state;
 pub mod stats;

@@ -565,6 +565,7 @@ impl Cluster {
             startup: Default::default(),
             telegram: None,
             redis: None,
+            replication: None,
         };
         to_toml(&config)
     }

@@ -25,6 +25,13 @@ pub struct DigestConfig {
 pub const DIGEST_LEAVES_MAX: u32 = 1 << 16;
 
 impl DigestConfig {
+    /// 16 children per node, 3 levels: 4,096 buckets (about 25 keys each at 100k keys; a
+    /// digest of 140 KB).
+    pub const LAN: DigestConfig = DigestConfig {
+        fanout: 16,
+        depth: 3,
+    };
+
     /// A tree with `fanout` children per node and `depth` levels below the root, so
     /// `fanout ^ depth` buckets.
     ///

@@ -85,6 +85,19 @@ impl Hlc {
         }
     }
 
+    /// A clock for `node` resumed after a restart from the last timestamp it issued or
+    /// observed (as persisted by the storage), so that its next timestamp is above every one it
+    /// issued before, even if the physical clock went back meanwhile. No bound is checked: the
+    /// timestamp is this node's own record.
+    pub fn resume(node: NodeId, config: HlcConfig, last: &HlcTimestamp) -> Self {
+        Self {
+            node,
+            config,
+            physical_ms: last.physical_ms,
+            logical: last.logical,
+        }
+    }
+
     /// The node this clock belongs to.
     pub fn node(&self) -> &NodeId {
         &self.node

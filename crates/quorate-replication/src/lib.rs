@@ -9,9 +9,15 @@
 //! - [`Store`] (one keyspace in memory) and [`MerkleDigest`] (anti-entropy by digest diff).
 //! - [`ConflictLog`] and [`ReplicationMetrics`]: what the node reports.
 //!
-//! Nothing here reads a clock, opens a socket or writes a file; storage (redb), transport
-//! (quorate-wire), the node stage and leader mode come later. `docs/replication.md` says how
-//! to choose a merge type.
+//! The modules above are the pure core: they read no clock, open no socket and write no
+//! file. Around them, the shell runs keyspaces on a node:
+//! - [`ReplicationNode`]: one listener, one [`Transport`] (quorate-wire frames over TCP,
+//!   authenticated, bounded), one [`ReplicaDb`] (redb), keyspaces routed by name;
+//! - [`Keyspace`] (multi-master: push on write, hinted handoff, anti-entropy on a timer and
+//!   on membership rejoin/heal) and [`LeaderKeyspace`] (leader mode: fenced writes through the
+//!   primary, sync or async replication, lag, conflicts for a demoted primary's suffix).
+//!
+//! `docs/replication.md` says what each mode guarantees and how to choose a merge type.
 //!
 //! ```
 //! use std::num::NonZeroU64;
@@ -32,36 +38,47 @@
 //! assert_eq!(at_a, at_b);
 //! ```
 
-// tidy:pure-core
-
 mod conflict;
 mod counter;
 mod crdt;
 mod custom;
 mod digest;
+mod disk;
 mod dot;
 mod error;
 mod hlc;
+mod leader;
 mod lww;
 mod map;
 mod metrics;
+mod mm;
+pub mod msg;
 mod mv;
+mod node;
 mod orset;
 mod stability;
 mod store;
+mod transport;
 
 pub use conflict::{ConflictLog, ConflictRecord, CrdtKind, Resolution, Version};
 pub use counter::PnCounter;
 pub use crdt::{Crdt, LawViolation, check_laws};
 pub use custom::{Custom, CustomMerge};
 pub use digest::{DIGEST_LEAVES_MAX, DigestConfig, Hash, MerkleDigest, value_hash};
+pub use disk::ReplicaDb;
 pub use dot::{CausalContext, Dot};
 pub use error::ReplicationError;
 pub use hlc::{Hlc, HlcConfig, HlcTimestamp};
+pub use leader::{
+    LeaderConfig, LeaderKeyspace, LeaderRole, LeaderStatus, ReplicaLag, SuffixConflict, SyncMode,
+};
 pub use lww::LwwRegister;
 pub use map::{LwwMap, OrMap};
 pub use metrics::ReplicationMetrics;
+pub use mm::{Keyspace, KeyspaceStatus, MultiMasterConfig, WriteCtx};
 pub use mv::MvRegister;
+pub use node::{NodeConfig, ReplicationNode};
 pub use orset::OrSet;
 pub use stability::Stability;
 pub use store::{KEY_BYTES_MAX, MergeOutcome, Store};
+pub use transport::{Handler, InboundStats, Transport, TransportConfig};

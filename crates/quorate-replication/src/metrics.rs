@@ -27,11 +27,10 @@ pub struct ReplicationMetrics {
     pub keys_repaired: u64,
     /// Tombstones and hidden values collected.
     pub tombstones_collected: u64,
-    /// Gauge: hints held for down peers. Set by the node stage (hinted handoff is not built
-    /// yet, so it stays zero).
+    /// Gauge: hints held for unreachable peers (set by `Keyspace::status`).
     pub hints_pending: u64,
-    /// Gauge: replication lag behind the furthest peer, in milliseconds of HLC time. Set by
-    /// the node stage (not built yet).
+    /// Gauge: replication lag behind the furthest peer, in milliseconds of HLC time. Not set
+    /// by the multi-master node yet (leader mode reports lag in `LeaderStatus`).
     pub lag_ms: u64,
 }
 

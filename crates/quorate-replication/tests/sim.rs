@@ -9,7 +9,12 @@
 //! The checker is shown catching a deliberately broken clock: LWW on wall clocks under skew.
 //! Every run is a seed; a failure names it and the command that replays it
 //! (`QUORATE_SIM_SEED=<seed>`, the same variables as quorate-sim's runner).
+//!
+//! Module [`nodes`] runs real replication nodes (transport, redb, keyspace tasks) in turmoil.
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test")]
+
+#[path = "sim/nodes.rs"]
+mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -94,6 +94,9 @@ pub struct AgentConfig {
     /// A Redis server this node manages as a role (the `quorate-redis` adapter; docs/redis.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSection>,
+    /// Replicated keyspaces (`crate::replication`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::ReplicationSection>,
 }
 
 /// The role name the Telegram ingress uses unless `[telegram] role` says otherwise.
@@ -688,7 +691,7 @@ pub struct Problem {
 pub struct ConfigErrors(pub Vec<Problem>);
 
 impl ConfigErrors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             field: field.into(),
             message: message.into(),
@@ -1377,6 +1380,9 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             redis_password = read_key_file(&mut errs, "redis.password_file", p).map(Secret::new);
         }
     }
+    if let Some(r) = &raw.replication {
+        crate::replication::validate(r, &raw.node_id, &roles, &mut errs);
+    }
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1596,7 +1602,7 @@ fn check_redis(
     }
 }
 
-fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
+pub(crate) fn check_addr(errs: &mut ConfigErrors, field: &str, addr: &str) {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());

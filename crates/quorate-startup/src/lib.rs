@@ -24,6 +24,7 @@ pub mod config;
 pub mod hooks;
 pub mod node;
 pub mod notify;
+pub mod replication;
 pub mod report;
 
 pub use admin::{Admin, AdminError, AdminOutcome, AdminRequest, Permission, Principal};

@@ -526,6 +526,22 @@ impl NodeBuilder {
         self
     }
 
+    /// The replication-lag source of `role` (e.g. a leader-mode keyspace's, see
+    /// [`crate::replication::ReplicationStage::attach`]), compared with the role's
+    /// `max_lag` when choosing a new primary.
+    pub fn lag_source(
+        self,
+        role: RoleName,
+        lag: Arc<dyn quorate_failover::shell::LagSource>,
+    ) -> Self {
+        self.lag(role, lag, None)
+    }
+
+    /// The validated config the node will run.
+    pub fn config(&self) -> &Validated {
+        &self.config
+    }
+
     /// Whether to write `<data_dir>/status.json` every 500 ms (default: yes; `quorate status`
     /// reads it).
     pub fn status_file(mut self, on: bool) -> Self {

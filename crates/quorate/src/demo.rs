@@ -128,6 +128,7 @@ impl LoopbackPlan {
             startup: Default::default(),
             telegram: None,
             redis: None,
+            replication: None,
         }
     }
 }
