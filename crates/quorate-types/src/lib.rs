@@ -18,6 +18,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod lease;
+
 /// The longest node id or role name, in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
 /// The most tags a node may carry in its metadata.
@@ -66,6 +68,14 @@ pub enum TypesError {
     /// Node metadata exceeded one of its limits.
     #[error("node metadata: {0}")]
     Meta(String),
+    /// A clock-rate drift bound above [`lease::Drift::MAX`].
+    #[error(
+        "drift_ppm = {ppm} is above the maximum 100000 (10 %): a clock drifting more than that is broken and only fencing tokens protect against it; use at most 100000"
+    )]
+    Drift {
+        /// The rejected bound, in parts per million.
+        ppm: u32,
+    },
 }
 
 fn validate_name(what: &'static str, s: &str) -> Result<(), TypesError> {
