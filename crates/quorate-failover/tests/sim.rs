@@ -30,8 +30,23 @@
 //! `raft_leader_crash_not_primary` requires that the role does not move at all: the primary
 //! never failed. (It used to move in 99 of 100 seeds: the new raft leader expired the 600 ms
 //! role lease by its own apply-time records before the primary's renews got through a ~1 s
-//! election. quorate-raft now extends every lease when a node starts to act as leader, as etcd
-//! does, and the shell suspends and resumes the term with the same token across the election.)
+//! election. A new leader now expires each lease at `max(its record's expiry, takeover + ttl /
+//! 2)` (`LeaseClock::took_over`), and the shell suspends and resumes the term with the same
+//! token across the election.)
+//!
+//! The Raft node reads the same `SimClock` as the failover manager (`NodeConfig::clock`), so a
+//! clock-rate fault skews the node's Raft leader lease and lease expiry too (issue 17):
+//! - `raft_leader_clock_{slow,fast}_within_bound` (the Raft leader, not the primary, at 0.9901x
+//!   and 1.0099x, then the primary is cut off): no overlap of validity windows;
+//! - `raft_leader_clock_{half,double,five_times}_rate` (beyond the bound): overlaps are counted
+//!   and only fencing must hold; at 5x the leader ends a healthy primary's lease between two
+//!   renews, so the role must move more than once per seed (the seam is live);
+//! - `raft_leader_crash_skewed_within_bound` (holder 0.995x, the others 1.0049x, then the Raft
+//!   leader crashes): the new leader's takeover rule keeps windows apart and the role in place;
+//!   `raft_leader_crash_new_leader_double_rate`: the same with the others at 2x (beyond);
+//! - `primary_that_leads_raft_crashes_{skewed_within_bound,new_leader_double_rate}`: the same
+//!   clocks, but the primary leads Raft and crashes, so the new leader's records and grace
+//!   decide when the role can move.
 //!
 //! Seeds: `QUORATE_SIM_SEEDS` (default [`DEFAULT_SEEDS`] = 100 per scenario: about 100 s for
 //! the whole target on 2 cores with the workspace's dev profile, which optimises dependencies
@@ -704,7 +719,8 @@ fn plan(
                     rate,
                 }),
             ));
-            ev.push((t0 + ms(rng.range(100, 600)), Ev::Fault(isolate(p))));
+            // Soon after, before a fast leader clock has moved the role on its own.
+            ev.push((t0 + ms(rng.range(0, 60)), Ev::Fault(isolate(p))));
         }
         Kind::RaftLeaderCrashSkewed(holder, rest)
         | Kind::LeaderPrimaryCrashSkewed(holder, rest) => {
@@ -937,6 +953,16 @@ fn run_kind(name: &str, kind: Kind) {
     // At 0.1x the primary outlives its lease by seconds: the run must have exercised fencing
     // (a scenario that never produces a stale action would prove nothing about it).
     let t = stats.borrow();
+    // At 5x the Raft leader's lease clock ends the role lease between two renews of a healthy
+    // primary, so the role moves more than once per seed: proof that the leader's lease
+    // decisions run on its injected clock (with tokio time it would move once per seed).
+    if kind == Kind::LeaderClock(5_000_000) && t.seeds >= 10 {
+        assert!(
+            t.promotions_after_fault > t.seeds,
+            "{name}: the 5x leader clock never ended a healthy primary's lease; is the raft lease \
+             clock still on tokio time? {t:?}"
+        );
+    }
     if kind == Kind::PrimaryTenthRate && t.seeds >= 10 {
         assert!(
             t.stale_rejected > 0 && t.seeds_with_overlap > 0,
@@ -1020,6 +1046,16 @@ fn raft_leader_clock_double_rate() {
     run_kind(
         "raft_leader_clock_double_rate",
         Kind::LeaderClock(2_000_000),
+    );
+}
+
+#[test]
+fn raft_leader_clock_five_times_rate() {
+    // The leader expires the role lease 121 ms (real) after each renew it receives, before the
+    // next renew (every 150 ms) arrives: the lease ends under a healthy, connected primary.
+    run_kind(
+        "raft_leader_clock_five_times_rate",
+        Kind::LeaderClock(5_000_000),
     );
 }
 
