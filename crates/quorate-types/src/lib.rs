@@ -1,4 +1,5 @@
-//! Shared vocabulary of quorate: node ids, role names, epochs, fencing tokens and node metadata.
+//! Shared vocabulary of quorate: node ids, role names, epochs, fencing tokens, node metadata, and
+//! the one implementation of lease arithmetic ([`lease`]).
 //!
 //! Every type that can be built from outside input validates it, so a value of these types is
 //! always valid. Serde forms are the plain string or number forms; deserializing validates too.
