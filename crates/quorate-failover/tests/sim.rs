@@ -18,7 +18,8 @@
 //!
 //! Scenarios: `primary_crash`, `primary_pause_beyond_lease`, `partition_isolates_primary`,
 //! `partition_isolates_secondary`, `primary_clock_half_rate` (the failover manager's clock on the
-//! primary runs at 0.5x, then the primary is cut off; raft itself keeps tokio time),
+//! primary runs at 0.5x, then the primary is cut off; its Raft node's lease clock reads the same clock;
+//! openraft's own timers keep tokio time),
 //! `primary_clock_tenth_rate` (the same at 0.1x: the primary acts for seconds past its lease, so
 //! only fencing stands between it and the resource; the run must see stale actions rejected),
 //! `flapping_health` (the primary's health flips faster, then slower, than `unhealthy_grace`),
@@ -97,7 +98,7 @@ fn role() -> RoleName {
 }
 
 /// The wire config; its wall clock is global simulated time (not the node's skewed clock:
-/// only the failover manager's clock is under test).
+/// the nodes' skewed clocks are what is under test, not the wire's replay window).
 fn wire() -> WireConfig {
     let mut w = WireConfig::new("sim", KeyRing::new(ClusterKey::from_bytes([5; 32]), vec![]))
         .expect("wire config");
