@@ -329,6 +329,44 @@ impl World {
     }
 }
 
+impl World {
+    /// Cuts node `i` off symmetrically (`on`) or heals it: node `i` drops every peer's packets
+    /// at its input hook and every peer drops node `i`'s, so neither side hears the other (the
+    /// one-way [`World::partition`] still lets node `i`'s UDP gossip out).
+    pub async fn partition_symmetric(&self, i: usize, on: bool) -> Result<()> {
+        for k in 0..self.size {
+            if on {
+                let blocked: Vec<String> = if k == i {
+                    (0..self.size).filter(|j| *j != i).map(Self::addr).collect()
+                } else {
+                    vec![Self::addr(i)]
+                };
+                let rules = format!(
+                    "table inet {NFT_TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {{ {} }} drop\n  }}\n}}\n",
+                    blocked.join(", ")
+                );
+                let file =
+                    self.dir
+                        .join(format!("sym-partition-{}-{}.nft", Self::ns(i), Self::ns(k)));
+                std::fs::write(&file, rules).context("writing the nftables rules")?;
+                let mut c = self.node_command(k, "nft");
+                c.arg("-f")
+                    .arg(&file)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                Self::output(c, format!("nft -f {} in {}", file.display(), Self::ns(k))).await?;
+            } else {
+                let mut c = self.node_command(k, "nft");
+                c.args(["delete", "table", "inet", NFT_TABLE])
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                Self::output(c, format!("nft delete table in {}", Self::ns(k))).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         let _ = self.holder.start_kill();
@@ -779,6 +817,64 @@ impl Cluster {
         });
         self.say(&format!("partitioned {}", self.nodes[i].name));
         Ok(at)
+    }
+
+    /// Cuts node `i` off symmetrically ([`World::partition_symmetric`]); returns the stamp
+    /// taken once every rule is in place.
+    pub async fn isolate_symmetric(&mut self, i: usize) -> Result<u64> {
+        let from = now_ns();
+        self.world.partition_symmetric(i, true).await?;
+        let at = now_ns();
+        self.faults.push(Fault {
+            node: self.nodes[i].name.clone(),
+            kind: FaultKind::Partition,
+            from_ns: from,
+            to_ns: None,
+        });
+        self.say(&format!("partitioned {} symmetrically", self.nodes[i].name));
+        Ok(at)
+    }
+
+    /// Heals node `i`'s symmetric partition; returns the stamp taken once every rule is gone.
+    pub async fn heal_symmetric(&mut self, i: usize) -> Result<u64> {
+        self.world.partition_symmetric(i, false).await?;
+        let at = now_ns();
+        self.close_fault(i, FaultKind::Partition);
+        self.say(&format!("healed {} (symmetric)", self.nodes[i].name));
+        Ok(at)
+    }
+
+    /// How node `node`'s application under `token` fared in `[from_ns, to_ns]` of the hook
+    /// log: whether its term was interrupted (an `on_demote` of that token in the window), and
+    /// the longest time without an action (from `from_ns` to the first action, between
+    /// actions, and from the last action to `to_ns`; the application acts every
+    /// `act_interval_ms`, so an uninterrupted primary shows about that).
+    pub fn application_gap(
+        &self,
+        node: &str,
+        token: u64,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> Result<(bool, f64)> {
+        let log = self.log()?;
+        let mine = log.iter().filter(|e| {
+            e.node == node && e.token == token && e.at_ns >= from_ns && e.at_ns <= to_ns
+        });
+        let mut interrupted = false;
+        let mut last = from_ns;
+        let mut gap = 0u64;
+        for e in mine {
+            match e.kind {
+                Kind::Demote => interrupted = true,
+                Kind::Act => {
+                    gap = gap.max(e.at_ns.saturating_sub(last));
+                    last = e.at_ns;
+                }
+                Kind::Promote => {}
+            }
+        }
+        gap = gap.max(to_ns.saturating_sub(last));
+        Ok((interrupted, gap as f64 / 1e6))
     }
 
     /// Heals node `i`'s partition.
@@ -1327,16 +1423,22 @@ pub struct BenchOptions {
     pub agent_exe: PathBuf,
     /// SIGKILL trials.
     pub kill_trials: u32,
-    /// Partition trials.
+    /// Partition trials (the primary's input drops its peers: one-way for UDP).
     pub partition_trials: u32,
+    /// Symmetric partition trials (the primary and its peers drop each other).
+    pub sym_partition_trials: u32,
     /// SIGKILL trials of a primary that is also the Raft leader (the worst case: a Raft
     /// election, then the role lease the new leader extended). The policy keeps the role off
     /// the Raft leader, so each trial first moves the role there: every other node is made
     /// critical (a harness-controlled check) until the primary hands over to the Raft leader.
     pub kill_both_trials: u32,
     /// SIGKILLs of the Raft leader while it is not the primary; each counts whether the role
-    /// moved (it must not: the primary never failed).
+    /// moved (it must not: the primary never failed) and how long the primary's application
+    /// went without acting.
     pub raft_leader_kills: u32,
+    /// Symmetric partitions of a node that is not the primary, each healed after 2 s: counts
+    /// interruptions of the healthy primary's application from the cut through the heal.
+    pub secondary_partitions: u32,
     /// Length of the run with flapping non-critical checks and no faults.
     pub flap: Duration,
     /// Print progress lines.
@@ -1346,7 +1448,8 @@ pub struct BenchOptions {
 /// One failover trial.
 #[derive(Clone, Debug)]
 pub struct Trial {
-    /// `kill`, `partition` or `kill-both` (the primary was also the Raft leader on purpose).
+    /// `kill`, `partition`, `sym-partition` or `kill-both` (the primary was also the Raft
+    /// leader on purpose).
     pub fault: &'static str,
     /// The old primary was also the Raft leader.
     pub primary_was_raft_leader: bool,
@@ -1377,6 +1480,22 @@ pub struct BenchReport {
     pub leader_kills: usize,
     /// Of those, how many moved the role (new token): each is a false failover.
     pub leader_kill_role_moves: usize,
+    /// Of those, how many interrupted the primary's application (an `on_demote` of its token).
+    pub leader_kill_interrupted: usize,
+    /// Per Raft-leader kill: the longest time the primary's application did not act, from the
+    /// kill until the cluster was stable again (ms).
+    pub leader_kill_gaps_ms: Vec<f64>,
+    /// Symmetric partitions (and heals) of a secondary.
+    pub secondary_partitions: usize,
+    /// Of those, how many interrupted the primary's application (cut through heal + settle).
+    pub secondary_partition_interrupted: usize,
+    /// Of the secondary partitions, how many cut off the Raft leader (a Raft election follows
+    /// the cut, not only the heal).
+    pub secondary_partition_leader_cuts: usize,
+    /// Interruptions when the cut secondary was a Raft follower: only the heal could disturb.
+    pub secondary_partition_follower_interrupted: usize,
+    /// Per secondary partition: the longest time the primary's application did not act (ms).
+    pub secondary_partition_gaps_ms: Vec<f64>,
     /// The hook-log checker's report over the whole run.
     pub check: hooklog::Report,
 }
@@ -1388,7 +1507,7 @@ pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for fault in ["kill", "partition", "kill-both"] {
+        for fault in ["kill", "partition", "sym-partition", "kill-both"] {
             let t: Vec<&Trial> = self.trials.iter().filter(|t| t.fault == fault).collect();
             if t.is_empty() {
                 continue;
@@ -1440,7 +1559,7 @@ impl std::fmt::Display for BenchReport {
                 p(&pro, 0.5)
             )?;
             let stop: Vec<f64> = t.iter().filter_map(|t| t.old_last_action_ms).collect();
-            if fault == "partition" {
+            if fault == "partition" || fault == "sym-partition" {
                 writeln!(
                     f,
                     "          cut-off primary's last action after the partition: median {}, max {} (lease window 544 ms)",
@@ -1451,11 +1570,32 @@ impl std::fmt::Display for BenchReport {
             let all: Vec<String> = ms.iter().map(|m| format!("{m:.0}")).collect();
             writeln!(f, "          all (ms): {}", all.join(" "))?;
         }
+        let p = |v: &[f64], q| percentile(v, q).map_or("-".to_owned(), |x| format!("{x:.0} ms"));
         if self.leader_kills > 0 {
             writeln!(
                 f,
-                "Raft leader (not the primary) SIGKILLed {} times: the role moved {} times",
-                self.leader_kills, self.leader_kill_role_moves
+                "Raft leader (not the primary) SIGKILLed {} times: the role moved {} times, the \
+                 primary's application was interrupted {} times; its longest pause without an \
+                 action: median {}, max {}",
+                self.leader_kills,
+                self.leader_kill_role_moves,
+                self.leader_kill_interrupted,
+                p(&self.leader_kill_gaps_ms, 0.5),
+                p(&self.leader_kill_gaps_ms, 1.0)
+            )?;
+        }
+        if self.secondary_partitions > 0 {
+            writeln!(
+                f,
+                "secondary cut off symmetrically for 2 s and healed {} times ({} of them the Raft \
+                 leader): the primary's application was interrupted {} times ({} when the cut \
+                 node was a Raft follower); its longest pause without an action: median {}, max {}",
+                self.secondary_partitions,
+                self.secondary_partition_leader_cuts,
+                self.secondary_partition_interrupted,
+                self.secondary_partition_follower_interrupted,
+                p(&self.secondary_partition_gaps_ms, 0.5),
+                p(&self.secondary_partition_gaps_ms, 1.0)
             )?;
         }
         writeln!(
@@ -1540,18 +1680,37 @@ async fn kill_raft_leader(c: &mut Cluster, report: &mut BenchReport) -> Result<(
             c.name(p)
         );
     };
-    let l = c.index(&leader)?;
+    let mut l = c.index(&leader)?;
+    let mut p = p;
     if l == p {
-        // The policy keeps them apart; it happens only after a Raft election landed on the
-        // primary. Not this measurement: skip.
-        c.say("Raft leader is the primary: no Raft-leader-only kill this time");
-        return Ok(());
+        // The policy keeps them apart; it happens after a Raft election landed on the primary.
+        // Move the role off the Raft leader (the primary made critical until another node is
+        // promoted), then measure with the new primary.
+        c.say("Raft leader is the primary: moving the role off it first");
+        let t = c.max_token()?;
+        c.set_sick(p, true)?;
+        let moved = c.wait_promote(t, Some(p), FAILOVER).await;
+        c.set_sick(p, false)?;
+        moved.context("the role did not move off the Raft leader")?;
+        p = c.wait_stable(SETTLE).await?;
+        let Some(leader) = c.status(p).and_then(|s| s.raft_leader) else {
+            bail!(
+                "{} names no Raft leader although the cluster is stable",
+                c.name(p)
+            );
+        };
+        l = c.index(&leader)?;
+        if l == p {
+            c.say("Raft leadership followed the role: no Raft-leader-only kill this time");
+            return Ok(());
+        }
     }
+    let leader = c.name(l).to_owned();
     let t = c.max_token()?;
     c.say(&format!(
         "SIGKILL of Raft leader {leader} (not the primary)"
     ));
-    c.kill(l).await?;
+    let at = c.kill(l).await?;
     // Restart it only once the others elected another Raft leader (a quick restart would find
     // the old term still in place, and the views would still name it).
     let deadline = tokio::time::Instant::now() + FAILOVER;
@@ -1564,12 +1723,56 @@ async fn kill_raft_leader(c: &mut Cluster, report: &mut BenchReport) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The primary's application from the kill until the new Raft leader has been in place
+    // for a few renews (before the restart, whose own election is another disturbance).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (interrupted, gap) = c.application_gap(c.name(p), t, at, now_ns())?;
     c.spawn(l, false, c.priority(l)).await?;
     c.wait_stable(SETTLE).await?;
     report.leader_kills += 1;
     if c.max_token()? != t {
         report.leader_kill_role_moves += 1;
     }
+    report.leader_kill_interrupted += usize::from(interrupted);
+    report.leader_kill_gaps_ms.push(gap);
+    c.say(&format!(
+        "Raft leader kill: primary interrupted: {interrupted}, longest pause {gap:.0} ms"
+    ));
+    Ok(())
+}
+
+/// Cuts a node that is not the primary off symmetrically for 2 s, heals it, waits until the
+/// cluster is stable, and records whether the primary's application was interrupted.
+async fn partition_secondary(c: &mut Cluster, report: &mut BenchReport) -> Result<()> {
+    let p = c.wait_stable(SETTLE).await?;
+    let t = c.max_token()?;
+    let s = (p + 1 + report.secondary_partitions % 2) % c.nodes.len();
+    let s_led = c
+        .status(p)
+        .and_then(|st| st.raft_leader)
+        .is_some_and(|l| l == c.name(s));
+    let at = c.isolate_symmetric(s).await?;
+    // Not a synchronisation sleep: the partition's length is the fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healed = c.heal_symmetric(s).await?;
+    // The heal's disturbance (a returning node with a higher term) shows within a few
+    // election timeouts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (interrupted, gap) = c.application_gap(c.name(p), t, at, now_ns())?;
+    c.wait_stable(SETTLE).await?;
+    let moved = c.max_token()? != t;
+    report.secondary_partitions += 1;
+    report.secondary_partition_interrupted += usize::from(interrupted || moved);
+    report.secondary_partition_leader_cuts += usize::from(s_led);
+    if !s_led {
+        report.secondary_partition_follower_interrupted += usize::from(interrupted || moved);
+    }
+    report.secondary_partition_gaps_ms.push(gap);
+    c.say(&format!(
+        "secondary {} (Raft leader: {s_led}) cut 2 s, healed {:.0} ms later: primary interrupted: {interrupted}, role moved: {moved}, longest pause {gap:.0} ms",
+        c.name(s),
+        (healed.saturating_sub(at)) as f64 / 1e6
+    ));
     Ok(())
 }
 
@@ -1578,6 +1781,10 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
         .chain(std::iter::repeat_n(
             "partition",
             opts.partition_trials as usize,
+        ))
+        .chain(std::iter::repeat_n(
+            "sym-partition",
+            opts.sym_partition_trials as usize,
         ))
         .chain(std::iter::repeat_n(
             "kill-both",
@@ -1590,10 +1797,10 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
         }
         let was_leader = c.status(p).is_some_and(|s| s.raft_is_leader);
         let t = c.max_token()?;
-        let at = if fault == "partition" {
-            c.isolate(p).await?
-        } else {
-            c.kill(p).await?
+        let at = match fault {
+            "partition" => c.isolate(p).await?,
+            "sym-partition" => c.isolate_symmetric(p).await?,
+            _ => c.kill(p).await?,
         };
         let e = c
             .wait_promote(t, Some(p), FAILOVER)
@@ -1607,11 +1814,16 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
             promotion_ms: None,
             old_last_action_ms: None,
         };
-        if fault != "partition" {
-            c.spawn(p, false, c.priority(p)).await?;
-        } else {
-            c.wait_demote(t, FAILOVER).await?;
-            c.heal(p).await?;
+        match fault {
+            "partition" => {
+                c.wait_demote(t, FAILOVER).await?;
+                c.heal(p).await?;
+            }
+            "sym-partition" => {
+                c.wait_demote(t, FAILOVER).await?;
+                c.heal_symmetric(p).await?;
+            }
+            _ => c.spawn(p, false, c.priority(p)).await?,
         }
         // The new primary prints its role change after `on_promote`: read it once the old
         // primary is back (or the next settle, below, has waited for it).
@@ -1644,8 +1856,16 @@ async fn bench_steps(c: &mut Cluster, opts: &BenchOptions, report: &mut BenchRep
     }
     // After the trials: a Raft leader kill lands Raft leadership on the primary one time in
     // two, which would make the plain kill trials after it worst cases.
-    for _ in 0..opts.raft_leader_kills {
+    // A kill that finds Raft leadership on the primary even after moving the role is not
+    // counted; try again, at most twice as many times as asked.
+    for _ in 0..opts.raft_leader_kills.saturating_mul(2) {
+        if report.leader_kills >= opts.raft_leader_kills as usize {
+            break;
+        }
         kill_raft_leader(c, report).await?;
+    }
+    for _ in 0..opts.secondary_partitions {
+        partition_secondary(c, report).await?;
     }
     let p = c.wait_stable(SETTLE).await?;
     let before = c.log()?;

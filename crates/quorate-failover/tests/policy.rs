@@ -10,6 +10,7 @@ use quorate_failover::policy::lease::{HolderLease, LeaseConfig};
 use quorate_failover::policy::{
     Action, Cause, NodeHealth, NodeView, Notice, Observations, Refusal, RolePolicy,
 };
+use quorate_types::lease::Drift;
 
 type N = &'static str;
 
@@ -1070,7 +1071,7 @@ fn lease(ttl: u64, drift_ppm: u32, margin: u64) -> LeaseConfig {
         renew_interval: ms(ttl / 5),
         renew_timeout: ms(ttl / 10),
         margin: ms(margin),
-        drift_ppm,
+        drift: Drift::from_ppm(drift_ppm).unwrap(),
     }
 }
 
@@ -1110,7 +1111,7 @@ fn lease_arithmetic() {
     // for at most d_h / (1-e) <= ttl in global time; the leader waits ttl(1+e) local, at least
     // ttl in global time.
     let l = LeaseConfig::lan();
-    let e = f64::from(l.drift_ppm) / 1e6;
+    let e = f64::from(l.drift.ppm()) / 1e6;
     let holder_global = l.window().as_secs_f64() / (1.0 - e);
     let leader_global = l.ttl_fast().as_secs_f64() / (1.0 + e);
     assert!(holder_global + l.margin.as_secs_f64() <= leader_global + 1e-9);
@@ -1171,8 +1172,7 @@ fn config_validation() {
     check_config(RoleConfig::wan(), "");
     check_config(with(&|c| c.lease.ttl = ms(0)), "lease.ttl");
     check_config(with(&|c| c.lease.margin = ms(0)), "lease.margin");
-    check_config(with(&|c| c.lease.drift_ppm = 100_001), "lease.drift_ppm");
-    check_config(with(&|c| c.lease.drift_ppm = 100_000), "");
+    check_config(with(&|c| c.lease.drift = Drift::MAX), "");
     check_config(with(&|c| c.lease.margin = ms(594)), "lease.margin");
     check_config(with(&|c| c.lease.margin = ms(200)), "lease.renew_interval");
     check_config(
@@ -1209,10 +1209,10 @@ fn config_validation() {
     // Every problem is reported at once.
     check_config(
         with(&|c| {
-            c.lease.drift_ppm = 200_000;
+            c.lease.margin = ms(0);
             c.policy.maintenance_max = ms(0);
         }),
-        "lease.drift_ppm policy.maintenance_max",
+        "lease.margin policy.maintenance_max",
     );
     let err = with(&|c| c.lease.margin = ms(594)).validate().unwrap_err();
     assert_eq!(

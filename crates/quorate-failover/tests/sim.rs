@@ -18,7 +18,8 @@
 //!
 //! Scenarios: `primary_crash`, `primary_pause_beyond_lease`, `partition_isolates_primary`,
 //! `partition_isolates_secondary`, `primary_clock_half_rate` (the failover manager's clock on the
-//! primary runs at 0.5x, then the primary is cut off; raft itself keeps tokio time),
+//! primary runs at 0.5x, then the primary is cut off; its Raft node's lease clock reads the same clock;
+//! openraft's own timers keep tokio time),
 //! `primary_clock_tenth_rate` (the same at 0.1x: the primary acts for seconds past its lease, so
 //! only fencing stands between it and the resource; the run must see stale actions rejected),
 //! `flapping_health` (the primary's health flips faster, then slower, than `unhealthy_grace`),
@@ -30,8 +31,23 @@
 //! `raft_leader_crash_not_primary` requires that the role does not move at all: the primary
 //! never failed. (It used to move in 99 of 100 seeds: the new raft leader expired the 600 ms
 //! role lease by its own apply-time records before the primary's renews got through a ~1 s
-//! election. quorate-raft now extends every lease when a node starts to act as leader, as etcd
-//! does, and the shell suspends and resumes the term with the same token across the election.)
+//! election. A new leader now expires each lease at `max(its record's expiry, takeover + ttl /
+//! 2)` (`LeaseClock::took_over`), and the shell suspends and resumes the term with the same
+//! token across the election.)
+//!
+//! The Raft node reads the same `SimClock` as the failover manager (`NodeConfig::clock`), so a
+//! clock-rate fault skews the node's Raft leader lease and lease expiry too (issue 17):
+//! - `raft_leader_clock_{slow,fast}_within_bound` (the Raft leader, not the primary, at 0.9901x
+//!   and 1.0099x, then the primary is cut off): no overlap of validity windows;
+//! - `raft_leader_clock_{half,double,five_times}_rate` (beyond the bound): overlaps are counted
+//!   and only fencing must hold; at 5x the leader ends a healthy primary's lease between two
+//!   renews, so the role must move more than once per seed (the seam is live);
+//! - `raft_leader_crash_skewed_within_bound` (holder 0.995x, the others 1.0049x, then the Raft
+//!   leader crashes): the new leader's takeover rule keeps windows apart and the role in place;
+//!   `raft_leader_crash_new_leader_double_rate`: the same with the others at 2x (beyond);
+//! - `primary_that_leads_raft_crashes_{skewed_within_bound,new_leader_double_rate}`: the same
+//!   clocks, but the primary leads Raft and crashes, so the new leader's records and grace
+//!   decide when the role can move.
 //!
 //! Seeds: `QUORATE_SIM_SEEDS` (default [`DEFAULT_SEEDS`] = 100 per scenario: about 100 s for
 //! the whole target on 2 cores with the workspace's dev profile, which optimises dependencies
@@ -82,7 +98,7 @@ fn role() -> RoleName {
 }
 
 /// The wire config; its wall clock is global simulated time (not the node's skewed clock:
-/// only the failover manager's clock is under test).
+/// the nodes' skewed clocks are what is under test, not the wire's replay window).
 fn wire() -> WireConfig {
     let mut w = WireConfig::new("sim", KeyRing::new(ClusterKey::from_bytes([5; 32]), vec![]))
         .expect("wire config");
@@ -206,6 +222,9 @@ fn build(seed: u64, role_config: RoleConfig) -> (Cluster<'static>, Shared, Rc<In
             let mut cfg = NodeConfig::new(name.clone(), format!("{}:{PORT}", ctx.name), wire());
             cfg.listen_addr = format!("0.0.0.0:{PORT}");
             cfg.timing = Timing::lan();
+            // The Raft node's leader lease and lease clock read the node's clock too, so a
+            // clock-rate fault on a node skews its Raft lease decisions as well as its role's.
+            cfg.clock = ctx.clock.shared();
             // As the agent does: role leases of 600 ms are below the default 2 s floor.
             cfg.machine.lease_ttl_min_ms = 500;
             if ctx.index == 0 {
@@ -383,6 +402,71 @@ enum Kind {
     FlappingHealth,
     RaftLeaderCrash,
     LeaderPrimaryCrash,
+    /// The Raft leader (not the primary) runs its clock at this rate (ppm of real time), then
+    /// the primary is cut off: the leader's lease clock decides when the role lease ends.
+    LeaderClock(u32),
+    /// The primary's clock at the first rate, the other two nodes' at the second, then the Raft
+    /// leader (not the primary) crashes: a new leader takes over the lease with its own records
+    /// and the grace (`LeaseClock::took_over`), on a skewed clock.
+    RaftLeaderCrashSkewed(u32, u32),
+    /// As `RaftLeaderCrashSkewed`, but the primary leads Raft and it is the one that crashes.
+    LeaderPrimaryCrashSkewed(u32, u32),
+}
+
+/// The drift bound of the role and Raft configs (1 %) in ppm.
+const DRIFT_PPM: u32 = 10_000;
+
+/// Whether two clock rates (ppm of real time) differ by at most the drift bound: rate a / rate b
+/// within `1 ± drift`.
+fn within_bound(a: u32, b: u32) -> bool {
+    let (a, b) = (u64::from(a), u64::from(b));
+    let d = u64::from(DRIFT_PPM);
+    a * 1_000_000 <= b * (1_000_000 + d) && b * 1_000_000 <= a * (1_000_000 + d)
+}
+
+impl Kind {
+    /// A stable number per scenario (seeds its event RNG).
+    fn tag(self) -> u64 {
+        match self {
+            Kind::PrimaryCrash => 0,
+            Kind::PrimaryPause => 1,
+            Kind::IsolatePrimary => 2,
+            Kind::IsolateSecondary => 3,
+            Kind::PrimaryHalfRate => 4,
+            Kind::PrimaryTenthRate => 5,
+            Kind::FlappingHealth => 6,
+            Kind::RaftLeaderCrash => 7,
+            Kind::LeaderPrimaryCrash => 8,
+            Kind::LeaderClock(_) => 9,
+            Kind::RaftLeaderCrashSkewed(..) => 10,
+            Kind::LeaderPrimaryCrashSkewed(..) => 11,
+        }
+    }
+
+    /// Scenarios where the Raft leader must not be the primary.
+    fn leader_not_primary(self) -> bool {
+        matches!(
+            self,
+            Kind::RaftLeaderCrash | Kind::LeaderClock(_) | Kind::RaftLeaderCrashSkewed(..)
+        )
+    }
+
+    /// Scenarios where the Raft leader must be the primary.
+    fn leader_is_primary(self) -> bool {
+        matches!(
+            self,
+            Kind::LeaderPrimaryCrash | Kind::LeaderPrimaryCrashSkewed(..)
+        )
+    }
+
+    /// Scenarios where only the Raft leader fails: the role must not move (within the bound).
+    fn role_must_stay(self) -> bool {
+        match self {
+            Kind::RaftLeaderCrash => true,
+            Kind::RaftLeaderCrashSkewed(h, o) => within_bound(h, o),
+            _ => false,
+        }
+    }
 }
 
 /// What one seed measured (summed per scenario).
@@ -627,6 +711,39 @@ fn plan(
                 }),
             ));
         }
+        Kind::LeaderClock(ppm) => {
+            let rate = ClockRate::from_ppm(ppm).unwrap();
+            ev.push((
+                t0,
+                Ev::Fault(Fault::ClockRate {
+                    node: leader.to_owned(),
+                    rate,
+                }),
+            ));
+            // Soon after, before a fast leader clock has moved the role on its own.
+            ev.push((t0 + ms(rng.range(0, 60)), Ev::Fault(isolate(p))));
+        }
+        Kind::RaftLeaderCrashSkewed(holder, rest)
+        | Kind::LeaderPrimaryCrashSkewed(holder, rest) => {
+            for n in names {
+                let ppm = if n == p { holder } else { rest };
+                let rate = ClockRate::from_ppm(ppm).unwrap();
+                ev.push((
+                    t0,
+                    Ev::Fault(Fault::ClockRate {
+                        node: n.clone(),
+                        rate,
+                    }),
+                ));
+            }
+            // Crash the Raft leader (the primary too in the LeaderPrimary variant).
+            ev.push((
+                t0 + ms(rng.range(100, 600)),
+                Ev::Fault(Fault::Crash {
+                    node: leader.to_owned(),
+                }),
+            ));
+        }
     }
     let last = ev.last().map_or(t0, |e| e.0);
     ev.push((last.max(t0 + hold), Ev::Fault(Fault::RecoverAll)));
@@ -643,8 +760,8 @@ fn scenario(kind: Kind, seed: u64, role_config: RoleConfig) -> Result<Stats, Sce
         model: Model::new(names.clone()),
         log: Vec::new(),
     };
-    let mut rng = Rng(seed ^ ((kind as u64 + 1) << 56));
-    if kind == Kind::RaftLeaderCrash {
+    let mut rng = Rng(seed ^ ((kind.tag() + 1) << 56));
+    if kind.leader_not_primary() {
         // n1 bootstraps raft and usually leads it: keep it out of the first role election so
         // that the raft leader is not the primary.
         run.apply(&Ev::Health(names[0].clone(), HealthStatus::Critical))?;
@@ -652,7 +769,7 @@ fn scenario(kind: Kind, seed: u64, role_config: RoleConfig) -> Result<Stats, Sce
     // The policy keeps the role off the raft leader when it can: to crash a primary that leads
     // raft too, make the others unfit for the first role election.
     let mut unfit = Vec::new();
-    if kind == Kind::LeaderPrimaryCrash {
+    if kind.leader_is_primary() {
         let end = run.c.elapsed() + Duration::from_secs(8);
         let leader = loop {
             if let Some(l) = run.raft_leader() {
@@ -670,14 +787,14 @@ fn scenario(kind: Kind, seed: u64, role_config: RoleConfig) -> Result<Stats, Sce
     }
     let p = run.until_agreed(Duration::from_secs(8))?;
     let settled = run.c.elapsed();
-    if kind == Kind::RaftLeaderCrash {
+    if kind.leader_not_primary() {
         run.apply(&Ev::Health(names[0].clone(), HealthStatus::Passing))?;
     }
     for n in &unfit {
         run.apply(&Ev::Health(n.clone(), HealthStatus::Passing))?;
     }
     let leader = run.raft_leader().unwrap_or_else(|| p.clone());
-    if kind == Kind::LeaderPrimaryCrash && leader != p {
+    if kind.leader_is_primary() && leader != p {
         return Err(ScenarioFailure::new(format!(
             "setup: the primary {p} is not the raft leader {leader}"
         )));
@@ -740,7 +857,13 @@ fn scenario(kind: Kind, seed: u64, role_config: RoleConfig) -> Result<Stats, Sce
             .find(|a| a.accepted)
             .map(|a| a.holder.as_str());
     let promotions = tokens_after.iter().filter(|t| Some(**t) != before).count() as u64;
-    if kind == Kind::RaftLeaderCrash && (promotions > 0 || changed) {
+    if kind.leader_not_primary() && leader == p {
+        return Err(fail(
+            format!("setup: the primary {p} is also the raft leader"),
+            &run,
+        ));
+    }
+    if kind.role_must_stay() && (promotions > 0 || changed) {
         return Err(fail(
             format!(
                 "the role moved ({promotions} new token(s), holder changed: {changed}) although only the raft leader, not the primary, failed"
@@ -794,7 +917,14 @@ fn drive(run: &mut Run<'_>, events: &[(Duration, Ev)]) -> Result<String, Scenari
 /// Scenarios that break the drift bound on purpose: overlapping windows are tolerated there
 /// (counted), and only fencing must hold.
 fn slow_clock(kind: Kind) -> bool {
-    matches!(kind, Kind::PrimaryHalfRate | Kind::PrimaryTenthRate)
+    match kind {
+        Kind::PrimaryHalfRate | Kind::PrimaryTenthRate => true,
+        Kind::LeaderClock(ppm) => !within_bound(ppm, 1_000_000),
+        Kind::RaftLeaderCrashSkewed(h, o) | Kind::LeaderPrimaryCrashSkewed(h, o) => {
+            !within_bound(h, o)
+        }
+        _ => false,
+    }
 }
 
 fn run_kind(name: &str, kind: Kind) {
@@ -824,6 +954,16 @@ fn run_kind(name: &str, kind: Kind) {
     // At 0.1x the primary outlives its lease by seconds: the run must have exercised fencing
     // (a scenario that never produces a stale action would prove nothing about it).
     let t = stats.borrow();
+    // At 5x the Raft leader's lease clock ends the role lease between two renews of a healthy
+    // primary, so the role moves more than once per seed: proof that the leader's lease
+    // decisions run on its injected clock (with tokio time it would move once per seed).
+    if kind == Kind::LeaderClock(5_000_000) && t.seeds >= 10 {
+        assert!(
+            t.promotions_after_fault > t.seeds,
+            "{name}: the 5x leader clock never ended a healthy primary's lease; is the raft lease \
+             clock still on tokio time? {t:?}"
+        );
+    }
     if kind == Kind::PrimaryTenthRate && t.seeds >= 10 {
         assert!(
             t.stale_rejected > 0 && t.seeds_with_overlap > 0,
@@ -875,6 +1015,85 @@ fn primary_that_leads_raft_crashes() {
 #[test]
 fn raft_leader_crash_not_primary() {
     run_kind("raft_leader_crash_not_primary", Kind::RaftLeaderCrash);
+}
+
+// The Raft leader's clock (issue 17): its leader lease and lease clock read the node's clock.
+// Within the drift bound (0.99x, 1.01x) validity windows never overlap; beyond it (0.5x, 2x)
+// only fencing must hold, and overlaps are counted and printed.
+
+#[test]
+fn raft_leader_clock_slow_within_bound() {
+    run_kind(
+        "raft_leader_clock_slow_within_bound",
+        Kind::LeaderClock(990_100),
+    );
+}
+
+#[test]
+fn raft_leader_clock_fast_within_bound() {
+    run_kind(
+        "raft_leader_clock_fast_within_bound",
+        Kind::LeaderClock(1_009_900),
+    );
+}
+
+#[test]
+fn raft_leader_clock_half_rate() {
+    run_kind("raft_leader_clock_half_rate", Kind::LeaderClock(500_000));
+}
+
+#[test]
+fn raft_leader_clock_double_rate() {
+    run_kind(
+        "raft_leader_clock_double_rate",
+        Kind::LeaderClock(2_000_000),
+    );
+}
+
+#[test]
+fn raft_leader_clock_five_times_rate() {
+    // The leader expires the role lease 121 ms (real) after each renew it receives, before the
+    // next renew (every 150 ms) arrives: the lease ends under a healthy, connected primary.
+    run_kind(
+        "raft_leader_clock_five_times_rate",
+        Kind::LeaderClock(5_000_000),
+    );
+}
+
+// A new Raft leader takes leases over with its own apply-time records plus a grace of half a
+// TTL (issue 16), with clock-rate faults on the holder and on the new leader.
+
+#[test]
+fn raft_leader_crash_skewed_within_bound() {
+    // The holder 0.5 % slow, everyone else 0.49 % fast: the rates differ by just under 1 %.
+    run_kind(
+        "raft_leader_crash_skewed_within_bound",
+        Kind::RaftLeaderCrashSkewed(995_000, 1_004_900),
+    );
+}
+
+#[test]
+fn raft_leader_crash_new_leader_double_rate() {
+    run_kind(
+        "raft_leader_crash_new_leader_double_rate",
+        Kind::RaftLeaderCrashSkewed(1_000_000, 2_000_000),
+    );
+}
+
+#[test]
+fn primary_that_leads_raft_crashes_skewed_within_bound() {
+    run_kind(
+        "primary_that_leads_raft_crashes_skewed_within_bound",
+        Kind::LeaderPrimaryCrashSkewed(995_000, 1_004_900),
+    );
+}
+
+#[test]
+fn primary_that_leads_raft_crashes_new_leader_double_rate() {
+    run_kind(
+        "primary_that_leads_raft_crashes_new_leader_double_rate",
+        Kind::LeaderPrimaryCrashSkewed(1_000_000, 2_000_000),
+    );
 }
 
 fn act(holder: &str, token: u64, at_ms: u64, accepted: bool) -> Action {

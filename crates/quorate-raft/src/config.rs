@@ -5,6 +5,7 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use quorate_types::NodeId;
+use quorate_types::lease::Drift;
 
 use crate::error::NodeError;
 
@@ -25,9 +26,9 @@ pub struct Timing {
     /// Upper bound of the election timeout (also openraft's leader lease: followers refuse to
     /// vote for this long after the last heartbeat).
     pub election_max: Duration,
-    /// Bound on the rate difference of any two nodes' monotonic clocks, in parts per million
-    /// (10_000 = 1 %). The local leader lease is shortened by it.
-    pub drift_ppm: u32,
+    /// Bound on the rate difference of any two nodes' monotonic clocks. The local leader lease
+    /// is shortened by it and lease expiry lengthened.
+    pub drift: Drift,
 }
 
 impl Timing {
@@ -43,7 +44,7 @@ impl Timing {
             heartbeat: Duration::from_millis(50),
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(500),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
         }
     }
 
@@ -57,7 +58,7 @@ impl Timing {
             heartbeat: Duration::from_millis(150),
             election_min: Duration::from_millis(1000),
             election_max: Duration::from_millis(1500),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
         }
     }
 
@@ -96,12 +97,6 @@ impl Timing {
             return Err(NodeError::Config(format!(
                 "timing: election_max = {:?} must exceed election_min = {:?}",
                 self.election_max, self.election_min
-            )));
-        }
-        if self.drift_ppm >= 100_000 {
-            return Err(NodeError::Config(format!(
-                "timing: drift_ppm = {} is 10 % or more; clocks that bad cannot hold leases",
-                self.drift_ppm
             )));
         }
         let lease = crate::lease::LeaderLease::new(self);

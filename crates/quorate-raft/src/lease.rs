@@ -1,6 +1,5 @@
 //! The leader lease: whether a Raft leader may still act (serve linearizable reads and writes,
 //! report itself leader) given how long ago a quorum last acknowledged it.
-// tidy:pure-core
 //!
 //! Why it is needed: openraft 0.9 has no check-quorum step-down, so a leader cut off from its
 //! followers stays `Leader` until the partition heals. Followers refuse to vote for
@@ -10,9 +9,17 @@
 //! followers' clocks). The leader stops at
 //! `send + election_max * (1 - drift) - refresh_lag` by its own clock, where `refresh_lag`
 //! (`1.5 x heartbeat`, openraft's core tick) covers the staleness of the metric, and the age is
-//! advanced by the time since the metric was observed.
+//! advanced by the time since the metric was observed, measured on the node's injected clock
+//! (`quorate_clock::Clock`), so a simulation can run the leader's clock fast or slow.
+//!
+//! This is the holder rule of `quorate_types::lease` with the Raft leadership as the lease:
+//! TTL `election_max`, margin `refresh_lag`: `usable = holder_window(election_max, drift,
+//! refresh_lag)`, rounded down.
+// tidy:pure-core
 
 use std::time::Duration;
+
+use quorate_types::lease::holder_window;
 
 use crate::config::Timing;
 
@@ -25,12 +32,9 @@ pub struct LeaderLease {
 impl LeaderLease {
     /// The lease for `timing`.
     pub fn new(timing: &Timing) -> Self {
-        let max = timing.election_max;
-        let drift = max * timing.drift_ppm / 1_000_000;
-        let usable = max
-            .saturating_sub(drift)
-            .saturating_sub(timing.refresh_lag());
-        Self { usable }
+        Self {
+            usable: holder_window(timing.election_max, timing.drift, timing.refresh_lag()),
+        }
     }
 
     /// How long after the last quorum-acknowledged send the leader may act.

@@ -3,19 +3,24 @@
 //! Every node keeps one [`LeaseClock`] and feeds it every applied command with the local
 //! monotonic time at which it applied it ([`LeaseClock::observe`]). The clock records, per
 //! lease, when this node received the entry of the lease's last renew (grant or keep-alive).
-//! The leader expires a lease at `received + ttl * (1 + drift)` by its own clock: since the
-//! holder's validity ends at `sent + ttl * (1 - drift) - margin` by the holder's clock and
-//! `received >= sent`, the holder has stopped before anyone else can be granted the lease.
+//! The leader expires a lease at `received + ttl * (1 + drift)` by its own clock
+//! (`quorate_types::lease::leader_expiry`): since the holder's validity ends at
+//! `sent + ttl * (1 - drift) - margin` by the holder's clock and `received >= sent`, the holder
+//! has stopped before anyone else can be granted the lease.
 //!
-//! When a node starts to act as leader (new term, or quorum regained) it extends every live
-//! lease by a full TTL from that moment with [`LeaseClock::restored`] (etcd's rule), so no lease
-//! ends because an election or a quorum loss kept renewals from committing. (Its own apply-time
-//! records would also be safe, and tighter, but ended every lease shorter than the election and
-//! so handed roles over at each leader change.) A node with no record of a lease (it
-//! restarted, or installed a snapshot) also treats the lease as renewed when it loaded that
-//! state, and, for any other lease it finds without a matching record, when it first notices
-//! (`now` in [`LeaseClock::expired`]): all of these are later than the holder's send time, so
-//! all are safe.
+//! When a node starts to act as leader (new term, or quorum regained) it calls
+//! [`LeaseClock::took_over`]: each live lease then expires at
+//! `max(received + ttl * (1 + drift), took_over + grace)` (`new_leader_expiry`), where
+//! `received` is this node's own apply-time record and `grace` is [`GRACE_FRACTION`] of the
+//! lease's TTL. The record alone is safe (the entry reached this node after the holder sent
+//! it); the grace only makes deadlines later, and lets a holder whose renews could not commit
+//! during the election reach the new leader before its lease ends. This replaces etcd's rule (a
+//! full TTL from the takeover), which added a whole TTL to every failover where the primary
+//! died with the Raft leader (issue 16). A node with no record of a lease (it restarted, or
+//! installed a snapshot) treats the lease as renewed when it loaded that state
+//! ([`LeaseClock::restored`]), and, for any other lease it finds without a matching record,
+//! when it first notices (`now` in [`LeaseClock::expired`]): all of these are later than the
+//! holder's send time, so all are safe.
 //!
 //! Recording at apply time rather than at append time only makes deadlines later (safe).
 //! Time is an argument everywhere: a `Duration` since any fixed origin of one monotonic clock.
@@ -25,23 +30,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use quorate_coord_api::LeaseId;
+use quorate_types::lease::{self, Drift};
 
 use crate::machine::{Command, Machine, Outcome};
 
 /// The most leases one `LeaseExpire` command ends (the rest go in the next one).
 pub const EXPIRE_BATCH_MAX: usize = 1024;
 
-/// The largest accepted clock-rate drift bound, in parts per million (50%).
-pub const DRIFT_PPM_MAX: u32 = 500_000;
-
 /// How long the clock waits before proposing the expiry of a lease again, by default (the
 /// first proposal may have failed, e.g. across a leader change).
 pub const EXPIRE_RETRY_DEFAULT: Duration = Duration::from_millis(500);
 
-fn stretch(drift_ppm: u32, ttl: Duration) -> Duration {
-    let micros = ttl.as_micros() * u128::from(1_000_000 + drift_ppm) / 1_000_000;
-    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
-}
+/// The grace a new leader gives each lease, as a fraction of the lease's TTL (1/2): a holder
+/// renews at least every third of its TTL (failover: a quarter; sessions: a third), so within
+/// half a TTL of the takeover its next renew has reached the new leader.
+pub const GRACE_FRACTION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Record {
@@ -51,6 +54,8 @@ struct Record {
     received: Duration,
     /// The lease's TTL.
     ttl: Duration,
+    /// When this node took over as leader while this record was current (the grace floor).
+    took_over: Option<Duration>,
     /// Set once its expiry was proposed: do not propose again before this time.
     retry_at: Option<Duration>,
 }
@@ -61,7 +66,21 @@ impl Record {
             renewed_at,
             received,
             ttl,
+            took_over: None,
             retry_at: None,
+        }
+    }
+
+    fn expiry(&self, drift: Drift) -> Duration {
+        match self.took_over {
+            None => lease::leader_expiry(self.received, self.ttl, drift),
+            Some(at) => lease::new_leader_expiry(
+                self.received,
+                self.ttl,
+                drift,
+                at,
+                self.ttl / GRACE_FRACTION,
+            ),
         }
     }
 }
@@ -69,17 +88,16 @@ impl Record {
 /// Per-node record of lease renew times; decides which leases the leader expires.
 #[derive(Clone, Debug)]
 pub struct LeaseClock {
-    drift_ppm: u32,
+    drift: Drift,
     expire_retry: Duration,
     records: BTreeMap<LeaseId, Record>,
 }
 
 impl LeaseClock {
-    /// A clock with no records, allowing clock rates to differ by `drift_ppm` parts per
-    /// million (10,000 = 1%); values above [`DRIFT_PPM_MAX`] are capped.
-    pub fn new(drift_ppm: u32) -> LeaseClock {
+    /// A clock with no records, allowing clock rates to differ by `drift`.
+    pub fn new(drift: Drift) -> LeaseClock {
         LeaseClock {
-            drift_ppm: drift_ppm.min(DRIFT_PPM_MAX),
+            drift,
             expire_retry: EXPIRE_RETRY_DEFAULT,
             records: BTreeMap::new(),
         }
@@ -92,9 +110,9 @@ impl LeaseClock {
         self
     }
 
-    /// `ttl * (1 + drift)`.
-    pub fn stretched(&self, ttl: Duration) -> Duration {
-        stretch(self.drift_ppm, ttl)
+    /// The drift bound this clock allows.
+    pub fn drift(&self) -> Drift {
+        self.drift
     }
 
     /// Feeds one applied command: `index` is its log index, `outcome` what the machine
@@ -120,8 +138,7 @@ impl LeaseClock {
     }
 
     /// Replaces every record: each live lease of `machine` counts as renewed at `now`. Used
-    /// after `machine` was loaded without observing its entries (node start, snapshot install)
-    /// and when this node starts to act as leader (etcd's rule: extend every lease).
+    /// after `machine` was loaded without observing its entries (node start, snapshot install).
     pub fn restored(&mut self, machine: &Machine, now: Duration) {
         self.records = machine
             .leases()
@@ -134,6 +151,18 @@ impl LeaseClock {
             .collect();
     }
 
+    /// This node starts to act as leader at `now`: every live lease expires at
+    /// `max(its own record's leader expiry, now + ttl / GRACE_FRACTION)` (see the module docs).
+    /// Leases without a record get one at `now`; pending expiry proposals are forgotten (they
+    /// were made in another term).
+    pub fn took_over(&mut self, machine: &Machine, now: Duration) {
+        self.sync(machine, now);
+        for r in self.records.values_mut() {
+            r.took_over = Some(now);
+            r.retry_at = None;
+        }
+    }
+
     /// The leases of `machine` whose time ran out at `now`, with the renew index the decision
     /// is based on (whether or not their expiry was already proposed). Leases without a
     /// matching record get one at `now`; records of leases no longer in the machine are
@@ -142,7 +171,7 @@ impl LeaseClock {
         self.sync(machine, now);
         self.records
             .iter()
-            .filter(|(_, r)| now >= self.expiry(r))
+            .filter(|(_, r)| now >= r.expiry(self.drift))
             .map(|(id, r)| (*id, r.renewed_at))
             .collect()
     }
@@ -153,10 +182,10 @@ impl LeaseClock {
     pub fn expire_command(&mut self, machine: &Machine, now: Duration) -> Option<Command> {
         self.sync(machine, now);
         let retry_at = now.saturating_add(self.expire_retry);
+        let drift = self.drift;
         let mut leases = Vec::new();
         for (id, r) in &mut self.records {
-            let due = now >= r.received.saturating_add(stretch(self.drift_ppm, r.ttl))
-                && r.retry_at.is_none_or(|at| now >= at);
+            let due = now >= r.expiry(drift) && r.retry_at.is_none_or(|at| now >= at);
             if due && leases.len() < EXPIRE_BATCH_MAX {
                 r.retry_at = Some(retry_at);
                 leases.push((*id, r.renewed_at));
@@ -179,13 +208,9 @@ impl LeaseClock {
         self.records = records;
     }
 
-    fn expiry(&self, r: &Record) -> Duration {
-        r.received.saturating_add(self.stretched(r.ttl))
-    }
-
     /// The deadline of lease `id` by this clock, if recorded.
     pub fn deadline(&self, id: LeaseId) -> Option<Duration> {
-        self.records.get(&id).map(|r| self.expiry(r))
+        self.records.get(&id).map(|r| r.expiry(self.drift))
     }
 
     /// When the leader should next call [`LeaseClock::expire_command`]: the earliest deadline
@@ -195,7 +220,7 @@ impl LeaseClock {
             .values()
             .map(|r| match r.retry_at {
                 Some(at) => at,
-                None => self.expiry(r),
+                None => r.expiry(self.drift),
             })
             .min()
     }
@@ -226,7 +251,7 @@ mod tests {
         fn new() -> Node {
             Node {
                 machine: Machine::new(MachineLimits::lan()),
-                clock: LeaseClock::new(10_000),
+                clock: LeaseClock::new(Drift::DEFAULT),
                 index: 0,
             }
         }
@@ -311,11 +336,11 @@ mod tests {
         let mut n = Node::new();
         let id = n.grant(2_000, ms(0));
         // The node restarts: a fresh clock, state loaded at t=9 s (its own new origin).
-        let mut fresh = LeaseClock::new(10_000);
+        let mut fresh = LeaseClock::new(Drift::DEFAULT);
         fresh.restored(&n.machine, ms(9_000));
         assert_eq!(fresh.deadline(id), Some(ms(11_020)));
         // A clock never told about the lease records it at first sight.
-        let mut blind = LeaseClock::new(10_000);
+        let mut blind = LeaseClock::new(Drift::DEFAULT);
         assert!(blind.expired(&n.machine, ms(500)).is_empty());
         assert_eq!(blind.deadline(id), Some(ms(2_520)));
     }
@@ -323,7 +348,7 @@ mod tests {
     #[test]
     fn a_proposed_expiry_is_retried_only_after_the_retry_period() {
         let mut n = Node::new();
-        n.clock = LeaseClock::new(0).with_expire_retry(ms(300));
+        n.clock = LeaseClock::new(Drift::ZERO).with_expire_retry(ms(300));
         let id = n.grant(2_000, ms(0));
         assert_eq!(n.clock.next_deadline(), Some(ms(2_000)));
         let first = n.clock.expire_command(&n.machine, ms(2_000));
@@ -342,12 +367,45 @@ mod tests {
     }
 
     #[test]
-    fn revoke_drops_the_record_and_drift_is_capped() {
+    fn revoke_drops_the_record() {
         let mut n = Node::new();
         let id = n.grant(2_000, ms(0));
         n.apply(Command::LeaseRevoke { id }, ms(10));
         assert_eq!(n.clock.deadline(id), None);
-        let wild = LeaseClock::new(u32::MAX);
-        assert_eq!(wild.stretched(ms(1_000)), ms(1_500));
+    }
+
+    #[test]
+    fn a_new_leader_keeps_its_records_and_adds_only_the_grace() {
+        // B received the grant at 1 s (3 s TTL): by its record the lease ends at 4.03 s.
+        let mut b = Node::new();
+        let id = b.grant(3_000, ms(1_000));
+        // B takes over quickly: its record decides, the grace (1.5 s) ends earlier.
+        b.clock.took_over(&b.machine, ms(1_200));
+        assert_eq!(b.clock.deadline(id), Some(ms(4_030)));
+        // B takes over after a long election: the lease gets the grace from the takeover,
+        // not a full TTL (etcd's rule would give 7 s + 3 s).
+        b.clock.took_over(&b.machine, ms(7_000));
+        assert_eq!(b.clock.deadline(id), Some(ms(8_500)));
+        assert!(b.clock.expire_command(&b.machine, ms(8_499)).is_none());
+        assert_eq!(
+            b.clock.expire_command(&b.machine, ms(8_500)),
+            Some(Command::LeaseExpire {
+                leases: vec![(id, 1)]
+            })
+        );
+        // A renew after the takeover counts from its own receipt again.
+        b.apply(Command::LeaseKeepAlive { id }, ms(8_000));
+        assert_eq!(b.clock.deadline(id), Some(ms(11_030)));
+    }
+
+    #[test]
+    fn a_takeover_forgets_pending_expiry_proposals() {
+        let mut n = Node::new();
+        let id = n.grant(2_000, ms(0));
+        assert!(n.clock.expire_command(&n.machine, ms(2_020)).is_some());
+        // The proposal was lost with the old term; the new term decides afresh at its deadline.
+        n.clock.took_over(&n.machine, ms(2_100));
+        assert_eq!(n.clock.next_deadline(), Some(ms(3_100)));
+        assert_eq!(n.clock.deadline(id), Some(ms(3_100)));
     }
 }

@@ -20,6 +20,7 @@ use openraft::error::{
     CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError as OpenraftError,
 };
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use quorate_clock::{Clock, SharedClock};
 use quorate_coord_api::{ClusterStatus, Consistency, CoordError, LeaseId, WatchEvent};
 use quorate_types::NodeId;
 use quorate_wire::WireConfig;
@@ -67,6 +68,11 @@ pub struct NodeConfig {
     pub bootstrap: Option<BTreeMap<NodeId, String>>,
     /// Capacity of the applied watch-event channel.
     pub events_max: usize,
+    /// The clock the leader lease and the lease clock read (monotonic time and timers):
+    /// [`SystemClock`](quorate_clock::SystemClock) by default; a simulation injects a clock
+    /// with its own rate to run one node's lease decisions fast or slow. openraft's own
+    /// timers (heartbeat, election) keep tokio time.
+    pub clock: SharedClock,
 }
 
 impl NodeConfig {
@@ -83,6 +89,7 @@ impl NodeConfig {
             wire,
             bootstrap: None,
             events_max: 4096,
+            clock: quorate_clock::SystemClock::shared(),
         }
     }
 
@@ -148,9 +155,11 @@ struct Core<N: Net> {
     limits: Limits,
     machine_limits: MachineLimits,
     lease: LeaderLease,
+    /// The clock of the leader lease and of lease expiry ([`NodeConfig::clock`]).
+    clock: SharedClock,
     committed: Arc<AtomicU64>,
-    /// The last `millis_since_quorum_ack` and when it was observed.
-    ack: Mutex<(Option<u64>, Instant)>,
+    /// The last `millis_since_quorum_ack` and when it was observed (`clock` time).
+    ack: Mutex<(Option<u64>, Duration)>,
     view: watch::Sender<ClusterView>,
     /// Slots for held remote watch polls (`Limits::watch_polls_held_max`).
     watch_holds: Arc<tokio::sync::Semaphore>,
@@ -251,7 +260,7 @@ impl<N: Net> RaftNode<N> {
             storage,
             config.machine.clone(),
             config.events_max,
-            LeaseTracker::new(Instant::now(), config.timing.drift_ppm),
+            LeaseTracker::new(config.clock.clone(), config.timing.drift),
         )?;
         let raft = Raft::new(
             id,
@@ -284,8 +293,9 @@ impl<N: Net> RaftNode<N> {
             limits: config.limits.clone(),
             machine_limits: config.machine.clone(),
             lease: LeaderLease::new(&config.timing),
+            clock: config.clock.clone(),
             committed,
-            ack: Mutex::new((None, Instant::now())),
+            ack: Mutex::new((None, config.clock.now())),
             view,
             watch_holds: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.watch_polls_held_max.get(),
@@ -433,7 +443,7 @@ impl<N: Net> Core<N> {
         let (ms, at) = *self.ack.lock().unwrap_or_else(|p| p.into_inner());
         self.lease.valid(LeaderLease::ack_age(
             ms,
-            Instant::now().saturating_duration_since(at),
+            self.clock.now().saturating_sub(at),
         ))
     }
 
@@ -793,13 +803,13 @@ impl<N: Net> Core<N> {
         .await
     }
 
-    fn compute_view(&self, m: &RaftMetrics<u64, PeerNode>, now: Instant) -> ClusterView {
+    fn compute_view(&self, m: &RaftMetrics<u64, PeerNode>, now: Duration) -> ClusterView {
         let mem = m.membership_config.membership();
         let name = |id: u64| mem.get_node(&id).and_then(|n| NodeId::new(&n.name).ok());
         let is_leader = m.state == ServerState::Leader;
         let age = if is_leader {
             let (ms, at) = *self.ack.lock().unwrap_or_else(|p| p.into_inner());
-            LeaderLease::ack_age(ms, now.saturating_duration_since(at))
+            LeaderLease::ack_age(ms, now.saturating_sub(at))
         } else {
             None
         };
@@ -819,7 +829,7 @@ impl<N: Net> Core<N> {
     fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics();
         let m = m.borrow().clone();
-        let v = self.compute_view(&m, Instant::now());
+        let v = self.compute_view(&m, self.clock.now());
         ClusterStatus {
             node: self.name.clone(),
             leader: v.leader,
@@ -845,7 +855,7 @@ async fn view_task<N: Net>(core: Arc<Core<N>>) {
     let mut metrics = core.raft.metrics();
     loop {
         let m = metrics.borrow_and_update().clone();
-        let now = Instant::now();
+        let now = core.clock.now();
         {
             let mut ack = core.ack.lock().unwrap_or_else(|p| p.into_inner());
             *ack = if m.state == ServerState::Leader {
@@ -875,14 +885,14 @@ async fn view_task<N: Net>(core: Arc<Core<N>>) {
             biased;
             () = core.cancel.cancelled() => return,
             r = metrics.changed() => if r.is_err() { return },
-            () = sleep_until_opt(wake) => {}
+            () = sleep_until_opt(&core.clock, wake) => {}
         }
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+async fn sleep_until_opt(clock: &SharedClock, at: Option<Duration>) {
     match at {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => clock.sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
@@ -891,10 +901,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// are due. Followers only wait for leadership; nothing here polls or spins.
 ///
 /// Each time this node starts to act as leader (a new term, or quorum regained), it first
-/// extends every live lease to a full TTL from now (etcd's rule): no lease ends because the
-/// cluster had no leader, or no quorum, for a while. Extending only makes deadlines later, so it
-/// is always safe; without it a role lease shorter than an election (the agent's 600 ms against
-/// a ~1 s `lan` election) ended at every leader change and handed the role over needlessly.
+/// moves every live lease's deadline to `max(its own apply-time record's expiry, now + grace)`
+/// (`LeaseClock::took_over`, grace = half the lease's TTL): no lease ends because the cluster
+/// had no leader, or no quorum, for a while, before its holder had a chance to renew with the
+/// new leader, yet a lease whose holder died with the old leader ends half a TTL after the
+/// takeover rather than a full TTL (etcd's rule). Both are later than the holder's own
+/// deadline, so both are safe.
 async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
     let mut view = core.view.subscribe();
     let mut acting = false;
@@ -916,7 +928,7 @@ async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
                 lease_clock,
                 ..
             } = &mut *st;
-            lease_clock.restored(machine, Instant::now());
+            lease_clock.took_over(machine);
         }
         let (cmd, next) = {
             let mut st = core.sm.lock();
@@ -925,18 +937,18 @@ async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
                 lease_clock,
                 ..
             } = &mut *st;
-            let cmd = lease_clock.expire_command(machine, Instant::now());
+            let cmd = lease_clock.expire_command(machine);
             (cmd, lease_clock.next_deadline())
         };
-        let now = Instant::now();
+        let now = core.clock.now();
         let wake = match cmd {
             Some(cmd) => match core.propose_local(cmd).await {
                 Local::Done(Ok(_)) => continue,
                 Local::Done(Err(e)) => {
                     tracing::debug!(error = %e, "lease expiry proposal failed; retrying");
-                    Instant::now() + core.timing.heartbeat
+                    core.clock.now() + core.timing.heartbeat
                 }
-                Local::Forward(_) => Instant::now() + core.timing.heartbeat,
+                Local::Forward(_) => core.clock.now() + core.timing.heartbeat,
             },
             // Nothing due: sleep until the earliest deadline (at most a heartbeat, since new
             // renewals move deadlines), or until the view changes.
@@ -948,7 +960,7 @@ async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
         tokio::select! {
             biased;
             () = core.cancel.cancelled() => return,
-            () = tokio::time::sleep_until(wake) => {}
+            () = core.clock.sleep_until(wake) => {}
             r = view.changed() => if r.is_err() { return },
         }
     }
@@ -1021,7 +1033,7 @@ impl<N: Net> Proposer for RaftNode<N> {
 
     async fn lease_remaining(&self, id: LeaseId) -> Result<Option<Duration>, CoordError> {
         let st = self.core.sm.lock();
-        Ok(st.lease_clock.remaining(id, Instant::now()))
+        Ok(st.lease_clock.remaining(id))
     }
 
     async fn status(&self) -> Result<ClusterStatus, CoordError> {

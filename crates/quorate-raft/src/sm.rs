@@ -83,9 +83,7 @@ impl SmShared {
             state.machine = Machine::restore(&data).map_err(|e| fail(&e))?;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
-            state
-                .lease_clock
-                .restored(&state.machine, tokio::time::Instant::now());
+            state.lease_clock.restored(&state.machine);
         }
         let (events, _) = broadcast::channel(events_max.max(1));
         Ok(Arc::new(Self {
@@ -205,7 +203,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let now = tokio::time::Instant::now();
         let mut out = Vec::new();
         let mut events = Vec::new();
         {
@@ -225,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Normal(cmd) => {
                         let (outcome, evs) = st.machine.apply(index, &cmd);
-                        st.lease_clock.applied(index, &cmd, &outcome, now);
+                        st.lease_clock.applied(index, &cmd, &outcome);
                         events.extend(evs);
                         out.push(Applied(Some(outcome)));
                     }
@@ -282,7 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             lease_clock,
             ..
         } = &mut *st;
-        lease_clock.restored(machine, tokio::time::Instant::now());
+        lease_clock.restored(machine);
         Ok(())
     }
 

@@ -516,8 +516,9 @@ fn partition_cuts_only_between_nodes() {
 // mutual-exclusion checker must see the overlap, and the resource must reject every action that
 // carries n2's stale token (the fencing checker must pass).
 
-use quorate_sim::check::{Action, FencedResource, Grant, check_fencing, check_mutual_exclusion};
+use quorate_sim::check::{Action, Grant, check_fencing, check_mutual_exclusion};
 use quorate_sim::{ClientCtx, SharedClock};
+use quorate_types::{FenceGuard, FencingToken};
 
 const LOCK_PORT: u16 = 7100;
 const TTL: Duration = Duration::from_millis(200);
@@ -543,7 +544,7 @@ enum LockResp {
 struct LockServer {
     lease: Option<(String, u64, Duration)>,
     next_token: u64,
-    resource: FencedResource,
+    resource: FenceGuard,
 }
 
 type Actions = Arc<Mutex<Vec<Action>>>;
@@ -593,7 +594,7 @@ async fn lock_server(ctx: NodeCtx, actions: Actions) -> HostResult {
                         _ => LockResp::Lost,
                     },
                     LockReq::Act { holder, token } => {
-                        let accepted = st.resource.apply(token).is_ok();
+                        let accepted = st.resource.admit(FencingToken(token)).is_ok();
                         actions.lock().unwrap().push(Action {
                             resource: "db".into(),
                             holder,

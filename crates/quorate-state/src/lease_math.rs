@@ -2,9 +2,9 @@
 //! the next renew, and what to do after a failed renew. Pure: time is an argument (a
 //! `Duration` since the session's origin on the holder's monotonic clock).
 //!
-//! The rule is the one of "Lease timing" in the design brief, and the same arithmetic as
-//! `quorate_failover::policy::lease::HolderLease` (issue 17 will make both use one module):
-//! a renew sent at `sent` and acknowledged keeps the holder valid until
+//! The rule is the one of "Lease timing" in the design brief; the arithmetic is the one
+//! implementation in `quorate_types::lease` (shared with the failover manager and the Raft
+//! lease clock): a renew sent at `sent` and acknowledged keeps the holder valid until
 //!
 //! ```text
 //! sent + ttl * (1 - drift) - margin
@@ -19,68 +19,20 @@
 
 use std::time::Duration;
 
-/// Parts per million.
-const PPM: u128 = 1_000_000;
-
-/// The largest accepted drift bound, 10 % (100 000 ppm): a clock further off than that is
-/// broken and only fencing protects against it.
-pub const DRIFT_PPM_MAX: u32 = 100_000;
+pub use quorate_types::lease::{Drift, holder_deadline, holder_window, leader_expiry};
 
 /// The largest accepted renew jitter, 50 % of the renew interval.
 pub const JITTER_PPM_MAX: u32 = 500_000;
-
-/// `d * num / PPM` on nanoseconds, rounded down or up, saturating at `Duration::MAX`.
-fn scale(d: Duration, num: u128, round_up: bool) -> Duration {
-    let nanos = d.as_nanos().saturating_mul(num);
-    let mut q = nanos / PPM;
-    if round_up && !nanos.is_multiple_of(PPM) {
-        q = q.saturating_add(1);
-    }
-    let secs = q / 1_000_000_000;
-    let sub = u32::try_from(q % 1_000_000_000).unwrap_or(0);
-    match u64::try_from(secs) {
-        Ok(secs) => Duration::new(secs, sub),
-        Err(_) => Duration::MAX,
-    }
-}
-
-/// `ttl * (1 - drift)`, rounded down: the shortest the lease can last by the holder's clock.
-pub fn ttl_slow(ttl: Duration, drift_ppm: u32) -> Duration {
-    scale(ttl, PPM - u128::from(drift_ppm.min(DRIFT_PPM_MAX)), false)
-}
-
-/// `ttl * (1 + drift)`, rounded up: how long a coordination leader waits after it received
-/// the last renew before it may expire the lease.
-pub fn ttl_fast(ttl: Duration, drift_ppm: u32) -> Duration {
-    scale(ttl, PPM + u128::from(drift_ppm.min(DRIFT_PPM_MAX)), true)
-}
-
-/// The holder's validity window after a renew is sent: `ttl * (1 - drift) - margin`, zero when
-/// the margin eats the whole lease.
-pub fn window(ttl: Duration, drift_ppm: u32, margin: Duration) -> Duration {
-    ttl_slow(ttl, drift_ppm).saturating_sub(margin)
-}
-
-/// The instant (holder's clock) at which a holder whose renew was sent at `sent` must consider
-/// the lease lost: `sent + ttl * (1 - drift) - margin`.
-pub fn holder_deadline(
-    sent: Duration,
-    ttl: Duration,
-    drift_ppm: u32,
-    margin: Duration,
-) -> Duration {
-    sent.saturating_add(window(ttl, drift_ppm, margin))
-}
 
 /// The delay from a renew to the next: `ttl / 3`, made earlier by `jitter_sample_ppm` parts per
 /// million of itself (drawn by the caller in `0..=jitter_ppm`; capped at [`JITTER_PPM_MAX`]).
 /// Jitter only ever renews earlier, never later, so it cannot eat into the safety margin.
 pub fn renew_delay(ttl: Duration, jitter_sample_ppm: u32) -> Duration {
     let base = ttl / 3;
-    base.saturating_sub(scale(
-        base,
-        u128::from(jitter_sample_ppm.min(JITTER_PPM_MAX)),
-        false,
+    // Rounded down: jitter is never more than asked for.
+    let early = base.as_nanos() * u128::from(jitter_sample_ppm.min(JITTER_PPM_MAX)) / 1_000_000;
+    base.saturating_sub(Duration::from_nanos(
+        u64::try_from(early).unwrap_or(u64::MAX),
     ))
 }
 
@@ -89,8 +41,8 @@ pub fn renew_delay(ttl: Duration, jitter_sample_ppm: u32) -> Duration {
 pub struct Timing {
     /// Safety margin subtracted from the validity window (time to stop acting).
     pub margin: Duration,
-    /// Bound on the clock-rate difference between any two nodes, in parts per million.
-    pub drift_ppm: u32,
+    /// Bound on the clock-rate difference between any two nodes.
+    pub drift: Drift,
     /// Wait between a failed renew and the next attempt.
     pub retry_interval: Duration,
     /// Give up one renew request after this long (and retry, if time remains).
@@ -122,7 +74,7 @@ impl HolderClock {
             timing,
             ttl,
             last_ack_sent: sent,
-            valid_until: holder_deadline(sent, ttl, timing.drift_ppm, timing.margin),
+            valid_until: holder_deadline(sent, ttl, timing.drift, timing.margin),
         }
     }
 
@@ -161,7 +113,7 @@ impl HolderClock {
     /// A renew sent at `sent` was acknowledged with `ttl`. Validity becomes
     /// `max(current, sent + window)`: a late acknowledgement of an old renew never shortens it.
     pub fn acknowledged(&mut self, sent: Duration, ttl: Duration) {
-        let until = holder_deadline(sent, ttl, self.timing.drift_ppm, self.timing.margin);
+        let until = holder_deadline(sent, ttl, self.timing.drift, self.timing.margin);
         if until >= self.valid_until {
             self.valid_until = until;
             self.ttl = ttl;
@@ -193,7 +145,7 @@ mod tests {
     fn timing() -> Timing {
         Timing {
             margin: ms(50),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
             retry_interval: ms(20),
             renew_timeout: ms(200),
         }
@@ -201,19 +153,17 @@ mod tests {
 
     #[test]
     fn deadline_counts_from_the_send_time() {
+        let d = Drift::DEFAULT;
         // 1 s ttl, 1 % drift, 50 ms margin: window 990 - 50 = 940 ms.
-        assert_eq!(window(ms(1000), 10_000, ms(50)), ms(940));
-        assert_eq!(holder_deadline(ms(100), ms(1000), 10_000, ms(50)), ms(1040));
-        assert_eq!(ttl_fast(ms(1000), 10_000), ms(1010));
+        assert_eq!(holder_window(ms(1000), d, ms(50)), ms(940));
+        assert_eq!(holder_deadline(ms(100), ms(1000), d, ms(50)), ms(1040));
         // The holder's end is always before the leader's earliest expiry of the same renew.
         for sent in [0, 7, 999, 123_456] {
-            let holder = holder_deadline(ms(sent), ms(1000), 10_000, ms(50));
-            assert!(holder < ms(sent) + ttl_fast(ms(1000), 10_000));
+            let holder = holder_deadline(ms(sent), ms(1000), d, ms(50));
+            assert!(holder < leader_expiry(ms(sent), ms(1000), d));
         }
         // A margin larger than the lease leaves nothing, not an underflow.
-        assert_eq!(window(ms(100), 10_000, ms(500)), Duration::ZERO);
-        // Drift above the cap is capped.
-        assert_eq!(ttl_slow(ms(1000), u32::MAX), ms(900));
+        assert_eq!(holder_window(ms(100), d, ms(500)), Duration::ZERO);
     }
 
     #[test]
@@ -244,22 +194,23 @@ mod tests {
         #[test]
         fn the_holder_always_stops_before_the_leader_may_expire(
             ttl_ms in 1u64..600_000,
-            drift_ppm in 0u32..=DRIFT_PPM_MAX,
+            drift_ppm in 0u32..=Drift::MAX.ppm(),
             margin_ms in 1u64..10_000,
             sends in proptest::collection::vec(0u64..1_000_000, 1..8),
         ) {
             let (ttl, margin) = (ms(ttl_ms), ms(margin_ms));
+            let drift = Drift::from_ppm(drift_ppm).unwrap();
             for &sent in &sends {
-                let holder = holder_deadline(ms(sent), ttl, drift_ppm, margin);
-                proptest::prop_assert!(holder < ms(sent) + ttl_fast(ttl, drift_ppm));
+                let holder = holder_deadline(ms(sent), ttl, drift, margin);
+                proptest::prop_assert!(holder < leader_expiry(ms(sent), ttl, drift));
             }
-            let t = Timing { margin, drift_ppm, retry_interval: ms(1), renew_timeout: ms(1) };
+            let t = Timing { margin, drift, retry_interval: ms(1), renew_timeout: ms(1) };
             let mut c = HolderClock::granted(t, ttl, ms(0));
             for &sent in &sends {
                 c.acknowledged(ms(sent), ttl);
             }
             let latest = sends.iter().copied().max().unwrap_or(0);
-            proptest::prop_assert_eq!(c.deadline(), holder_deadline(ms(latest), ttl, drift_ppm, margin));
+            proptest::prop_assert_eq!(c.deadline(), holder_deadline(ms(latest), ttl, drift, margin));
         }
     }
 

@@ -66,8 +66,8 @@ pub struct SessionConfig {
     pub ttl: Duration,
     /// Safety margin subtracted from the validity window: time to stop acting after `lost()`.
     pub margin: Duration,
-    /// Bound on the clock-rate difference between any two nodes, in parts per million.
-    pub drift_ppm: u32,
+    /// Bound on the clock-rate difference between any two nodes (default 1 %).
+    pub drift: lease_math::Drift,
     /// Renews are sent up to this fraction (ppm) of TTL/3 early, at random, so that many
     /// sessions started together do not renew in lockstep.
     pub jitter_ppm: u32,
@@ -90,7 +90,7 @@ impl SessionConfig {
         SessionConfig {
             ttl,
             margin: ttl / 20,
-            drift_ppm: 10_000,
+            drift: lease_math::Drift::DEFAULT,
             jitter_ppm: 100_000,
             retry_interval: (ttl / 30).max(Duration::from_millis(10)),
             renew_timeout: ttl / 6,
@@ -106,13 +106,6 @@ impl SessionConfig {
         if self.ttl.is_zero() {
             problems.push("session.ttl = 0: it must be positive".to_owned());
         }
-        if self.drift_ppm > lease_math::DRIFT_PPM_MAX {
-            problems.push(format!(
-                "session.drift_ppm = {} is above the maximum {}",
-                self.drift_ppm,
-                lease_math::DRIFT_PPM_MAX
-            ));
-        }
         if self.jitter_ppm > lease_math::JITTER_PPM_MAX {
             problems.push(format!(
                 "session.jitter_ppm = {} is above the maximum {}",
@@ -123,7 +116,7 @@ impl SessionConfig {
         if self.retry_interval.is_zero() || self.renew_timeout.is_zero() {
             problems.push("session.retry_interval and renew_timeout must be positive".to_owned());
         }
-        let window = lease_math::window(self.ttl, self.drift_ppm, self.margin);
+        let window = lease_math::holder_window(self.ttl, self.drift, self.margin);
         let needed = self.ttl / 3 + self.renew_timeout;
         if !self.ttl.is_zero() && needed >= window {
             problems.push(format!(
@@ -144,7 +137,7 @@ impl SessionConfig {
     fn timing(&self) -> Timing {
         Timing {
             margin: self.margin,
-            drift_ppm: self.drift_ppm,
+            drift: self.drift,
             retry_interval: self.retry_interval,
             renew_timeout: self.renew_timeout,
         }

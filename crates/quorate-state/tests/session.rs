@@ -80,7 +80,7 @@ async fn lost_fires_at_the_deadline_counted_from_the_last_renew_sent() {
     );
     let last_ok = f.last_acknowledged().unwrap();
     let c = config(1);
-    let window = lease_math::window(TTL, c.drift_ppm, c.margin);
+    let window = lease_math::holder_window(TTL, c.drift, c.margin);
     let lost_at = s.lost_at().unwrap();
     assert!(
         lost_at >= last_ok + window && lost_at <= last_ok + window + Duration::from_millis(1),
@@ -136,7 +136,7 @@ async fn retryable_renew_errors_are_retried_until_the_deadline() {
     assert!(missed >= 10, "only {missed} retries");
     assert_eq!(s.stats().renewals_missed, missed);
     let last_ok = f.last_acknowledged().unwrap();
-    let window = lease_math::window(TTL, c.drift_ppm, c.margin);
+    let window = lease_math::holder_window(TTL, c.drift, c.margin);
     assert!(s.lost_at().unwrap() <= last_ok + window + Duration::from_millis(1));
 }
 

@@ -1,4 +1,5 @@
-//! Shared vocabulary of quorate: node ids, role names, epochs, fencing tokens and node metadata.
+//! Shared vocabulary of quorate: node ids, role names, epochs, fencing tokens, node metadata, and
+//! the one implementation of lease arithmetic ([`lease`]).
 //!
 //! Every type that can be built from outside input validates it, so a value of these types is
 //! always valid. Serde forms are the plain string or number forms; deserializing validates too.
@@ -17,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub mod lease;
 
 /// The longest node id or role name, in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
@@ -66,6 +69,14 @@ pub enum TypesError {
     /// Node metadata exceeded one of its limits.
     #[error("node metadata: {0}")]
     Meta(String),
+    /// A clock-rate drift bound above [`lease::Drift::MAX`].
+    #[error(
+        "drift_ppm = {ppm} is above the maximum 100000 (10 %): a clock drifting more than that is broken and only fencing tokens protect against it; use at most 100000"
+    )]
+    Drift {
+        /// The rejected bound, in parts per million.
+        ppm: u32,
+    },
 }
 
 fn validate_name(what: &'static str, s: &str) -> Result<(), TypesError> {

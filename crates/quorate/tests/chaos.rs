@@ -86,8 +86,10 @@ fn failover_bench_tiny_run() {
         agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
         kill_trials: 1,
         partition_trials: 1,
+        sym_partition_trials: 1,
         kill_both_trials: 1,
         raft_leader_kills: 1,
+        secondary_partitions: 1,
         flap: Duration::from_secs(3),
         verbose: true,
     };
@@ -95,7 +97,7 @@ fn failover_bench_tiny_run() {
         .block_on(quorate_chaos::world::bench(&opts))
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{report}");
-    assert_eq!(report.trials.len(), 3, "{report}");
+    assert_eq!(report.trials.len(), 4, "{report}");
     assert!(report.check.violations.is_empty(), "{report}");
     // The kill-both trial was set up so: its primary also led Raft.
     assert!(
@@ -107,6 +109,13 @@ fn failover_bench_tiny_run() {
     );
     // Killing a Raft leader that is not the primary never moves the role.
     assert_eq!(report.leader_kill_role_moves, 0, "{report}");
+    // The new trials ran and were measured (their timings are reported, never asserted).
+    assert!(
+        report.trials.iter().any(|t| t.fault == "sym-partition"),
+        "{report}"
+    );
+    assert_eq!(report.secondary_partitions, 1, "{report}");
+    assert_eq!(report.secondary_partition_gaps_ms.len(), 1, "{report}");
 }
 
 #[test]

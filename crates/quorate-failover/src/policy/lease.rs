@@ -12,19 +12,18 @@
 //! by its clock. Since `received >= sent` and the two clocks advance at rates within `drift` of
 //! each other, the holder has stopped before anyone else can be granted the lease. Beyond the
 //! drift bound (a paused VM, a 0.5x clock) no timing rule helps: fencing tokens do.
+//!
+//! The arithmetic itself is `quorate_types::lease` (the one implementation, shared with the Raft
+//! lease clock and dist-state sessions); this module holds the role's timing config and the
+//! holder's state.
 
 // tidy:pure-core
 
 use std::time::Duration;
 
+use quorate_types::lease::{self, Drift};
+
 use crate::error::{ConfigErrors, FailoverError};
-
-/// One million: drift is given in parts per million.
-const PPM: u128 = 1_000_000;
-
-/// Largest accepted clock-rate drift bound: 10 % (100 000 ppm). A clock further off than that
-/// is broken, and only fencing tokens protect against it.
-pub const DRIFT_PPM_MAX: u32 = 100_000;
 
 /// Timing of a role's primary lease.
 ///
@@ -33,7 +32,7 @@ pub const DRIFT_PPM_MAX: u32 = 100_000;
 ///
 /// Invariants (checked):
 /// - `ttl > 0`, `renew_interval > 0`, `renew_timeout > 0`, `margin > 0`;
-/// - `drift_ppm <= DRIFT_PPM_MAX` (10 %);
+/// - `drift <= Drift::MAX` (10 %, guaranteed by the type);
 /// - the holder's validity window `ttl * (1 - drift) - margin` is positive;
 /// - `2 * renew_interval + renew_timeout <= window`: one renew may be lost and the next one,
 ///   sent on schedule, still completes before the holder must stop (the same idea as Patroni's
@@ -49,9 +48,8 @@ pub struct LeaseConfig {
     /// Safety margin subtracted from the validity window: covers the time between deciding to
     /// stop and having stopped (hook latency, scheduling).
     pub margin: Duration,
-    /// Bound on the clock-rate difference between any two nodes, in parts per million
-    /// (10 000 = 1 %).
-    pub drift_ppm: u32,
+    /// Bound on the clock-rate difference between any two nodes.
+    pub drift: Drift,
 }
 
 impl LeaseConfig {
@@ -65,7 +63,7 @@ impl LeaseConfig {
             renew_interval: Duration::from_millis(150),
             renew_timeout: Duration::from_millis(100),
             margin: Duration::from_millis(50),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
         }
     }
 
@@ -79,45 +77,37 @@ impl LeaseConfig {
             renew_interval: Duration::from_secs(1),
             renew_timeout: Duration::from_secs(1),
             margin: Duration::from_millis(250),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
         }
     }
 
     /// `ttl * (1 - drift)`, rounded down: the shortest the lease can last by the holder's clock.
     pub fn ttl_slow(&self) -> Duration {
-        scale(
-            self.ttl,
-            PPM - u128::from(self.drift_ppm.min(DRIFT_PPM_MAX)),
-            false,
-        )
+        self.drift.slow(self.ttl)
     }
 
     /// `ttl * (1 + drift)`, rounded up: how long the coordination leader must wait, by its own
     /// clock, after it received the last renew before it may expire the lease.
     pub fn ttl_fast(&self) -> Duration {
-        scale(
-            self.ttl,
-            PPM + u128::from(self.drift_ppm.min(DRIFT_PPM_MAX)),
-            true,
-        )
+        self.drift.fast(self.ttl)
     }
 
     /// The holder's validity window after a renew is sent: `ttl * (1 - drift) - margin`
     /// (zero when the margin eats the whole lease; [`validate`](Self::validate) rejects that).
     pub fn window(&self) -> Duration {
-        self.ttl_slow().saturating_sub(self.margin)
+        lease::holder_window(self.ttl, self.drift, self.margin)
     }
 
     /// The instant (holder's monotonic clock) at which a holder whose renew was sent at `sent`
     /// and acknowledged must stop acting: `sent + ttl * (1 - drift) - margin`.
     pub fn holder_deadline(&self, sent: Duration) -> Duration {
-        sent.saturating_add(self.window())
+        lease::holder_deadline(sent, self.ttl, self.drift, self.margin)
     }
 
     /// The instant (coordination leader's clock) before which the leader must not expire a lease
     /// whose last renew it received at `received`: `received + ttl * (1 + drift)`.
     pub fn leader_expiry(&self, received: Duration) -> Duration {
-        received.saturating_add(self.ttl_fast())
+        lease::leader_expiry(received, self.ttl, self.drift)
     }
 
     /// Checks the invariants listed on the type; reports every violation at once.
@@ -142,16 +132,6 @@ impl LeaseConfig {
                     format!("{section}.{name} = 0 ms; it must be positive"),
                 );
             }
-        }
-        if self.drift_ppm > DRIFT_PPM_MAX {
-            errors.push(
-                format!("{section}.drift_ppm"),
-                format!(
-                    "{section}.drift_ppm = {} is above the maximum {DRIFT_PPM_MAX} (10 %); a clock \
-                     drifting more than that is broken and only fencing tokens protect against it",
-                    self.drift_ppm
-                ),
-            );
         }
         if self.ttl > zero && self.window() == zero {
             errors.push(
@@ -184,21 +164,6 @@ impl LeaseConfig {
                 );
             }
         }
-    }
-}
-
-/// `d * num / PPM` on nanoseconds, rounding down or up, saturating at `Duration::MAX`.
-fn scale(d: Duration, num: u128, round_up: bool) -> Duration {
-    let nanos = d.as_nanos().saturating_mul(num);
-    let mut q = nanos / PPM;
-    if round_up && !nanos.is_multiple_of(PPM) {
-        q = q.saturating_add(1);
-    }
-    let secs = q / 1_000_000_000;
-    let sub = (q % 1_000_000_000) as u32;
-    match u64::try_from(secs) {
-        Ok(secs) => Duration::new(secs, sub),
-        Err(_) => Duration::MAX,
     }
 }
 

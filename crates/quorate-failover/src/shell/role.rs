@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::hooks::{ChangeCause, HookContext, RoleChange, RoleHooks};
 use super::{Command, ManagerConfig, ManualOp, PrimaryContext, RoleSpec, RoleStatus, observe};
 use crate::error::FailoverError;
-use crate::policy::lease::LeaseConfig;
+use crate::policy::lease::{HolderLease, LeaseConfig};
 use crate::policy::{Action, Cause, Notice, Observations, RolePolicy};
 
 pub(crate) struct RoleTaskParts {
@@ -493,12 +493,15 @@ impl RoleTask {
                 return;
             }
         };
-        let valid_until = sent + timing.window();
-        if self.now() >= valid_until {
+        // The campaign's lease is acknowledged: the holder may act until the holder-side
+        // deadline of the grant's send time (`HolderLease`, the policy's lease core).
+        let mut holder = HolderLease::new(timing);
+        holder.acknowledged(sent);
+        let Some(valid_until) = holder.valid_until().filter(|_| holder.is_valid(self.now())) else {
             let _ = within(&self.p.clock, ct, self.p.coord.resign(&leader)).await;
             let _ = within(&self.p.clock, ct, self.p.coord.lease_revoke(grant.id)).await;
             return;
-        }
+        };
         let cancel = self.p.cancel.child_token();
         let (valid_tx, valid_rx) = watch::channel(valid_until);
         let lost = Arc::new(Mutex::new(None));
@@ -518,7 +521,7 @@ impl RoleTask {
             clock: self.p.clock.clone(),
             coord: self.p.coord.clone(),
             lease: grant.id,
-            timing,
+            holder,
             resume_window: self.p.config.lease_resume_window,
             valid: valid_tx,
             suspended: suspended_tx,
@@ -982,7 +985,8 @@ struct Keeper {
     clock: SharedClock,
     coord: Arc<dyn Coord>,
     lease: LeaseId,
-    timing: LeaseConfig,
+    /// The holder-side lease core: validity from the send time of each acknowledged renew.
+    holder: HolderLease,
     resume_window: Duration,
     valid: watch::Sender<Duration>,
     suspended: watch::Sender<bool>,
@@ -1006,7 +1010,7 @@ async fn keep_lease(k: Keeper) {
         clock,
         coord,
         lease,
-        timing,
+        mut holder,
         resume_window,
         valid,
         suspended,
@@ -1026,6 +1030,7 @@ async fn keep_lease(k: Keeper) {
     let mut next_renew = clock.now();
     // When the holder deadline passed without a renew (the term is suspended).
     let mut suspended_at: Option<Duration> = None;
+    let timing = *holder.timing();
     loop {
         let give_up = match suspended_at {
             None => *valid.borrow(),
@@ -1063,15 +1068,17 @@ async fn keep_lease(k: Keeper) {
                 next_renew = sent + timing.renew_interval;
                 match result {
                     Ok(Ok(_)) => {
-                        let until = sent + timing.window();
-                        valid.send_if_modified(|v| {
-                            let grow = until > *v;
-                            if grow {
-                                *v = until;
-                            }
-                            grow
-                        });
-                        if suspended_at.is_some() && clock.now() < until {
+                        holder.acknowledged(sent);
+                        if let Some(until) = holder.valid_until() {
+                            valid.send_if_modified(|v| {
+                                let grow = until > *v;
+                                if grow {
+                                    *v = until;
+                                }
+                                grow
+                            });
+                        }
+                        if suspended_at.is_some() && holder.is_valid(clock.now()) {
                             suspended_at = None;
                             let _guard = work.lock().unwrap_or_else(|e| e.into_inner());
                             suspended.send_replace(false);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use quorate_coord_api::{ClusterStatus, Consistency, CoordError, LeaseId, WatchEvent};
 use quorate_types::NodeId;
+use quorate_types::lease::Drift;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,8 +23,8 @@ pub struct LocalConfig {
     pub node: NodeId,
     /// Limits of the state machine.
     pub limits: MachineLimits,
-    /// Clock-rate drift bound for lease expiry, parts per million.
-    pub drift_ppm: u32,
+    /// Clock-rate drift bound for lease expiry.
+    pub drift: Drift,
     /// Capacity of the watch event channel (a slower watcher recovers from the history).
     pub events_capacity: usize,
 }
@@ -34,7 +35,7 @@ impl LocalConfig {
         LocalConfig {
             node,
             limits: MachineLimits::lan(),
-            drift_ppm: 10_000,
+            drift: Drift::DEFAULT,
             events_capacity: 1024,
         }
     }
@@ -97,7 +98,7 @@ impl LocalProposer {
             origin: Instant::now(),
             state: Mutex::new(State {
                 machine: Machine::new(config.limits),
-                clock: LeaseClock::new(config.drift_ppm),
+                clock: LeaseClock::new(config.drift),
                 index: 0,
             }),
             events,

@@ -92,7 +92,7 @@ impl<N: Net> Core<N> {
                     .await??;
                 let remaining = {
                     let st = self.sm.lock();
-                    st.lease_clock.remaining(id, Instant::now())
+                    st.lease_clock.remaining(id)
                 };
                 Ok(ClientResponse::LeaseInfo(LeaseInfo {
                     id,

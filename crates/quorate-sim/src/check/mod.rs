@@ -7,7 +7,4 @@ pub mod mutex;
 
 pub use durability::{LostWrite, check_all_present, check_durability};
 pub use linearizability::{CheckConfig, CheckSummary, Violation, WindowOp, check_kv};
-pub use mutex::{
-    Action, FencedResource, Grant, MutexViolation, StaleToken, check_fencing,
-    check_mutual_exclusion,
-};
+pub use mutex::{Action, Grant, MutexViolation, check_fencing, check_mutual_exclusion};

@@ -5,7 +5,6 @@
 //!   Records with the same resource and token are one grant (renewals) and are merged.
 //! - [`check_fencing`]: the protected resource accepted no action carrying a token lower than one
 //!   it had already accepted (a stale holder's action must be rejected).
-//! - [`FencedResource`]: the reference resource that does exactly that, for toy scenarios.
 // tidy:pure-core
 
 use std::collections::BTreeMap;
@@ -209,43 +208,6 @@ pub fn check_fencing(actions: &[Action]) -> Result<(), SimError> {
     }
 }
 
-/// A token lower than the highest seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("stale fencing token {token}: the resource has seen {highest}; re-acquire the lock")]
-pub struct StaleToken {
-    /// The token presented.
-    pub token: u64,
-    /// The highest token seen.
-    pub highest: u64,
-}
-
-/// A resource that keeps the highest fencing token it has seen and rejects lower ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FencedResource {
-    highest: Option<u64>,
-}
-
-impl FencedResource {
-    /// Accepts an action carrying `token` unless a higher token was seen.
-    ///
-    /// # Errors
-    /// [`StaleToken`] when `token` is lower than the highest seen.
-    pub fn apply(&mut self, token: u64) -> Result<(), StaleToken> {
-        match self.highest {
-            Some(h) if token < h => Err(StaleToken { token, highest: h }),
-            _ => {
-                self.highest = Some(token);
-                Ok(())
-            }
-        }
-    }
-
-    /// The highest token seen.
-    pub fn highest(&self) -> Option<u64> {
-        self.highest
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,16 +263,18 @@ mod tests {
 
     #[test]
     fn stale_token_must_be_rejected() {
-        let mut res = FencedResource::default();
-        assert_eq!(res.apply(2), Ok(()));
+        // The one fence implementation (quorate-types) is what a resource uses.
+        let mut res = quorate_types::FenceGuard::default();
+        let t = quorate_types::FencingToken;
+        assert_eq!(res.admit(t(2)), Ok(()));
         assert_eq!(
-            res.apply(1),
-            Err(StaleToken {
-                token: 1,
-                highest: 2
+            res.admit(t(1)),
+            Err(quorate_types::StaleToken {
+                got: t(1),
+                highest: t(2)
             })
         );
-        assert_eq!(res.apply(3), Ok(()));
+        assert_eq!(res.admit(t(3)), Ok(()));
         let act = |token, accepted| Action {
             resource: "db".into(),
             holder: "x".into(),
