@@ -103,6 +103,7 @@ pub struct Runner {
     package: String,
     test: String,
     default_seeds: u64,
+    seed_list: Option<Vec<u64>>,
 }
 
 impl Runner {
@@ -115,6 +116,7 @@ impl Runner {
             package: package.to_owned(),
             test: scenario.to_owned(),
             default_seeds: 100,
+            seed_list: None,
         }
     }
 
@@ -129,6 +131,14 @@ impl Runner {
     #[must_use]
     pub fn default_seeds(mut self, n: u64) -> Self {
         self.default_seeds = n;
+        self
+    }
+
+    /// Runs exactly these seeds when neither `QUORATE_SIM_SEED` nor `QUORATE_SIM_SEEDS` is set
+    /// (a fixed sample, e.g. seeds that once failed).
+    #[must_use]
+    pub fn default_seed_list(mut self, seeds: &[u64]) -> Self {
+        self.seed_list = Some(seeds.to_vec());
         self
     }
 
@@ -156,7 +166,11 @@ impl Runner {
         if let Some(seed) = var("QUORATE_SIM_SEED")? {
             return Ok(vec![seed]);
         }
-        let count = var("QUORATE_SIM_SEEDS")?.unwrap_or(self.default_seeds);
+        let count = match (var("QUORATE_SIM_SEEDS")?, &self.seed_list) {
+            (Some(n), _) => n,
+            (None, Some(list)) => return Ok(list.clone()),
+            (None, None) => self.default_seeds,
+        };
         let start = var("QUORATE_SIM_SEED_START")?.unwrap_or(0);
         Ok((start..start.saturating_add(count)).collect())
     }
