@@ -1,4 +1,4 @@
-//! `cargo xtask soak [--seeds N] [--scenario S] [--jobs J] [--state FILE] [--fresh]`: runs
+//! `cargo xtask soak [--seeds N] [--scenario S] [--crate C] [--jobs J] [--state FILE] [--fresh]`: runs
 //! every simulation scenario for N seeds (default 10,000) in release, in parallel.
 //!
 //! How it works:
@@ -14,7 +14,8 @@
 //! - prints, per scenario, the seeds run, the failures and the wall time of its chunks, then
 //!   every failing seed with the command that replays it.
 //!
-//! `--scenario S` keeps the tests whose name contains S. Debug assertions are off in release;
+//! `--scenario S` keeps the tests whose name contains S; `--crate C` (repeatable) keeps those
+//! crates' simulations. Debug assertions are off in release;
 //! `--debug-assertions` turns them on (a separate, slower build of every dependency).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -37,6 +38,7 @@ const CHUNK_SEEDS: u64 = 20;
 struct Options {
     seeds: u64,
     scenario: Option<String>,
+    crates: Vec<String>,
     jobs: usize,
     state: Option<PathBuf>,
     fresh: bool,
@@ -47,6 +49,7 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         seeds: 10_000,
         scenario: None,
+        crates: Vec::new(),
         jobs: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         state: None,
         fresh: false,
@@ -67,6 +70,7 @@ fn parse(args: &[String]) -> Result<Options> {
                     .with_context(|| format!("soak: --seeds {v:?} is not a count"))?;
             }
             "--scenario" => o.scenario = Some(value("--scenario")?),
+            "--crate" => o.crates.push(value("--crate")?),
             "--jobs" => {
                 let v = value("--jobs")?;
                 o.jobs = v
@@ -80,7 +84,8 @@ fn parse(args: &[String]) -> Result<Options> {
             "--debug-assertions" => o.debug_assertions = true,
             other => bail!(
                 "soak: unknown argument {other:?}; usage: cargo xtask soak [--seeds N] \
-                 [--scenario S] [--jobs J] [--state FILE] [--fresh] [--debug-assertions]"
+                 [--scenario S] [--crate C]... [--jobs J] [--state FILE] [--fresh] \
+                 [--debug-assertions]"
             ),
         }
     }
@@ -389,7 +394,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if o.fresh {
         let _ = std::fs::remove_file(&state_path);
     }
-    let packages = sim_packages(&root)?;
+    let mut packages = sim_packages(&root)?;
+    if !o.crates.is_empty() {
+        if let Some(c) = o.crates.iter().find(|c| !packages.contains(c)) {
+            bail!("soak: --crate {c} has no tests/sim.rs; crates with one: {packages:?}");
+        }
+        packages.retain(|p| o.crates.contains(p));
+    }
     let bins = build(&root, &packages, o.debug_assertions)?;
     let state = load_state(&state_path)?;
 
