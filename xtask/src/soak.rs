@@ -471,11 +471,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     );
     let errors = Mutex::new(Vec::new());
     let finished = Mutex::new(0usize);
+    // Tests found not to be seeded scenarios in this run: their later chunks are skipped.
+    let plain = Mutex::new(BTreeSet::new());
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for worker in 0..o.jobs {
-            let (queue, state_file, errors, finished, scratch) =
-                (&queue, &state_file, &errors, &finished, &scratch);
+            let (queue, state_file, errors, finished, scratch, plain) =
+                (&queue, &state_file, &errors, &finished, &scratch, &plain);
             s.spawn(move || {
                 let mut n = 0;
                 loop {
@@ -485,6 +487,17 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     n += 1;
                     match run_chunk(&job, scratch, worker * 1_000_000 + n) {
                         Ok(records) => {
+                            if records.iter().any(|r| {
+                                matches!(
+                                    r,
+                                    Record::Chunk {
+                                        scenario: false,
+                                        ..
+                                    }
+                                )
+                            }) {
+                                lock(plain).insert(job.id.key());
+                            }
                             let mut f = lock(state_file);
                             for r in &records {
                                 let _ = writeln!(f, "{}", r.to_json());
