@@ -11,6 +11,8 @@
 //! - `cargo xtask bench NAME` runs a benchmark and prints its figures (see `bench.rs`).
 //! - `cargo xtask chaos [--release] [--keep] [FILTER]` runs the real-process chaos test: three
 //!   agents in network namespaces, SIGKILL, SIGSTOP, nftables partitions, a 0.5x clock (root).
+//! - `cargo xtask soak [--seeds N] [--scenario S] [--jobs J]` runs every simulation scenario for
+//!   N seeds (default 10,000) in release, in parallel and resumably (see `soak.rs`).
 
 #![allow(
     clippy::print_stdout,
@@ -23,6 +25,7 @@ mod chaos;
 mod fresh_root;
 mod phases;
 mod setup;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -35,11 +38,12 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
         Some("setup") => setup::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some("fresh-root") => fresh_root::run(&args[1..]),
         Some(fresh_root::INNER) => fresh_root::inner(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask setup [--check | --list] | cargo xtask fresh-root [--dir DIR] [--fresh] [--new-snapshot] [--bare-toolchain] [--suite SUITE] [-- COMMAND...] | cargo xtask bench NAME | cargo xtask chaos [--release] [--keep] [FILTER]"
+                "usage: cargo xtask ci [PHASE ...] [--keep-going] | cargo xtask ci --list | cargo xtask setup [--check | --list] | cargo xtask fresh-root [--dir DIR] [--fresh] [--new-snapshot] [--bare-toolchain] [--suite SUITE] [-- COMMAND...] | cargo xtask bench NAME | cargo xtask chaos [--release] [--keep] [FILTER] | cargo xtask soak [--seeds N] [--scenario S] [--jobs J] [--state FILE] [--fresh] [--debug-assertions]"
             );
             return ExitCode::from(2);
         }

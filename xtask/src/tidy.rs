@@ -15,6 +15,55 @@ const BANNED_IN_CORES: &[&str] = &[
     "tokio::spawn",
 ];
 
+/// Calls that start a task or thread nobody tracks. Product code spawns on a tokio-util
+/// `TaskTracker` that its shutdown closes and waits on (conventions.md, "Sans-IO cores, thin
+/// async shells"); `spawn_blocking` awaited in place is fine and not listed.
+const BARE_SPAWNS: &[&str] = &[
+    "tokio::spawn(",
+    "tokio::task::spawn(",
+    "spawn_local(",
+    "thread::spawn(",
+    "use tokio::spawn",
+    "use tokio::task::spawn;",
+    "use tokio::task::{spawn",
+];
+
+/// The bare spawns product crates may keep, each with why it is supervised anyway:
+/// (file from the workspace root, text of the spawning line, reason). An entry that no longer
+/// matches a line is itself a finding, so the list stays true.
+const SPAWN_ALLOW_LIST: &[(&str, &str, &str)] = &[
+    (
+        "crates/quorate-raft/src/rt.rs",
+        "tokio::task::spawn(future)",
+        "openraft's AsyncRuntime::spawn: openraft keeps every handle and joins its tasks in \
+         Raft::shutdown, which RaftNode::shutdown awaits",
+    ),
+    (
+        "crates/quorate-membership/src/node.rs",
+        "tokio::spawn(task.run(cmd_rx, cancel.clone(), health))",
+        "one owned JoinHandle: MembershipHandle::stopped awaits it for the task's fatal error; \
+         shutdown and the last handle's drop cancel it",
+    ),
+    (
+        "crates/quorate-raft/src/backend/local.rs",
+        "tokio::spawn(expire_leases(Arc::clone(&inner)))",
+        "the single-node proposer's expiry loop: an owned JoinHandle aborted when the proposer \
+         drops; it holds only in-memory state (no file, no socket) that nothing waits for",
+    ),
+    (
+        "crates/quorate-coord-api/src/conformance.rs",
+        "Task(tokio::spawn(fut))",
+        "the conformance suite's Task: an owned JoinHandle that every check joins, and that \
+         aborts on drop when a check fails early",
+    ),
+    (
+        "crates/quorate/src/demo.rs",
+        "tokio::spawn(async move {",
+        "the demo binary's reader of one agent's stdout: it ends at EOF, which the agent's \
+         kill_on_drop child handle guarantees when the demo stops",
+    ),
+];
+
 /// The marker a pure-core module carries near its top.
 const PURE_CORE_MARKER: &str = concat!("// tidy", ":pure-core");
 
@@ -139,6 +188,32 @@ fn check_pure_core(source: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Bare spawns in a product crate's source file (`path` from the workspace root), outside the
+/// file's `#[cfg(test)]` module and not on the allow-list.
+fn check_bare_spawns(path: &str, source: &str, allow: &[(&str, &str, &str)]) -> Vec<String> {
+    let test_module = concat!("#[cfg", "(test)]");
+    source
+        .lines()
+        .enumerate()
+        .take_while(|(_, l)| l.trim() != test_module)
+        .filter_map(|(i, line)| {
+            let code = line.split("//").next().unwrap_or("");
+            let banned = BARE_SPAWNS.iter().find(|b| code.contains(*b))?;
+            let allowed = allow
+                .iter()
+                .any(|(file, text, _)| *file == path && code.contains(text));
+            (!allowed).then(|| {
+                format!(
+                    "line {}: bare `{banned}`: spawn on the component's TaskTracker and wait for \
+                     it at shutdown, or add the line to SPAWN_ALLOW_LIST in xtask/src/tidy.rs with \
+                     the reason it is supervised anyway",
+                    i + 1
+                )
+            })
+        })
+        .collect()
 }
 
 /// A manifest that marks its crate as test support (`[package.metadata.quorate]`
@@ -302,6 +377,48 @@ fn product_crates_export_no_test_support() {
                     .into_iter()
                     .map(|x| format!("{}: {x}", f.display())),
             );
+        }
+    }
+    assert_clean(findings);
+}
+
+#[test]
+fn product_crates_spawn_only_tracked_tasks() {
+    let root = root().unwrap_or_else(|e| panic!("{e}"));
+    let mut findings = Vec::new();
+    let mut used = vec![false; SPAWN_ALLOW_LIST.len()];
+    for m in member_manifests(&root) {
+        let manifest = read(&m);
+        let Some(dir) = m.parent() else { continue };
+        if is_test_only(&manifest) || dir.ends_with("xtask") {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for f in files {
+            let rel = f
+                .strip_prefix(&root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let source = read(&f);
+            for (i, (file, text, _)) in SPAWN_ALLOW_LIST.iter().enumerate() {
+                if *file == rel && source.lines().any(|l| l.contains(text)) {
+                    used[i] = true;
+                }
+            }
+            findings.extend(
+                check_bare_spawns(&rel, &source, SPAWN_ALLOW_LIST)
+                    .into_iter()
+                    .map(|x| format!("{rel}: {x}")),
+            );
+        }
+    }
+    for ((file, text, _), used) in SPAWN_ALLOW_LIST.iter().zip(used) {
+        if !used {
+            findings.push(format!(
+                "SPAWN_ALLOW_LIST names `{text}` in {file}, which no longer has it: remove the entry"
+            ));
         }
     }
     assert_clean(findings);
@@ -497,6 +614,25 @@ fn rules_catch_bad_examples() {
         "[package]\n[package.metadata.quorate]\ntest-only = true\n"
     ));
     assert!(!is_test_only("[package]\nname = \"quorate-x\"\n"));
+
+    let spawning = "//! Shell.\nfn f() {\n    tokio::spawn(run());\n    tracker.spawn(run());\n    std::thread::spawn(|| {});\n}\n#[cfg(test)]\nmod t { fn g() { tokio::spawn(x()); } }\n";
+    let found = check_bare_spawns("crates/quorate-x/src/a.rs", spawning, &[]);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with("line 3: bare `tokio::spawn(`"),
+        "{found:?}"
+    );
+    let allow = [("crates/quorate-x/src/a.rs", "tokio::spawn(run())", "joined")];
+    assert_eq!(
+        check_bare_spawns("crates/quorate-x/src/a.rs", spawning, &allow).len(),
+        1
+    );
+    assert_eq!(
+        check_bare_spawns("crates/quorate-x/src/b.rs", spawning, &allow).len(),
+        2,
+        "the allow-list is per file"
+    );
+    assert!(check_bare_spawns("x.rs", "// tokio::spawn( in a comment\n", &[]).is_empty());
 
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-b\"").is_some());
     assert!(check_folder_is_name("quorate-a", "name = \"quorate-a\"").is_none());

@@ -1281,3 +1281,27 @@ fn a_settled_candidate_is_preferred_to_one_that_just_came_back() {
         ],
     );
 }
+
+/// The policy checks its invariants after every step (debug builds: tests and simulations).
+/// Its clock must never go backwards; a step fed an earlier `now` than the last one stops on
+/// the assertion, naming it.
+#[test]
+fn debug_invariants_fire_when_time_goes_backwards() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let mut policy = RolePolicy::new(cfg());
+    let obs = Observations::new(None, vec![n("a"), n("b")]);
+    let _ = policy.step(&obs, ms(5_000));
+    let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = policy.step(&obs, ms(1_000));
+    })) {
+        Ok(()) => String::new(),
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(
+        msg.contains("failover policy invariant broken at step 1s")
+            && msg.contains("time went backwards"),
+        "{msg}"
+    );
+}

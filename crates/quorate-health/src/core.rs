@@ -108,7 +108,9 @@ impl CheckCore {
         }
         s.stale = false;
         let message = s.message.clone();
-        self.set_visible(self.damped, now, message)
+        let change = self.set_visible(self.damped, now, message);
+        self.debug_check("apply");
+        change
     }
 
     /// When this check becomes stale if no result arrives.
@@ -119,6 +121,7 @@ impl CheckCore {
     /// Mark the check stale if its last result (or enable time) is too old at `now`.
     pub(crate) fn refresh_staleness(&mut self, now: Duration) -> Option<StatusChange> {
         if self.snapshot.stale || now < self.stale_deadline() {
+            self.debug_check("refresh_staleness");
             return None;
         }
         self.snapshot.stale = true;
@@ -128,7 +131,9 @@ impl CheckCore {
             fmt_duration(self.stale_after)
         );
         self.snapshot.message.clone_from(&message);
-        self.set_visible(self.stale_status, now, message)
+        let change = self.set_visible(self.stale_status, now, message);
+        self.debug_check("refresh_staleness");
+        change
     }
 
     /// Back to the initial state at `now` (used when a check is (re)enabled): initial status,
@@ -139,7 +144,63 @@ impl CheckCore {
         self.snapshot.consecutive_failures = 0;
         self.snapshot.stale = false;
         self.reference_at = now;
-        self.set_visible(self.initial_status, now, reason.to_owned())
+        let change = self.set_visible(self.initial_status, now, reason.to_owned());
+        self.debug_check("reset");
+        change
+    }
+
+    /// Asserts the damping invariants in debug builds (tests and simulations; see
+    /// [`CheckCore::invariant_violation`]).
+    fn debug_check(&self, after: &str) {
+        #[cfg(debug_assertions)]
+        {
+            let v = self.invariant_violation();
+            debug_assert!(
+                v.is_none(),
+                "health check core invariant broken after {after} ({}): {}",
+                self.snapshot.id,
+                v.unwrap_or_default()
+            );
+        }
+        let _ = after;
+    }
+
+    /// The first broken damping invariant, if any: at most one counter is running, the
+    /// visible status is the stale status when stale and the damped status otherwise, and a
+    /// counter at its threshold has moved the damped status to its side.
+    fn invariant_violation(&self) -> Option<String> {
+        let s = &self.snapshot;
+        let (ok, bad) = (s.consecutive_successes, s.consecutive_failures);
+        if ok > 0 && bad > 0 {
+            return Some(format!(
+                "consecutive successes {ok} and failures {bad} are both counting"
+            ));
+        }
+        let visible = if s.stale {
+            self.stale_status
+        } else {
+            self.damped
+        };
+        if s.status != visible {
+            return Some(format!(
+                "visible status {} is not the {} status {visible}",
+                s.status,
+                if s.stale { "stale" } else { "damped" }
+            ));
+        }
+        if ok >= self.success_threshold.get() && !self.damped.is_healthy() {
+            return Some(format!(
+                "{ok} successes reached the threshold but the damped status is {}",
+                self.damped
+            ));
+        }
+        if bad >= self.failure_threshold.get() && self.damped.is_healthy() {
+            return Some(format!(
+                "{bad} failures reached the threshold but the damped status is {}",
+                self.damped
+            ));
+        }
+        None
     }
 
     pub(crate) fn set_enabled(&mut self, enabled: bool) {
@@ -310,6 +371,42 @@ mod tests {
                 "step {i}: after a {result} result"
             );
         }
+    }
+
+    fn panic_message(f: impl FnOnce()) -> String {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(()) => String::new(),
+            Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The core checks its damping invariants after every input (debug builds: tests and
+    /// simulations); counters or a status broken behind its back stop the next input.
+    #[test]
+    fn debug_invariants_fire_on_a_broken_core() {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut c = core(2, 2, Critical);
+        check(&mut c, &[(Passing, Critical), (Passing, Passing)]);
+        // Broken: both counters running.
+        c.snapshot.consecutive_failures = 7;
+        let msg = panic_message(|| {
+            c.refresh_staleness(Duration::from_secs(2));
+        });
+        assert!(
+            msg.contains("health check core invariant broken after refresh_staleness (c)")
+                && msg.contains("successes 2 and failures 7 are both counting"),
+            "{msg}"
+        );
+        // Broken: marked stale without showing the stale status.
+        let mut c = core(1, 1, Critical);
+        check(&mut c, &[(Passing, Passing)]);
+        c.snapshot.stale = true;
+        let msg = panic_message(|| {
+            c.refresh_staleness(Duration::from_secs(2));
+        });
+        assert!(msg.contains("is not the stale status"), "{msg}");
     }
 
     #[test]

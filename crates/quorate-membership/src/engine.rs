@@ -1156,6 +1156,39 @@ impl Core {
             self.dirty = false;
             self.reconcile(now);
         }
+        #[cfg(debug_assertions)]
+        {
+            let v = self.invariant_violation();
+            debug_assert!(
+                v.is_none(),
+                "membership core invariant broken after an input: {}",
+                v.unwrap_or_default()
+            );
+        }
+    }
+
+    /// The first broken invariant of the member table, if any: it never holds this node, each
+    /// entry is keyed by its own id, and it is bounded by `members_max`.
+    fn invariant_violation(&self) -> Option<String> {
+        if self.table.contains_key(&self.local.id) {
+            return Some(format!(
+                "the member table holds this node ({}) itself",
+                self.local.id
+            ));
+        }
+        if let Some((k, e)) = self.table.iter().find(|(k, e)| **k != e.ident.id) {
+            return Some(format!(
+                "member table key {k} holds the entry of {}",
+                e.ident.id
+            ));
+        }
+        (self.table.len() > self.members_max).then(|| {
+            format!(
+                "{} members exceed members_max {}",
+                self.table.len(),
+                self.members_max
+            )
+        })
     }
 
     /// A record about this node newer than the newest it published can only be forged (by a
@@ -1408,6 +1441,53 @@ mod tests {
             }
         }
         seen
+    }
+
+    /// The core checks its member table after every input (debug builds: tests and
+    /// simulations): a table broken behind its back stops the next input, naming the damage.
+    #[test]
+    fn debug_invariants_fire_on_a_broken_table() {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(0, true, t0);
+        let b = core(1, false, t0);
+        let mut entry = Entry {
+            ident: b.local().clone(),
+            state: MemberState::Alive,
+            since: t0,
+            meta: a.meta.clone(),
+            mark: 0,
+        };
+        // Broken: the local node in its own table.
+        a.table.insert(a.local.id.clone(), entry.clone());
+        let msg = panic_message(|| a.join(&[], t0));
+        assert!(
+            msg.contains("membership core invariant broken after an input")
+                && msg.contains("holds this node (n0) itself"),
+            "{msg}"
+        );
+        // Broken: an entry filed under another node's id.
+        let mut a = core(0, true, t0);
+        entry.ident.id = NodeId::new("n9").unwrap();
+        a.table.insert(b.local().id.clone(), entry);
+        let msg = panic_message(|| a.join(&[], t0));
+        assert!(
+            msg.contains("member table key n1 holds the entry of n9"),
+            "{msg}"
+        );
+    }
+
+    fn panic_message(f: impl FnOnce()) -> String {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(()) => String::new(),
+            Err(p) => p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default(),
+        }
     }
 
     #[test]

@@ -433,7 +433,109 @@ impl Machine {
             .values()
             .map(|kv| stored_bytes(&kv.key, &kv.value))
             .fold(0, u64::saturating_add);
+        // A snapshot comes from disk or from the leader: check it whole instead of trusting it
+        // (the per-apply checks below are debug assertions and look only at what changed).
+        if let Some(v) = machine.invariant_violation() {
+            return Err(CoordError::Internal {
+                reason: format!(
+                    "state machine snapshot breaks an invariant ({v}): the snapshot is corrupt"
+                ),
+            });
+        }
         Ok(machine)
+    }
+
+    /// The first broken structural invariant of the whole machine, if any: bounds, every key
+    /// (see [`Machine::key_violation`]), every lease's keys, history order.
+    fn invariant_violation(&self) -> Option<String> {
+        self.bounds_violation()
+            .or_else(|| self.kv.keys().find_map(|k| self.key_violation(k)))
+            .or_else(|| {
+                self.leases.iter().find_map(|(id, lease)| {
+                    lease.keys.iter().find_map(|k| {
+                        (self.kv.get(k).and_then(|kv| kv.lease) != Some(*id))
+                            .then(|| format!("{id} lists key {k:?}, which is not attached to it"))
+                    })
+                })
+            })
+            .or_else(|| {
+                self.grants
+                    .keys()
+                    .find(|k| !self.kv.contains_key(*k))
+                    .map(|k| format!("grant for missing key {k:?}"))
+            })
+            .or_else(|| {
+                let mut prev = self.compacted;
+                self.history.iter().find_map(|e| {
+                    let rev = e.kv.mod_revision.0;
+                    let bad = rev <= self.compacted || rev < prev || rev > self.revision;
+                    prev = rev;
+                    bad.then(|| {
+                        format!(
+                            "history event at revision {rev} is out of order (compacted {}, \
+                             revision {})",
+                            self.compacted, self.revision
+                        )
+                    })
+                })
+            })
+    }
+
+    /// Sizes within the configured limits (cheap: checked after every apply in debug builds).
+    fn bounds_violation(&self) -> Option<String> {
+        let l = &self.limits;
+        let over = |what: &str, n: usize, max: u64| {
+            (n as u64 > max).then(|| format!("{what} {n} exceed the limit {max}"))
+        };
+        over("keys", self.kv.len(), l.keys_max)
+            .or_else(|| over("leases", self.leases.len(), l.leases_max))
+            .or_else(|| over("history events", self.history.len(), l.history_events_max))
+    }
+
+    /// What is wrong with `key`, if anything: its stored copy names it, its revisions are
+    /// ordered and not in the future, its lease lists it, a queue key has a lease, and its
+    /// queue's grant is held by the head only.
+    fn key_violation(&self, key: &str) -> Option<String> {
+        if let Some(kv) = self.kv.get(key) {
+            if kv.key != key {
+                return Some(format!("key {key:?} stores a value for {:?}", kv.key));
+            }
+            if kv.create_revision > kv.mod_revision || kv.mod_revision.0 > self.revision {
+                return Some(format!(
+                    "key {key:?}: create revision {} and mod revision {} are not ordered \
+                     at or below the applied revision {}",
+                    kv.create_revision.0, kv.mod_revision.0, self.revision
+                ));
+            }
+            if kv.version == 0 {
+                return Some(format!("key {key:?} has version 0"));
+            }
+            if let Some(l) = kv.lease
+                && !self.leases.get(&l).is_some_and(|s| s.keys.contains(key))
+            {
+                return Some(format!("key {key:?} is on {l}, which does not list it"));
+            }
+        } else if self.grants.contains_key(key) {
+            return Some(format!("grant for missing key {key:?}"));
+        }
+        let queue = queue_of(key)?;
+        if self.kv.get(key).is_some_and(|kv| kv.lease.is_none()) {
+            return Some(format!("queue key {key:?} has no lease"));
+        }
+        let members = self.queue_members(queue);
+        if let Some(head) = members.first()
+            && !self.grants.contains_key(&head.key)
+        {
+            return Some(format!(
+                "head {:?} of queue {queue:?} holds no grant",
+                head.key
+            ));
+        }
+        members.iter().skip(1).find_map(|w| {
+            self.grants
+                .contains_key(&w.key)
+                .then(|| format!("waiter {:?} of queue {queue:?} holds a grant", w.key))
+        })
     }
 
     /// Applies `cmd` as the entry at log `index`. Never panics; a bad command yields
@@ -462,6 +564,18 @@ impl Machine {
         self.settle_queues(&mut step);
         let events = step.events;
         self.record_history(&events);
+        // Invariants of what this entry changed (the whole machine is checked on restore).
+        #[cfg(debug_assertions)]
+        {
+            let v = self
+                .bounds_violation()
+                .or_else(|| events.iter().find_map(|e| self.key_violation(&e.kv.key)));
+            debug_assert!(
+                v.is_none(),
+                "raft state machine invariant broken after applying index {index}: {}",
+                v.unwrap_or_default()
+            );
+        }
         (outcome, events)
     }
 

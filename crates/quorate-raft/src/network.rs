@@ -1171,7 +1171,7 @@ async fn serve_conn<N: Net, H: Handler>(
     slot: &InboundSlot,
 ) {
     let config = &transport.config;
-    let challenge = match Challenge::generate() {
+    let challenge = match Challenge::generate_from(&transport.wire.random) {
         Ok(c) => c,
         Err(e) => {
             transport.warn_inbound(peer, "cannot make a challenge; closing", &e);

@@ -320,7 +320,7 @@ impl<'a> Cluster<'a> {
             let mut ctx = base.clone();
             ctx.incarnation = inc;
             ctx.seed = mix(mix(seed ^ mix(index as u64)) ^ inc);
-            factory(ctx)
+            crate::net::WithCloser::new(factory(ctx))
         });
         self.nodes.push(NodeSlot {
             name: name.to_owned(),
@@ -523,7 +523,9 @@ impl<'a> Cluster<'a> {
     pub fn crash(&mut self, name: &str) -> Result<(), SimError> {
         let i = self.need(name)?;
         if !self.nodes[i].crashed {
+            crate::net::begin_crash();
             self.sim.crash(name);
+            crate::net::finish_crash();
             self.nodes[i].store.lose_unsynced();
             self.nodes[i].crashed = true;
         }

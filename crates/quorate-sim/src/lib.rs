@@ -7,7 +7,8 @@
 //! linearizability of a key-value store ([`check::linearizability`]), mutual exclusion and fencing
 //! of locks and roles ([`check::mutex`]), and durability of acknowledged writes
 //! ([`check::durability`]). [`runner`] runs a scenario over a range of seeds
-//! (`QUORATE_SIM_SEEDS`, `QUORATE_SIM_SEED`) and prints how to replay a failing one.
+//! (`QUORATE_SIM_SEEDS`, `QUORATE_SIM_SEED`) and prints how to replay a failing one;
+//! [`replay`] checks that a seed replays byte for byte (two runs, identical traces).
 //! [`membership`] is a separate discrete-event simulator of many SWIM cores
 //! (`quorate_membership::engine::Core`), for membership's `sim` tests and benchmark.
 //!
@@ -23,6 +24,7 @@ pub mod history;
 pub mod membership;
 pub mod nemesis;
 pub mod net;
+pub mod replay;
 pub mod runner;
 pub mod store;
 
@@ -31,7 +33,7 @@ pub use cluster::{ClientCtx, Cluster, ClusterBuilder, NodeCtx};
 pub use error::SimError;
 pub use history::{Event, EventKind, History, KvHistory, KvOp, KvRet, ProcessId, Recorder};
 pub use nemesis::{Fault, FaultKind, NemesisConfig, Schedule, ScheduledFault};
-pub use net::TurmoilNet;
+pub use net::{SimTcpStream, TurmoilNet};
 pub use runner::{Runner, ScenarioFailure};
 pub use store::MemStore;
 

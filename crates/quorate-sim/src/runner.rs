@@ -5,7 +5,10 @@
 //! - `QUORATE_SIM_SEED=<n>`: run only seed `n` (replay);
 //! - `QUORATE_SIM_SEEDS=<count>`: run seeds `start..start+count` (default: the scenario's own);
 //! - `QUORATE_SIM_SEED_START=<n>`: first seed of the range (default 0);
-//! - `QUORATE_SIM_OUT=<dir>`: where failing histories go (default `$TMPDIR/quorate-sim`).
+//! - `QUORATE_SIM_OUT=<dir>`: where failing histories go (default `$TMPDIR/quorate-sim`);
+//! - `QUORATE_SIM_REPORT=<file>`: soak mode (`cargo xtask soak`): run every seed even after a
+//!   failure, append one JSON line per seed to the file (`scenario`, `seed`, `ok`, `message`,
+//!   `replay`), then fail with the first failure.
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -103,6 +106,7 @@ pub struct Runner {
     package: String,
     test: String,
     default_seeds: u64,
+    seed_list: Option<Vec<u64>>,
 }
 
 impl Runner {
@@ -115,6 +119,7 @@ impl Runner {
             package: package.to_owned(),
             test: scenario.to_owned(),
             default_seeds: 100,
+            seed_list: None,
         }
     }
 
@@ -129,6 +134,14 @@ impl Runner {
     #[must_use]
     pub fn default_seeds(mut self, n: u64) -> Self {
         self.default_seeds = n;
+        self
+    }
+
+    /// Runs exactly these seeds when neither `QUORATE_SIM_SEED` nor `QUORATE_SIM_SEEDS` is set
+    /// (a fixed sample, e.g. seeds that once failed).
+    #[must_use]
+    pub fn default_seed_list(mut self, seeds: &[u64]) -> Self {
+        self.seed_list = Some(seeds.to_vec());
         self
     }
 
@@ -156,7 +169,11 @@ impl Runner {
         if let Some(seed) = var("QUORATE_SIM_SEED")? {
             return Ok(vec![seed]);
         }
-        let count = var("QUORATE_SIM_SEEDS")?.unwrap_or(self.default_seeds);
+        let count = match (var("QUORATE_SIM_SEEDS")?, &self.seed_list) {
+            (Some(n), _) => n,
+            (None, Some(list)) => return Ok(list.clone()),
+            (None, None) => self.default_seeds,
+        };
         let start = var("QUORATE_SIM_SEED_START")?.unwrap_or(0);
         Ok((start..start.saturating_add(count)).collect())
     }
@@ -170,8 +187,64 @@ impl Runner {
         F: FnMut(u64) -> Result<(), ScenarioFailure>,
     {
         let seeds = self.seeds().map_err(|e| self.failure(0, 0, e.into()))?;
+        if let Some(report) = std::env::var_os("QUORATE_SIM_REPORT") {
+            return self.run_reporting(&seeds, &mut scenario, &PathBuf::from(report));
+        }
         self.try_run_seeds(&seeds, &mut scenario)?;
         Ok(RunSummary { seeds })
+    }
+
+    /// Soak mode (see the module docs): every seed runs, each outcome is appended to `report`.
+    fn run_reporting<F>(
+        &self,
+        seeds: &[u64],
+        scenario: &mut F,
+        report: &std::path::Path,
+    ) -> Result<RunSummary, Box<RunFailure>>
+    where
+        F: FnMut(u64) -> Result<(), ScenarioFailure>,
+    {
+        let mut first_failure = None;
+        for (passed, &seed) in seeds.iter().enumerate() {
+            let outcome = catch_unwind(AssertUnwindSafe(|| scenario(seed)))
+                .unwrap_or_else(|p| Err(ScenarioFailure::new(panic_text(p.as_ref()))));
+            let line = serde_json::json!({
+                "scenario": self.scenario,
+                "seed": seed,
+                "ok": outcome.is_ok(),
+                "message": outcome.as_ref().err().map(|f| f.message.clone()),
+                "replay": self.replay_command(seed),
+            });
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(report)
+                .and_then(|mut f| {
+                    use std::io::Write as _;
+                    writeln!(f, "{line}")
+                });
+            if let Err(e) = written {
+                return Err(self.failure(
+                    seed,
+                    passed,
+                    ScenarioFailure::new(format!(
+                        "cannot append to QUORATE_SIM_REPORT={}: {e}",
+                        report.display()
+                    )),
+                ));
+            }
+            if let Err(f) = outcome
+                && first_failure.is_none()
+            {
+                first_failure = Some(self.failure(seed, passed, f));
+            }
+        }
+        match first_failure {
+            Some(f) => Err(f),
+            None => Ok(RunSummary {
+                seeds: seeds.to_vec(),
+            }),
+        }
     }
 
     /// Runs `scenario` for the given seeds (ignoring the environment).
@@ -265,6 +338,45 @@ mod tests {
         assert!(
             text.contains("replay: QUORATE_SIM_SEED=2 cargo test -p quorate-sim --test sim toy"),
             "{text}"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used, reason = "test")]
+    fn report_mode_runs_every_seed_and_records_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("report.jsonl");
+        let r = Runner::new("quorate-sim", "toy");
+        let mut ran = Vec::new();
+        let res = r.run_reporting(
+            &[4, 5, 6],
+            &mut |seed| {
+                ran.push(seed);
+                if seed == 5 {
+                    Err(ScenarioFailure::new("bad"))
+                } else {
+                    Ok(())
+                }
+            },
+            &report,
+        );
+        assert_eq!(ran, [4, 5, 6], "runs on after a failure");
+        assert_eq!(res.unwrap_err().seed, 5);
+        let text = std::fs::read_to_string(&report).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1]["seed"], 5);
+        assert_eq!(lines[1]["ok"], false);
+        assert_eq!(lines[1]["message"], "bad");
+        assert_eq!(lines[0]["ok"], true);
+        assert!(
+            lines[1]["replay"]
+                .as_str()
+                .unwrap()
+                .starts_with("QUORATE_SIM_SEED=5 cargo test -p quorate-sim")
         );
     }
 

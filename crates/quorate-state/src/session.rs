@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::StateError;
 use crate::lease_math::{self, AfterFailure, HolderClock, Timing};
@@ -207,6 +208,9 @@ struct Owner {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     releases: mpsc::Sender<LockGrant>,
+    /// Runs the keeper; [`Session::close`] waits on it, so the task has ended (not just
+    /// announced that it will) when `close` returns.
+    tracker: TaskTracker,
 }
 
 impl Drop for Owner {
@@ -313,12 +317,15 @@ impl Session {
             lost: lost_tx,
             finished: finished_tx,
         };
-        tokio::spawn(keeper.run());
+        let tracker = TaskTracker::new();
+        tracker.spawn(keeper.run());
+        tracker.close();
         Ok(Session {
             owner: Arc::new(Owner {
                 shared,
                 cancel,
                 releases,
+                tracker,
             }),
         })
     }
@@ -426,6 +433,7 @@ impl Session {
         self.owner.cancel.cancel();
         let mut finished = self.shared().finished.clone();
         let _ = finished.wait_for(|done| *done).await;
+        self.owner.tracker.wait().await;
     }
 }
 

@@ -287,6 +287,17 @@ pub fn system_wall_clock() -> WallClock {
     })
 }
 
+/// A source of unpredictable bytes for session ids and connection challenges: fills the buffer
+/// or says why it cannot. Production uses [`os_random`]; a deterministic simulation injects a
+/// seeded generator so that a run's bytes on the wire replay. Never inject a predictable
+/// source outside a simulation: challenges are what bind a stream to its connection.
+pub type RandomSource = Arc<dyn Fn(&mut [u8]) -> Result<(), String> + Send + Sync>;
+
+/// The operating system's randomness (`getrandom`).
+pub fn os_random() -> RandomSource {
+    Arc::new(|buf: &mut [u8]| getrandom::fill(buf).map_err(|e| e.to_string()))
+}
+
 /// Wire settings shared by a node's sealers and openers.
 #[derive(Clone)]
 pub struct WireConfig {
@@ -304,6 +315,8 @@ pub struct WireConfig {
     pub sessions_max: NonZeroUsize,
     /// Where wall-clock time comes from (default: the system clock).
     pub wall_clock: WallClock,
+    /// Where session ids and challenges come from (default: [`os_random`]).
+    pub random: RandomSource,
 }
 
 impl fmt::Debug for WireConfig {
@@ -334,6 +347,7 @@ impl WireConfig {
             clock_skew_max: Duration::from_secs(2),
             sessions_max: SESSIONS_MAX_DEFAULT,
             wall_clock: system_wall_clock(),
+            random: os_random(),
         };
         c.validate()?;
         Ok(c)
@@ -536,9 +550,14 @@ impl fmt::Debug for Challenge {
 impl Challenge {
     /// A fresh challenge from the operating system's randomness.
     pub fn generate() -> Result<Self, WireError> {
+        Self::generate_from(&os_random())
+    }
+
+    /// A fresh challenge from `random` (the [`WireConfig::random`] of the node).
+    pub fn generate_from(random: &RandomSource) -> Result<Self, WireError> {
         let mut c = [0u8; 16];
-        getrandom::fill(&mut c)
-            .map_err(|e| WireError::Config(format!("no OS randomness for a challenge: {e}")))?;
+        random(&mut c)
+            .map_err(|e| WireError::Config(format!("no randomness for a challenge: {e}")))?;
         Ok(Self(c))
     }
 
@@ -606,12 +625,12 @@ impl fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// A sealer with a fresh random session id.
+    /// A sealer with a fresh random session id (from [`WireConfig::random`]).
     pub fn new(config: &WireConfig) -> Self {
         let mut s = [0u8; 8];
         // Without OS randomness, fall back to the clock: the session id only has to differ
         // between the sealers of one key, and the timestamp is in the nonce as well.
-        if getrandom::fill(&mut s).is_err() {
+        if (config.random)(&mut s).is_err() {
             s = (config.wall_clock)().to_be_bytes();
         }
         Self::with_session(config, u64::from_be_bytes(s))

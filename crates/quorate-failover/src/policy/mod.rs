@@ -250,11 +250,57 @@ impl<N: NodeKey> RolePolicy<N> {
         self.track_eligibility(&views, obs.lag_tracked, now);
         let action = self.decide(&views, obs, now, &mut notices);
         let wake_at = self.wake_at(&action, now);
+        #[cfg(debug_assertions)]
+        {
+            let v = self.invariant_violation(now, wake_at);
+            debug_assert!(
+                v.is_none(),
+                "failover policy invariant broken at step {now:?}: {}",
+                v.unwrap_or_default()
+            );
+        }
         Decision {
             action,
             notices,
             wake_at,
         }
+    }
+
+    /// The first broken invariant after a step at `now`, if any: nothing recorded lies in the
+    /// future (so `now` never went backwards), the failover window holds at most
+    /// `max_failovers` times in order, a handover's deadline follows its start, and the next
+    /// wake-up is after `now`.
+    #[cfg(debug_assertions)]
+    fn invariant_violation(&self, now: Duration, wake_at: Option<Duration>) -> Option<String> {
+        if let Some((node, since)) = self.eligible_since.iter().find(|(_, s)| **s > now) {
+            return Some(format!(
+                "{node:?} is eligible since {since:?}, after now: time went backwards"
+            ));
+        }
+        let max = self.config.anti_flap.max_failovers.get() as usize;
+        let ordered = self
+            .failovers
+            .iter()
+            .zip(self.failovers.iter().skip(1))
+            .all(|(a, b)| a <= b);
+        if self.failovers.len() > max || !ordered || self.failovers.back().is_some_and(|t| *t > now)
+        {
+            return Some(format!(
+                "failover times {:?} are not at most {max}, ordered and at or before now",
+                self.failovers
+            ));
+        }
+        if let Some(p) = &self.pending
+            && (p.detected_at > now || p.deadline < p.detected_at)
+        {
+            return Some(format!(
+                "handover to {:?} started {:?} with deadline {:?}",
+                p.to, p.detected_at, p.deadline
+            ));
+        }
+        wake_at
+            .filter(|w| *w <= now)
+            .map(|w| format!("wake-up {w:?} is not after now"))
     }
 
     /// Why each member is or is not a candidate, and whether automatic moves are on.

@@ -850,3 +850,80 @@ proptest! {
         let _ = Machine::restore(&bytes);
     }
 }
+
+/// Runs `f` and returns its panic message ("" when it did not panic).
+fn panic_message(f: impl FnOnce()) -> String {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => String::new(),
+        Err(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    }
+}
+
+/// The machine checks its own invariants after every apply (debug builds: tests and
+/// simulations): a machine whose state was broken behind its back stops at the next entry
+/// that touches the damage, naming it. Outside input cannot get there: a snapshot that
+/// breaks an invariant is refused by `restore` with an error.
+#[test]
+fn debug_invariants_fire_on_a_broken_machine() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let mut sm = Sm::new();
+    sm.put("k", "1", None);
+    // Broken: a create revision in the future.
+    sm.m.kv.get_mut("k").unwrap().create_revision = Revision(1_000);
+    let msg = panic_message(|| {
+        sm.m.apply(
+            sm.next,
+            &Command::Put {
+                key: "k".into(),
+                value: b"2".to_vec(),
+                lease: None,
+            },
+        );
+    });
+    assert!(
+        msg.contains("raft state machine invariant broken after applying index")
+            && msg.contains("create revision 1000"),
+        "{msg}"
+    );
+
+    // Broken: more keys than the limit.
+    let mut m = Machine::new(small_limits());
+    for i in 0..20 {
+        let key = format!("x{i}");
+        m.kv.insert(
+            key.clone(),
+            KeyValue {
+                key,
+                value: Vec::new(),
+                create_revision: Revision(0),
+                mod_revision: Revision(0),
+                version: 1,
+                lease: None,
+            },
+        );
+    }
+    let msg = panic_message(|| {
+        m.apply(1, &Command::Delete { key: "x0".into() });
+    });
+    assert!(msg.contains("keys 19 exceed the limit 12"), "{msg}");
+}
+
+/// A snapshot that decodes but breaks an invariant is an error, not a panic.
+#[test]
+fn restore_refuses_a_snapshot_that_breaks_an_invariant() {
+    let mut sm = Sm::new();
+    sm.put("k", "1", None);
+    assert!(Machine::restore(&sm.m.snapshot()).is_ok());
+    sm.m.kv.get_mut("k").unwrap().mod_revision = Revision(9_999);
+    let err = Machine::restore(&sm.m.snapshot()).expect_err("corrupt snapshot");
+    assert!(
+        err.to_string().contains("snapshot breaks an invariant"),
+        "{err}"
+    );
+}
