@@ -138,6 +138,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-state"]),
     },
     Phase {
+        name: "api",
+        what: "HTTP probes, admin, metrics (promtool), dashboard on in-process nodes",
+        kind: Kind::Layer(&["quorate-api"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo (real processes), status",
         kind: Kind::Layer(&["quorate", "quorate-chaos"]),

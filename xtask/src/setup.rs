@@ -51,13 +51,17 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "mount: the chaos world's tmpfs on /run/netns (Priority required, but not in a minimal root)",
     ),
     (
+        "prometheus",
+        "promtool: `check metrics` on a live /metrics scrape, `check rules` and `test rules` on docs/alerts.yml (quorate-api)",
+    ),
+    (
         "python3-mockupdb",
         "a server speaking MongoDB's wire protocol for the MongoDB check",
     ),
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
-const SERVICES: &[&str] = &["redis-server", "postgresql", "etcd"];
+const SERVICES: &[&str] = &["redis-server", "postgresql", "etcd", "prometheus"];
 
 /// The package names of [`PACKAGES`].
 pub(crate) fn package_names() -> Vec<&'static str> {

@@ -552,6 +552,7 @@ impl Cluster {
                 ..RoleSection::named(ROLE)
             }],
             startup: Default::default(),
+            api: None,
         };
         to_toml(&config)
     }

@@ -88,7 +88,75 @@ pub struct AgentConfig {
     /// Startup and shutdown timing.
     #[serde(default)]
     pub startup: StartupSection,
+    /// The HTTP API (probes, status, admin, metrics, dashboard); absent: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSection>,
 }
+
+/// `[api]`: the HTTP API of quorate-api (probes for load balancers, status and admin
+/// endpoints, `/metrics`, the dashboard). It binds loopback by default; admin calls need a
+/// bearer token unless `auth = false`, which is only accepted on a loopback address.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Where it listens (default `127.0.0.1:8008`, Patroni's port).
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// A file holding the operator token (at least 16 characters, mode 0600 like the cluster
+    /// key; `quorate keygen --out FILE` makes one). Required unless `auth = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// A file holding a read-only token (optional): it may read `/config` but not operate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token_file: Option<PathBuf>,
+    /// Whether admin calls need a token (default true). `false` is refused unless `listen` is
+    /// a loopback address.
+    #[serde(default = "default_true")]
+    pub auth: bool,
+    /// The largest request body accepted, in bytes (default 64 KiB); larger gets 413.
+    #[serde(default = "default_api_body_bytes_max")]
+    pub body_bytes_max: usize,
+    /// Dashboards (server-sent event streams) open at once (default 32); more get 503.
+    #[serde(default = "default_api_sse_clients_max")]
+    pub sse_clients_max: usize,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8008".to_owned()
+}
+fn default_api_body_bytes_max() -> usize {
+    64 * 1024
+}
+fn default_api_sse_clients_max() -> usize {
+    32
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_api_listen(),
+            token_file: None,
+            read_token_file: None,
+            auth: true,
+            body_bytes_max: default_api_body_bytes_max(),
+            sse_clients_max: default_api_sse_clients_max(),
+        }
+    }
+}
+
+/// The `[api]` section, validated, with its tokens read.
+#[derive(Clone, Debug)]
+pub struct ApiValidated {
+    /// The section as written.
+    pub section: ApiSection,
+    /// The operator token (`None` only with `auth = false` on loopback).
+    pub token: Option<Secret>,
+    /// The read-only token, if one is configured.
+    pub read_token: Option<Secret>,
+}
+
+/// The shortest API token accepted, in characters.
+pub const API_TOKEN_MIN_CHARS: usize = 16;
 
 /// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -517,6 +585,8 @@ pub struct Validated {
     pub check_kinds: Vec<CheckKind>,
     /// Startup and shutdown timing.
     pub startup: StartupSection,
+    /// The HTTP API, when configured.
+    pub api: Option<ApiValidated>,
 }
 
 /// Reads and validates the config at `path`, with `QUORATE_...` environment overrides.
@@ -562,6 +632,17 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "handover_wait",
             "stop_budget",
             "events_capacity",
+        ],
+    ),
+    (
+        "api",
+        &[
+            "listen",
+            "token_file",
+            "read_token_file",
+            "auth",
+            "body_bytes_max",
+            "sse_clients_max",
         ],
     ),
 ];
@@ -1034,6 +1115,7 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
+    let api = raw.api.as_ref().map(|a| validate_api(&mut errs, a));
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1046,8 +1128,83 @@ fn validate(raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             profile,
             check_kinds,
             startup,
+            api,
         }),
         _ => Err(errs),
+    }
+}
+
+/// Whether `listen` (`host:port`) is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn validate_api(errs: &mut ConfigErrors, a: &ApiSection) -> ApiValidated {
+    check_addr(errs, "api.listen", &a.listen);
+    let mut read_token = |field: &str, p: &Path| {
+        let t = read_key_file(errs, field, p)?;
+        if t.chars().count() < API_TOKEN_MIN_CHARS {
+            errs.push(
+                field,
+                format!(
+                    "{} holds {} characters: a token needs at least {API_TOKEN_MIN_CHARS} \
+                     (`quorate keygen --out FILE` writes 64)",
+                    p.display(),
+                    t.chars().count()
+                ),
+            );
+            return None;
+        }
+        Some(Secret::new(t))
+    };
+    let token = a
+        .token_file
+        .as_ref()
+        .and_then(|p| read_token("api.token_file", p));
+    let read = a
+        .read_token_file
+        .as_ref()
+        .and_then(|p| read_token("api.read_token_file", p));
+    if a.auth && a.token_file.is_none() {
+        errs.push(
+            "api.token_file",
+            "missing: admin calls need a bearer token; make one with `quorate keygen --out FILE` \
+             and set token_file = \"FILE\" (or auth = false, accepted only on a loopback listen)",
+        );
+    }
+    if !a.auth && !is_loopback(&a.listen) {
+        errs.push(
+            "api.auth",
+            format!(
+                "auth = false with listen = {:?}: an API without a token may only listen on \
+                 loopback (127.0.0.1 or ::1); set token_file instead",
+                a.listen
+            ),
+        );
+    }
+    if let (Some(t), Some(r)) = (&token, &read)
+        && t.expose() == r.expose()
+    {
+        errs.push(
+            "api.read_token_file",
+            "holds the same token as token_file: a read-only token must differ",
+        );
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&a.body_bytes_max) {
+        errs.push("api.body_bytes_max", "must be 1024 to 16777216 bytes");
+    }
+    if !(1..=4096).contains(&a.sse_clients_max) {
+        errs.push("api.sse_clients_max", "must be 1 to 4096");
+    }
+    ApiValidated {
+        section: a.clone(),
+        token: if a.auth { token } else { None },
+        read_token: if a.auth { read } else { None },
     }
 }
 

@@ -21,7 +21,11 @@ fn emit(e: &NodeEvent) {
 /// Runs the agent until a signal.
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
-    let builder = Node::builder(v);
+    let api = quorate_api::ApiPlugin::from_config(&v);
+    let mut builder = Node::builder(v);
+    if let Some(api) = api {
+        builder = builder.plugin(std::sync::Arc::new(api));
+    }
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.
     let mut events = builder.events();

@@ -126,6 +126,7 @@ impl LoopbackPlan {
             checks: Vec::new(),
             roles: Vec::new(),
             startup: Default::default(),
+            api: None,
         }
     }
 }
