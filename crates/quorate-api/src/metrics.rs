@@ -8,12 +8,18 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use quorate_failover::shell::RenewSnapshot;
 use quorate_health_api::HealthStatus;
 use quorate_membership_api::{MemberState, SplitBrainStatus};
 use quorate_startup::NodeContext;
@@ -46,6 +52,56 @@ pub(crate) struct AdminLabel {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
+/// The roles' lease renew latencies (kept by the failover manager as fixed buckets), encoded
+/// as a histogram and a failure counter; filled at each scrape before encoding.
+#[derive(Debug, Default)]
+struct RenewCollector {
+    roles: Mutex<Vec<(String, RenewSnapshot)>>,
+}
+
+impl Collector for RenewCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let roles = self.roles.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut m = encoder.encode_descriptor(
+            "role_lease_renew_latency",
+            "Round trip of each acknowledged lease renewal while this node holds the role",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (role, snap) in &roles {
+            // prometheus-client takes per-bucket counts, with f64::MAX for +Inf.
+            let mut prev = 0;
+            let buckets: Vec<(f64, u64)> = snap
+                .buckets
+                .iter()
+                .map(|(bound, cum)| {
+                    let n = cum.saturating_sub(prev);
+                    prev = *cum;
+                    (if bound.is_finite() { *bound } else { f64::MAX }, n)
+                })
+                .collect();
+            let label = RoleLabel { role: role.clone() };
+            m.encode_family(&label)?.encode_histogram::<NoLabelSet>(
+                snap.sum_seconds,
+                snap.count,
+                &buckets,
+                None,
+            )?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "role_lease_renew_failures",
+            "Lease renewals that failed or timed out while this node held the role",
+            None,
+            MetricType::Counter,
+        )?;
+        for (role, snap) in &roles {
+            let label = RoleLabel { role: role.clone() };
+            ConstCounter::new(snap.failed).encode(f.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([
         0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
@@ -77,6 +133,7 @@ pub(crate) struct Metrics {
     split_brain: Gauge,
     ready: Gauge,
     pub(crate) admin_requests: Family<AdminLabel, Counter>,
+    renews: Arc<RenewCollector>,
     /// Per role: the `at` of the last history entry counted.
     history_cursor: Mutex<BTreeMap<String, Option<std::time::Duration>>>,
 }
@@ -108,6 +165,7 @@ impl Metrics {
             ready: Gauge::default(),
             admin_requests: Family::default(),
             history_cursor: Mutex::new(BTreeMap::new()),
+            renews: Arc::new(RenewCollector::default()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -221,6 +279,7 @@ impl Metrics {
             "Admin calls over HTTP, by operation and status code",
             m.admin_requests.clone(),
         );
+        r.register_collector(Box::new(Arc::clone(&m.renews)));
         Metrics { registry, ..m }
     }
 
@@ -301,6 +360,13 @@ impl Metrics {
                 }
             }
         }
+        let renews = ctx
+            .config
+            .roles
+            .iter()
+            .filter_map(|r| Some((r.to_string(), ctx.failover.renew_stats(r).ok()?)))
+            .collect();
+        *self.renews.roles.lock().unwrap_or_else(|e| e.into_inner()) = renews;
         let h = ctx.health.snapshot();
         self.health_healthy.set(b(matches!(
             h.status,

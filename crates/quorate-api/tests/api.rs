@@ -516,6 +516,21 @@ async fn probes_state_admin_and_bad_input_over_http() {
         text.contains("quorate_api_admin_requests_total") || other != 0,
         "{text}"
     );
+    assert!(
+        text.contains("quorate_role_lease_renew_latency_seconds_count{role=\"app\"}"),
+        "{text}"
+    );
+    // Every metric the shipped alert rules use is in the scrape.
+    let rules = include_str!("../../../docs/alerts.yml");
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("quorate_") {
+            let family = name.trim_end_matches("_bucket");
+            assert!(
+                text.contains(&format!("quorate_{family}")),
+                "docs/alerts.yml uses quorate_{name}, which /metrics does not have"
+            );
+        }
+    }
     promtool_check_metrics(&text);
 
     c.stop().await;

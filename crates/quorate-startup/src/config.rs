@@ -1784,4 +1784,106 @@ on_promote = "echo promoted"
             );
         }
     }
+
+    fn with_api(api: &str) -> String {
+        format!("{GOOD}\n[api]\n{api}\n")
+    }
+
+    #[test]
+    fn api_needs_a_token_unless_off_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        // No [api]: no API.
+        assert!(parse(GOOD).unwrap().api.is_none());
+        // Defaults: loopback 8008, a token required.
+        let errs = parse(&with_api("")).unwrap_err();
+        assert!(
+            errs.0
+                .iter()
+                .any(|p| p.field == "api.token_file" && p.message.contains("keygen")),
+            "{errs}"
+        );
+        // A token file (0600) makes it valid; the token is read.
+        let tok = key_file(dir.path(), "api.token", 0o600);
+        let v = parse(&with_api(&format!(
+            "token_file = {:?}",
+            tok.display().to_string()
+        )))
+        .unwrap();
+        let api = v.api.unwrap();
+        assert_eq!(api.section.listen, "127.0.0.1:8008");
+        assert_eq!(api.token.unwrap().expose().len(), 64);
+        assert!(api.read_token.is_none());
+        // auth = false is accepted on loopback only.
+        let v = parse(&with_api("auth = false")).unwrap();
+        assert!(v.api.unwrap().token.is_none());
+        for listen in ["0.0.0.0:8008", "10.1.2.3:8008"] {
+            let errs = parse(&with_api(&format!("auth = false\nlisten = {listen:?}"))).unwrap_err();
+            assert!(
+                errs.0
+                    .iter()
+                    .any(|p| p.field == "api.auth" && p.message.contains("loopback")),
+                "{listen}: {errs}"
+            );
+        }
+        assert!(parse(&with_api("auth = false\nlisten = \"[::1]:8008\"")).is_ok());
+        assert!(parse(&with_api("auth = false\nlisten = \"localhost:8008\"")).is_ok());
+    }
+
+    #[test]
+    fn api_tokens_are_checked_like_keys() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let open = key_file(dir.path(), "open.token", 0o644);
+        let short = dir.path().join("short.token");
+        std::fs::write(&short, "abc\n").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let good = key_file(dir.path(), "good.token", 0o600);
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let cases = [
+            (
+                format!("token_file = {}", q(&open)),
+                "api.token_file",
+                "chmod 600",
+            ),
+            (
+                format!("token_file = {}", q(&short)),
+                "api.token_file",
+                "at least 16",
+            ),
+            (
+                format!("token_file = {}\nread_token_file = {}", q(&good), q(&good)),
+                "api.read_token_file",
+                "must differ",
+            ),
+            (
+                format!("token_file = {}\nbody_bytes_max = 10", q(&good)),
+                "api.body_bytes_max",
+                "1024",
+            ),
+            (
+                format!("token_file = {}\nsse_clients_max = 0", q(&good)),
+                "api.sse_clients_max",
+                "1 to",
+            ),
+            (
+                format!("token_file = {}\nlisten = \"nowhere\"", q(&good)),
+                "api.listen",
+                "host:port",
+            ),
+            (
+                format!("token_file = {}\ntls = true", q(&good)),
+                "api.tls",
+                "unknown",
+            ),
+        ];
+        for (text, field, needle) in cases {
+            let errs = parse(&with_api(&text)).unwrap_err();
+            assert!(
+                errs.0
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(needle)),
+                "{text}: wanted {field} with {needle:?}, got {errs}"
+            );
+        }
+    }
 }
