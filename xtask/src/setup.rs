@@ -55,6 +55,14 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "promtool: `check metrics` on a live /metrics scrape, `check rules` and `test rules` on docs/alerts.yml (quorate-api)",
     ),
     (
+        "chromium",
+        "headless Chromium: the dashboard shows a failover without a reload (quorate tests/browser.rs)",
+    ),
+    (
+        "fonts-dejavu-core",
+        "a font for headless Chromium's dashboard screenshot (only a Recommends of chromium)",
+    ),
+    (
         "python3-mockupdb",
         "a server speaking MongoDB's wire protocol for the MongoDB check",
     ),

@@ -136,21 +136,22 @@ pub(crate) async fn live(s: &AppState) -> Markup {
         }
         section id="history" {
             h2 { "Recent changes (as " (c.node) " recorded them)" }
+            p class="muted" { "Durations are measured by the node that was promoted: open its dashboard for its own." }
             div class="scroll" { table {
-                tr { th { "role" } th { "from" } th { "to" } th { "cause" } th { "token" } th { "detection" } th { "promotion" } th { "total" } }
+                tr { th { "role" } th { "change" } th { "total" } th { "cause" } th { "token" } th { "detection" } th { "promotion" } }
                 @for e in &history {
                     tr class="change" data-new=(e.new_primary.clone().unwrap_or_default()) {
                         td { (e.role) }
-                        td { (e.old_primary.clone().unwrap_or_else(|| "none".into())) }
-                        td { (e.new_primary.clone().unwrap_or_else(|| "none".into())) }
+                        td { (e.old_primary.clone().unwrap_or_else(|| "none".into())) " → "
+                             strong { (e.new_primary.clone().unwrap_or_else(|| "none".into())) } }
+                        td { strong { (ms(e.total_ms)) } }
                         td { (e.cause) }
                         td { (e.token.map_or("–".to_owned(), |t| t.to_string())) }
                         td { (ms(e.detection_ms)) }
                         td { (ms(e.promotion_ms)) }
-                        td { strong { (ms(e.total_ms)) } }
                     }
                 }
-                @if history.is_empty() { tr { td colspan="8" class="muted" { "no changes yet" } } }
+                @if history.is_empty() { tr { td colspan="7" class="muted" { "no changes yet" } } }
             } }
         }
     }
