@@ -59,6 +59,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "headless Chromium: the dashboard shows a failover without a reload (quorate tests/browser.rs)",
     ),
     (
+        "haproxy",
+        "a real load balancer routing on /role/app/primary across failovers (quorate tests/haproxy.rs)",
+    ),
+    (
         "fonts-dejavu-core",
         "a font for headless Chromium's dashboard screenshot (only a Recommends of chromium)",
     ),
@@ -69,7 +73,13 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
-const SERVICES: &[&str] = &["redis-server", "postgresql", "etcd", "prometheus"];
+const SERVICES: &[&str] = &[
+    "redis-server",
+    "postgresql",
+    "etcd",
+    "prometheus",
+    "haproxy",
+];
 
 /// The package names of [`PACKAGES`].
 pub(crate) fn package_names() -> Vec<&'static str> {

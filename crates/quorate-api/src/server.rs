@@ -38,6 +38,8 @@ use crate::tracker::Tracker;
 const PAUSE_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The pause when the body names none.
 const PAUSE_DEFAULT: Duration = Duration::from_secs(3600);
+/// The longest a state endpoint waits for one store read or the policy's explanation.
+const READ_WAIT: Duration = Duration::from_millis(500);
 /// The longest an admin call waits for its chosen node to be seen as primary before it
 /// answers 202.
 const CONFIRM_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -361,7 +363,7 @@ async fn replica_probe(
     } else if let Some(max) = max_lag {
         // The lag as the policy sees it (only when the role has a lag source).
         let me = state.ctx.config.node_id.to_string();
-        if let Ok(e) = state.admin.explain(role.as_str()).await
+        if let Ok(Ok(e)) = tokio::time::timeout(READ_WAIT, state.admin.explain(role.as_str())).await
             && let Some(lag) = e.nodes.iter().find(|n| n.node == me).and_then(|n| n.lag)
             && lag > max
         {
@@ -659,14 +661,23 @@ pub(crate) async fn role_body(s: &AppState, role: &RoleName) -> RoleBody {
         .map(|x| x.borrow().clone())
         .unwrap_or_default();
     let (mut holder, mut token, mut lease_remaining_ms) = (None, None, None);
-    if let Ok(Some(l)) = s.ctx.coord.leader(&election_key(role)).await {
+    // Store reads and the policy's explanation are bounded: without a quorum (or with the
+    // role task busy in a hook) the page answers with what this node knows.
+    if let Ok(Ok(Some(l))) =
+        tokio::time::timeout(READ_WAIT, s.ctx.coord.leader(&election_key(role))).await
+    {
         holder = String::from_utf8(l.value.clone()).ok();
         token = Some(l.key.token.0);
-        if let Ok(info) = s.ctx.coord.lease_time_to_live(l.key.lease).await {
+        if let Ok(Ok(info)) =
+            tokio::time::timeout(READ_WAIT, s.ctx.coord.lease_time_to_live(l.key.lease)).await
+        {
             lease_remaining_ms = Some(ms(info.remaining));
         }
     }
-    let explain = s.admin.explain(role.as_str()).await.ok();
+    let explain = tokio::time::timeout(READ_WAIT, s.admin.explain(role.as_str()))
+        .await
+        .ok()
+        .and_then(Result::ok);
     RoleBody {
         role: role.to_string(),
         holder: holder.or_else(|| status.primary.as_ref().map(ToString::to_string)),
