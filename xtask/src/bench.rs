@@ -63,6 +63,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 agents in network namespaces (root): 20 planned hand-offs (SIGTERM + restart) and 10 kill -9, role unavailability per hand-off",
     ),
     (
+        "api",
+        "quorate",
+        "bench:api",
+        "3 agents with [api]: probe and /metrics req/s at 1 and 64 connections, kill -9 role failover idle vs under load (args: --secs S --trials N)",
+    ),
+    (
         "state",
         "quorate-bench",
         "bench_state",

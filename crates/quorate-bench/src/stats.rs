@@ -42,6 +42,12 @@ impl Samples {
         self.record_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
+    /// Adds every sample of `other` (e.g. one load task's samples into the run's).
+    pub fn merge(&mut self, other: &Samples) {
+        // Both auto-resize: adding cannot fail for lack of range.
+        let _ = self.hist.add(&other.hist);
+    }
+
     /// Number of samples.
     pub fn len(&self) -> u64 {
         self.hist.len()
