@@ -69,6 +69,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "3 real redis-servers: failover managed by quorate vs redis-sentinel (tuned, defaults), 20 kill -9 each (args: --trials N, --default-trials N)",
     ),
     (
+        "api",
+        "quorate",
+        "bench:api",
+        "3 agents with [api]: probe and /metrics req/s at 1 and 64 connections, kill -9 role failover idle vs under load (args: --secs S --trials N)",
+    ),
+    (
         "state",
         "quorate-bench",
         "bench_state",

@@ -148,6 +148,11 @@ const PHASES: &[Phase] = &[
         kind: Kind::Layer(&["quorate-redis"]),
     },
     Phase {
+        name: "api",
+        what: "HTTP probes, admin, metrics (promtool), dashboard on in-process nodes",
+        kind: Kind::Layer(&["quorate-api"]),
+    },
+    Phase {
         name: "binary",
         what: "the quorate binary: agent, demo, status, Redis adapter on real servers (real processes)",
         kind: Kind::Layer(&["quorate", "quorate-chaos"]),

@@ -62,13 +62,36 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "mount: the chaos world's tmpfs on /run/netns (Priority required, but not in a minimal root)",
     ),
     (
+        "prometheus",
+        "promtool: `check metrics` on a live /metrics scrape, `check rules` and `test rules` on docs/alerts.yml (quorate-api)",
+    ),
+    (
+        "chromium",
+        "headless Chromium: the dashboard shows a failover without a reload (quorate tests/browser.rs)",
+    ),
+    (
+        "haproxy",
+        "a real load balancer routing on /role/app/primary across failovers (quorate tests/haproxy.rs)",
+    ),
+    (
+        "fonts-dejavu-core",
+        "a font for headless Chromium's dashboard screenshot (only a Recommends of chromium)",
+    ),
+    (
         "python3-mockupdb",
         "a server speaking MongoDB's wire protocol for the MongoDB check",
     ),
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
-const SERVICES: &[&str] = &["redis-server", "redis-sentinel", "postgresql", "etcd"];
+const SERVICES: &[&str] = &[
+    "redis-server",
+    "redis-sentinel",
+    "postgresql",
+    "etcd",
+    "prometheus",
+    "haproxy",
+];
 
 /// The package names of [`PACKAGES`].
 pub(crate) fn package_names() -> Vec<&'static str> {

@@ -200,7 +200,7 @@ where
     for t in tasks {
         if let Ok(s) = t.await {
             n += s.len();
-            all.absorb(&s);
+            all.merge(&s);
         }
     }
     let secs = t0.elapsed().as_secs_f64();

@@ -42,9 +42,9 @@ impl Samples {
         self.record_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
-    /// Adds every sample of `other` (e.g. per-client histograms into one).
-    pub fn absorb(&mut self, other: &Samples) {
-        // Both auto-resize: adding cannot fail.
+    /// Adds every sample of `other` (e.g. one load task's samples into the run's).
+    pub fn merge(&mut self, other: &Samples) {
+        // Both auto-resize: adding cannot fail for lack of range.
         let _ = self.hist.add(&other.hist);
     }
 

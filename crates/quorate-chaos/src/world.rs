@@ -604,6 +604,7 @@ impl Cluster {
             telegram: None,
             redis: None,
             replication: None,
+            api: None,
         };
         to_toml(&config)
     }

@@ -345,6 +345,220 @@ impl Admin {
     }
 }
 
+/// Read-only views for the operator surfaces: the candidates of a role with the reasons
+/// (`explain`), its history with the measured durations, and the node's status. Reading needs
+/// only [`Permission::Read`], which every principal has, so these take no principal.
+impl Admin {
+    /// Who could take `role`, and why each other member could not (the policy's own reasons).
+    pub async fn explain(&self, role: &str) -> Result<RoleExplanation, AdminError> {
+        let name = self.role(role)?;
+        let e = self
+            .ctx
+            .failover
+            .explain(&name)
+            .await
+            .map_err(admin_error)?;
+        Ok(RoleExplanation::from_policy(role, &e))
+    }
+
+    /// The changes of `role` this node recorded, oldest first.
+    pub fn history(&self, role: &str) -> Result<Vec<HistoryEntry>, AdminError> {
+        let name = self.role(role)?;
+        let h = self.ctx.failover.history(&name).map_err(admin_error)?;
+        Ok(h.iter().map(HistoryEntry::from_change).collect())
+    }
+
+    /// This node's view: coordination, membership, health, roles.
+    pub async fn status(&self) -> AdminStatus {
+        let m = self.ctx.membership.snapshot();
+        let coord = self.ctx.coord.status().await.ok();
+        let roles = self
+            .roles()
+            .iter()
+            .filter_map(|r| {
+                let s = self.ctx.failover.status(r).ok()?.borrow().clone();
+                Some(crate::report::RoleStatus {
+                    role: r.to_string(),
+                    primary: s.primary.map(|n| n.to_string()),
+                    acting_here: s.acting,
+                    token: s.token.map(|t| t.0),
+                    last_action: s.last_action,
+                })
+            })
+            .collect();
+        AdminStatus {
+            node: self.ctx.config.node_id.to_string(),
+            coordination_leader: coord
+                .as_ref()
+                .and_then(|c| c.leader.as_ref().map(ToString::to_string)),
+            term: coord.as_ref().map_or(0, |c| c.term),
+            has_majority: m.quorum.has_majority,
+            voters_reachable: m.quorum.voters_reachable,
+            members_alive: m
+                .members
+                .iter()
+                .filter(|x| x.state == quorate_membership_api::MemberState::Alive)
+                .count(),
+            members: m.members.len(),
+            health: self.ctx.health.snapshot().status.as_str().to_owned(),
+            roles,
+        }
+    }
+}
+
+/// A short status of a node, for chat and command-line surfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminStatus {
+    /// This node.
+    pub node: String,
+    /// The coordination (Raft) leader this node knows.
+    pub coordination_leader: Option<String>,
+    /// The coordination term.
+    pub term: u64,
+    /// Whether this node sees a majority of voters.
+    pub has_majority: bool,
+    /// Voters it reaches.
+    pub voters_reachable: usize,
+    /// Members it sees alive.
+    pub members_alive: usize,
+    /// Members it knows.
+    pub members: usize,
+    /// Its aggregated health.
+    pub health: String,
+    /// Its roles.
+    pub roles: Vec<crate::report::RoleStatus>,
+}
+
+/// One member in a [`RoleExplanation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateReport {
+    /// The node.
+    pub node: String,
+    /// Whether it holds the role.
+    pub is_primary: bool,
+    /// Whether it could be promoted now.
+    pub candidate: bool,
+    /// Its place among the candidates (1 = best).
+    pub rank: Option<usize>,
+    /// Its failover priority.
+    pub priority: u32,
+    /// Its replication lag, when a lag source exists.
+    pub lag: Option<u64>,
+    /// Whether it leads the coordination store.
+    pub coord_leader: bool,
+    /// Why it is not a candidate (for the primary: why it could not be re-elected).
+    pub reasons: Vec<String>,
+}
+
+/// Who could take a role, and why not the others: the policy's explanation, serialisable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleExplanation {
+    /// The role.
+    pub role: String,
+    /// The primary, if any.
+    pub primary: Option<String>,
+    /// `enabled`, `paused` (maintenance) or `budget_spent` (anti-flap).
+    pub automatic: String,
+    /// Automatic failovers counted in the anti-flap window.
+    pub budget_used: u32,
+    /// The anti-flap budget.
+    pub budget_max: u32,
+    /// A hand-off under way: `(successor, cause)`.
+    pub handover: Option<(String, String)>,
+    /// Every member.
+    pub nodes: Vec<CandidateReport>,
+    /// The whole explanation in words (as `quorate ctl explain` prints it).
+    pub text: String,
+}
+
+impl RoleExplanation {
+    /// From the policy's explanation of `role`.
+    pub fn from_policy(
+        role: &str,
+        e: &quorate_failover::policy::Explanation<NodeId>,
+    ) -> RoleExplanation {
+        use quorate_failover::policy::Automatic;
+        RoleExplanation {
+            role: role.to_owned(),
+            primary: e.primary.as_ref().map(ToString::to_string),
+            automatic: match e.automatic {
+                Automatic::Enabled => "enabled",
+                Automatic::Paused { .. } => "paused",
+                Automatic::BudgetSpent { .. } => "budget_spent",
+            }
+            .to_owned(),
+            budget_used: e.budget.used,
+            budget_max: e.budget.max,
+            handover: e
+                .handover
+                .as_ref()
+                .map(|(n, c)| (n.to_string(), c.to_string())),
+            nodes: e
+                .nodes
+                .iter()
+                .map(|n| CandidateReport {
+                    node: n.id.to_string(),
+                    is_primary: n.is_primary,
+                    candidate: n.candidate,
+                    rank: n.rank,
+                    priority: n.priority,
+                    lag: n.lag,
+                    coord_leader: n.coord_leader,
+                    reasons: n.reasons.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            text: e.to_string(),
+        }
+    }
+}
+
+/// One change of a role, with its measured durations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The role.
+    pub role: String,
+    /// When it was recorded, in milliseconds since this node's failover manager started.
+    pub at_ms: u64,
+    /// The primary before.
+    pub old_primary: Option<String>,
+    /// The primary after.
+    pub new_primary: Option<String>,
+    /// Why.
+    pub cause: String,
+    /// The new term's fencing token, when this node became primary.
+    pub token: Option<u64>,
+    /// Detection: from when the problem (or request) was first seen to the change.
+    pub detection_ms: Option<u64>,
+    /// Promotion (this node's promotions): from the campaign to the end of `on_promote`.
+    pub promotion_ms: Option<u64>,
+    /// Detection plus promotion, when both were measured here.
+    pub total_ms: Option<u64>,
+    /// The new primary's replication lag before the change, when a lag source exists.
+    pub rpo: Option<u64>,
+}
+
+impl HistoryEntry {
+    /// From a recorded change.
+    pub fn from_change(c: &quorate_failover::shell::RoleChange) -> HistoryEntry {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        HistoryEntry {
+            role: c.role.to_string(),
+            at_ms: ms(c.at),
+            old_primary: c.old_primary.as_ref().map(ToString::to_string),
+            new_primary: c.new_primary.as_ref().map(ToString::to_string),
+            cause: c.cause.to_string(),
+            token: c.token.map(|t| t.0),
+            detection_ms: c.detection.map(ms),
+            promotion_ms: c.promotion.map(ms),
+            total_ms: c
+                .detection
+                .zip(c.promotion)
+                .map(|(d, p)| ms(d.saturating_add(p))),
+            rpo: c.rpo,
+        }
+    }
+}
+
 /// The admin view of a failover manager's error.
 pub fn admin_error(e: FailoverError) -> AdminError {
     match e {

@@ -97,6 +97,9 @@ pub struct AgentConfig {
     /// Replicated keyspaces (`crate::replication`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::ReplicationSection>,
+    /// The HTTP API (probes, status, admin, metrics, dashboard); absent: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSection>,
 }
 
 /// The role name the Telegram ingress uses unless `[telegram] role` says otherwise.
@@ -395,6 +398,71 @@ pub struct RedisSection {
     )]
     pub command_timeout: Option<Duration>,
 }
+
+/// `[api]`: the HTTP API of quorate-api (probes for load balancers, status and admin
+/// endpoints, `/metrics`, the dashboard). It binds loopback by default; admin calls need a
+/// bearer token unless `auth = false`, which is only accepted on a loopback address.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Where it listens (default `127.0.0.1:8008`, Patroni's port).
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// A file holding the operator token (at least 16 characters, mode 0600 like the cluster
+    /// key; `quorate keygen --out FILE` makes one). Required unless `auth = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// A file holding a read-only token (optional): it may read `/config` but not operate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token_file: Option<PathBuf>,
+    /// Whether admin calls need a token (default true). `false` is refused unless `listen` is
+    /// a loopback address.
+    #[serde(default = "default_true")]
+    pub auth: bool,
+    /// The largest request body accepted, in bytes (default 64 KiB); larger gets 413.
+    #[serde(default = "default_api_body_bytes_max")]
+    pub body_bytes_max: usize,
+    /// Dashboards (server-sent event streams) open at once (default 32); more get 503.
+    #[serde(default = "default_api_sse_clients_max")]
+    pub sse_clients_max: usize,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8008".to_owned()
+}
+fn default_api_body_bytes_max() -> usize {
+    64 * 1024
+}
+fn default_api_sse_clients_max() -> usize {
+    32
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_api_listen(),
+            token_file: None,
+            read_token_file: None,
+            auth: true,
+            body_bytes_max: default_api_body_bytes_max(),
+            sse_clients_max: default_api_sse_clients_max(),
+        }
+    }
+}
+
+/// The `[api]` section, validated, with its tokens read.
+#[derive(Clone, Debug)]
+pub struct ApiValidated {
+    /// The section as written.
+    pub section: ApiSection,
+    /// The operator token (`None` only with `auth = false` on loopback).
+    pub token: Option<Secret>,
+    /// The read-only token, if one is configured.
+    pub read_token: Option<Secret>,
+}
+
+/// The shortest API token accepted, in characters.
+pub const API_TOKEN_MIN_CHARS: usize = 16;
 
 /// `[startup]`: how long each stage may take, and the graceful shutdown's budgets.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -827,6 +895,8 @@ pub struct Validated {
     pub telegram: Option<TelegramSettings>,
     /// The Redis password read from `[redis] password_file`, if given.
     pub redis_password: Option<Secret>,
+    /// The HTTP API, when configured.
+    pub api: Option<ApiValidated>,
 }
 
 /// Reads and validates the config at `path`, with `QUORATE_...` environment overrides.
@@ -873,6 +943,17 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "handover_wait",
             "stop_budget",
             "events_capacity",
+        ],
+    ),
+    (
+        "api",
+        &[
+            "listen",
+            "token_file",
+            "read_token_file",
+            "auth",
+            "body_bytes_max",
+            "sse_clients_max",
         ],
     ),
 ];
@@ -1383,6 +1464,7 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     if let Some(r) = &raw.replication {
         crate::replication::validate(r, &raw.node_id, &roles, &mut errs);
     }
+    let api = raw.api.as_ref().map(|a| validate_api(&mut errs, a));
     let startup = raw.startup.clone();
     match (errs.0.is_empty(), node_id, key_hex, profile) {
         (true, Some(node_id), Some(key_hex), Some(profile)) => Ok(Validated {
@@ -1397,8 +1479,83 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             startup,
             telegram,
             redis_password,
+            api,
         }),
         _ => Err(errs),
+    }
+}
+
+/// Whether `listen` (`host:port`) is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn validate_api(errs: &mut ConfigErrors, a: &ApiSection) -> ApiValidated {
+    check_addr(errs, "api.listen", &a.listen);
+    let mut read_token = |field: &str, p: &Path| {
+        let t = read_key_file(errs, field, p)?;
+        if t.chars().count() < API_TOKEN_MIN_CHARS {
+            errs.push(
+                field,
+                format!(
+                    "{} holds {} characters: a token needs at least {API_TOKEN_MIN_CHARS} \
+                     (`quorate keygen --out FILE` writes 64)",
+                    p.display(),
+                    t.chars().count()
+                ),
+            );
+            return None;
+        }
+        Some(Secret::new(t))
+    };
+    let token = a
+        .token_file
+        .as_ref()
+        .and_then(|p| read_token("api.token_file", p));
+    let read = a
+        .read_token_file
+        .as_ref()
+        .and_then(|p| read_token("api.read_token_file", p));
+    if a.auth && a.token_file.is_none() {
+        errs.push(
+            "api.token_file",
+            "missing: admin calls need a bearer token; make one with `quorate keygen --out FILE` \
+             and set token_file = \"FILE\" (or auth = false, accepted only on a loopback listen)",
+        );
+    }
+    if !a.auth && !is_loopback(&a.listen) {
+        errs.push(
+            "api.auth",
+            format!(
+                "auth = false with listen = {:?}: an API without a token may only listen on \
+                 loopback (127.0.0.1 or ::1); set token_file instead",
+                a.listen
+            ),
+        );
+    }
+    if let (Some(t), Some(r)) = (&token, &read)
+        && t.expose() == r.expose()
+    {
+        errs.push(
+            "api.read_token_file",
+            "holds the same token as token_file: a read-only token must differ",
+        );
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&a.body_bytes_max) {
+        errs.push("api.body_bytes_max", "must be 1024 to 16777216 bytes");
+    }
+    if !(1..=4096).contains(&a.sse_clients_max) {
+        errs.push("api.sse_clients_max", "must be 1 to 4096");
+    }
+    ApiValidated {
+        section: a.clone(),
+        token: if a.auth { token } else { None },
+        read_token: if a.auth { read } else { None },
     }
 }
 
@@ -2154,5 +2311,107 @@ on_promote = "echo promoted"
         // The ingress role without the section: nobody would poll while holding it.
         let e = parse(&format!("{GOOD}\n[[role]]\nname = \"telegram-ingress\"\n")).unwrap_err();
         assert!(e.to_string().contains("add a [telegram] section"), "{e}");
+    }
+
+    fn with_api(api: &str) -> String {
+        format!("{GOOD}\n[api]\n{api}\n")
+    }
+
+    #[test]
+    fn api_needs_a_token_unless_off_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        // No [api]: no API.
+        assert!(parse(GOOD).unwrap().api.is_none());
+        // Defaults: loopback 8008, a token required.
+        let errs = parse(&with_api("")).unwrap_err();
+        assert!(
+            errs.0
+                .iter()
+                .any(|p| p.field == "api.token_file" && p.message.contains("keygen")),
+            "{errs}"
+        );
+        // A token file (0600) makes it valid; the token is read.
+        let tok = key_file(dir.path(), "api.token", 0o600);
+        let v = parse(&with_api(&format!(
+            "token_file = {:?}",
+            tok.display().to_string()
+        )))
+        .unwrap();
+        let api = v.api.unwrap();
+        assert_eq!(api.section.listen, "127.0.0.1:8008");
+        assert_eq!(api.token.unwrap().expose().len(), 64);
+        assert!(api.read_token.is_none());
+        // auth = false is accepted on loopback only.
+        let v = parse(&with_api("auth = false")).unwrap();
+        assert!(v.api.unwrap().token.is_none());
+        for listen in ["0.0.0.0:8008", "10.1.2.3:8008"] {
+            let errs = parse(&with_api(&format!("auth = false\nlisten = {listen:?}"))).unwrap_err();
+            assert!(
+                errs.0
+                    .iter()
+                    .any(|p| p.field == "api.auth" && p.message.contains("loopback")),
+                "{listen}: {errs}"
+            );
+        }
+        assert!(parse(&with_api("auth = false\nlisten = \"[::1]:8008\"")).is_ok());
+        assert!(parse(&with_api("auth = false\nlisten = \"localhost:8008\"")).is_ok());
+    }
+
+    #[test]
+    fn api_tokens_are_checked_like_keys() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let open = key_file(dir.path(), "open.token", 0o644);
+        let short = dir.path().join("short.token");
+        std::fs::write(&short, "abc\n").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let good = key_file(dir.path(), "good.token", 0o600);
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let cases = [
+            (
+                format!("token_file = {}", q(&open)),
+                "api.token_file",
+                "chmod 600",
+            ),
+            (
+                format!("token_file = {}", q(&short)),
+                "api.token_file",
+                "at least 16",
+            ),
+            (
+                format!("token_file = {}\nread_token_file = {}", q(&good), q(&good)),
+                "api.read_token_file",
+                "must differ",
+            ),
+            (
+                format!("token_file = {}\nbody_bytes_max = 10", q(&good)),
+                "api.body_bytes_max",
+                "1024",
+            ),
+            (
+                format!("token_file = {}\nsse_clients_max = 0", q(&good)),
+                "api.sse_clients_max",
+                "1 to",
+            ),
+            (
+                format!("token_file = {}\nlisten = \"nowhere\"", q(&good)),
+                "api.listen",
+                "host:port",
+            ),
+            (
+                format!("token_file = {}\ntls = true", q(&good)),
+                "api.tls",
+                "unknown",
+            ),
+        ];
+        for (text, field, needle) in cases {
+            let errs = parse(&with_api(&text)).unwrap_err();
+            assert!(
+                errs.0
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(needle)),
+                "{text}: wanted {field} with {needle:?}, got {errs}"
+            );
+        }
     }
 }

@@ -27,7 +27,10 @@ pub mod notify;
 pub mod replication;
 pub mod report;
 
-pub use admin::{Admin, AdminError, AdminOutcome, AdminRequest, Permission, Principal};
+pub use admin::{
+    Admin, AdminError, AdminOutcome, AdminRequest, AdminStatus, HistoryEntry, Permission,
+    Principal, RoleExplanation,
+};
 pub use node::{
     HandoverOutcome, Node, NodeBuilder, NodeContext, Plugin, ShutdownReport, StartupError,
 };

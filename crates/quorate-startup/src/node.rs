@@ -712,6 +712,7 @@ impl NodeBuilder {
             meta.node.version = env!("CARGO_PKG_VERSION").to_owned();
             meta.node.tags = raw.gossip.tags.clone();
             meta.node.roles = v.roles.iter().cloned().collect();
+            meta.node.api_addr = raw.api.as_ref().map(|a| a.listen.clone());
             mc.meta = meta;
             let m = quorate_membership::start(TokioNet, mc, wire.clone(), Some(health.clone()))
                 .await

@@ -21,6 +21,7 @@ fn emit(e: &NodeEvent) {
 /// Runs the agent until a signal.
 pub async fn run(v: Validated) -> Result<()> {
     let budget = v.startup.stop_budget;
+    let api = quorate_api::ApiPlugin::from_config(&v);
     let telegram = v.telegram.clone();
     let redis = quorate_redis::RedisConfig::from_agent(&v)?;
     let mut builder = Node::builder(v);
@@ -33,6 +34,9 @@ pub async fn run(v: Validated) -> Result<()> {
     // `[redis]`: the Redis adapter's hooks, lag source and plugin for its role.
     if let Some(config) = redis {
         builder = quorate_redis::RedisAdapter::new(config)?.install(builder);
+    }
+    if let Some(api) = api {
+        builder = builder.plugin(std::sync::Arc::new(api));
     }
     // Every event from the first stage on, printed as it happens (stages included), so a
     // supervisor or test sees how far startup got.

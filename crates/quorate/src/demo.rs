@@ -129,6 +129,7 @@ impl LoopbackPlan {
             telegram: None,
             redis: None,
             replication: None,
+            api: None,
         }
     }
 }

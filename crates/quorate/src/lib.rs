@@ -13,6 +13,7 @@
 )]
 
 /// The components, re-exported: the facade an embedding service depends on.
+pub use quorate_api as api;
 pub use quorate_coord_api as coord_api;
 #[cfg(feature = "etcd")]
 /// The etcd coordination backend (feature `etcd`).

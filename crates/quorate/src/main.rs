@@ -1,4 +1,4 @@
-//! The `quorate` command: `agent`, `demo`, `status`, `keygen`.
+//! The `quorate` command: `agent`, `demo`, `status`, `check`, `keygen`, `ctl`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -51,6 +51,23 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Operate a running cluster through a node's HTTP API (like patronictl).
+    Ctl {
+        /// A node's config file: the API address and token come from its [api] section.
+        #[arg(long, conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The API address (`host:port`), instead of --config.
+        #[arg(long)]
+        url: Option<String>,
+        /// A file holding the API token (else QUORATE_API_TOKEN, else the config's token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCmd,
+    },
     /// Make a new random cluster key (64 hex digits): written to `--out FILE` (mode 0600,
     /// never overwriting), or printed.
     Keygen {
@@ -58,6 +75,114 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCmd {
+    /// Members and roles: state, health, primary, token, lease, candidates.
+    List,
+    /// Role changes with their measured detection, promotion and total durations.
+    History {
+        /// Only this role.
+        role: Option<String>,
+    },
+    /// Who could take the role, and why each other node could not.
+    Explain {
+        /// The role.
+        role: String,
+    },
+    /// Planned hand-off from the primary to a candidate.
+    Switchover {
+        /// The role.
+        role: String,
+        /// The successor (default: the best candidate).
+        #[arg(long)]
+        candidate: Option<String>,
+    },
+    /// Promote a node while the role has no primary.
+    Failover {
+        /// The role.
+        role: String,
+        /// The node (default: the best candidate).
+        #[arg(long)]
+        candidate: Option<String>,
+    },
+    /// Switch over to the preferred (highest-priority) node.
+    Failback {
+        /// The role.
+        role: String,
+    },
+    /// Maintenance mode: no automatic moves until `--ttl` runs out or `resume`.
+    Pause {
+        /// The role.
+        role: String,
+        /// How long (e.g. 30m; default 1h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        /// The role.
+        role: String,
+    },
+}
+
+impl CtlCmd {
+    fn into_ctl(self) -> quorate::api::ctl::CtlCommand {
+        use quorate::api::ctl::CtlCommand as C;
+        match self {
+            CtlCmd::List => C::List,
+            CtlCmd::History { role } => C::History { role },
+            CtlCmd::Explain { role } => C::Explain { role },
+            CtlCmd::Switchover { role, candidate } => C::Switchover { role, candidate },
+            CtlCmd::Failover { role, candidate } => C::Failover { role, candidate },
+            CtlCmd::Failback { role } => C::Failback { role },
+            CtlCmd::Pause { role, ttl } => C::Pause { role, ttl },
+            CtlCmd::Resume { role } => C::Resume { role },
+        }
+    }
+}
+
+/// The API client `quorate ctl` uses, from its flags.
+fn ctl_client(
+    config: Option<&PathBuf>,
+    url: Option<String>,
+    token_file: Option<&PathBuf>,
+) -> anyhow::Result<quorate::api::client::Client> {
+    use quorate::types::Secret;
+    let read = |p: &PathBuf| -> anyhow::Result<Secret> {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", p.display()))?;
+        Ok(Secret::new(t.trim()))
+    };
+    let mut token = match token_file {
+        Some(p) => Some(read(p)?),
+        None => std::env::var("QUORATE_API_TOKEN").ok().map(Secret::new),
+    };
+    let addr = match (config, url) {
+        (_, Some(u)) => u,
+        (Some(c), None) => {
+            let v = quorate::config::load(c)?;
+            let Some(api) = v.api else {
+                anyhow::bail!(
+                    "{} has no [api] section: the agent serves no API",
+                    c.display()
+                );
+            };
+            if token.is_none() {
+                token = api.token;
+            }
+            // A wildcard listen is reached on loopback.
+            let listen = api.section.listen;
+            match listen.rsplit_once(':') {
+                Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+                Some(("[::]", port)) => format!("[::1]:{port}"),
+                _ => listen,
+            }
+        }
+        (None, None) => anyhow::bail!("give --config NODE.toml or --url HOST:PORT"),
+    };
+    Ok(quorate::api::client::Client::new(&addr, token))
 }
 
 fn main() -> ExitCode {
@@ -99,6 +224,21 @@ fn main() -> ExitCode {
             Cmd::Check { config } => {
                 load(&config)?;
                 println!("{}: ok", config.display());
+                Ok(())
+            }
+            Cmd::Ctl {
+                config,
+                url,
+                token_file,
+                json,
+                command,
+            } => {
+                let client = ctl_client(config.as_ref(), url, token_file.as_ref())?;
+                let out = quorate::api::ctl::run(&client, &command.into_ctl(), json).await?;
+                print!("{out}");
+                if json {
+                    println!();
+                }
                 Ok(())
             }
             Cmd::Keygen { out: Some(path) } => {

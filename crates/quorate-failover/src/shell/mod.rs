@@ -46,6 +46,7 @@ pub use hooks::{ChangeCause, HookContext, LagSource, NoHooks, RoleChange, RoleHo
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -269,6 +270,77 @@ struct RoleHandle {
     primary: watch::Receiver<Option<PrimaryContext>>,
     status: watch::Receiver<RoleStatus>,
     history: Arc<Mutex<VecDeque<RoleChange>>>,
+    renews: Arc<RenewStats>,
+}
+
+/// Upper bounds of the lease renew latency buckets, in seconds (`quorate-api` exports them as
+/// a histogram).
+pub const RENEW_BUCKETS_SECONDS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Lease renew round trips of one role on this node (while it holds the role): a fixed-bucket
+/// histogram, lock-free, only growing.
+#[derive(Debug, Default)]
+pub(crate) struct RenewStats {
+    /// Per bucket of [`RENEW_BUCKETS_SECONDS`] (not cumulative), then the overflow.
+    buckets: [AtomicU64; RENEW_BUCKETS_SECONDS.len() + 1],
+    sum_micros: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl RenewStats {
+    pub(crate) fn record(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        let i = RENEW_BUCKETS_SECONDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(RENEW_BUCKETS_SECONDS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> RenewSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(RENEW_BUCKETS_SECONDS.len() + 1);
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let bound = RENEW_BUCKETS_SECONDS
+                .get(i)
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        RenewSnapshot {
+            buckets,
+            count: cumulative,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The lease renewals of one role on this node so far (acknowledged ones in the histogram,
+/// failed or timed-out ones counted apart).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RenewSnapshot {
+    /// `(upper bound in seconds, renewals at most that slow)`, cumulative, ending with
+    /// `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Acknowledged renewals.
+    pub count: u64,
+    /// Their summed latency, in seconds.
+    pub sum_seconds: f64,
+    /// Renewals that failed or timed out.
+    pub failed: u64,
 }
 
 /// Manages this node's roles. Dropping it does not stop the tasks: call
@@ -358,6 +430,7 @@ impl FailoverManager {
             let (primary_tx, primary) = watch::channel(None);
             let (status_tx, status) = watch::channel(RoleStatus::default());
             let history = Arc::new(Mutex::new(VecDeque::new()));
+            let renews = Arc::new(RenewStats::default());
             let name = spec.name.clone();
             let task = role::RoleTask::new(role::RoleTaskParts {
                 config: config.clone(),
@@ -372,6 +445,7 @@ impl FailoverManager {
                 primary: primary_tx,
                 status: status_tx,
                 history: history.clone(),
+                renews: renews.clone(),
             });
             tracker.spawn(Box::pin(task.run()));
             handles.insert(
@@ -381,6 +455,7 @@ impl FailoverManager {
                     primary,
                     status,
                     history,
+                    renews,
                 },
             );
         }
@@ -428,6 +503,11 @@ impl FailoverManager {
         let h = self.handle(role)?;
         let guard = h.history.lock().unwrap_or_else(|e| e.into_inner());
         Ok(guard.iter().cloned().collect())
+    }
+
+    /// The lease renew latencies of `role` on this node so far (while it held the role).
+    pub fn renew_stats(&self, role: &RoleName) -> Result<RenewSnapshot, FailoverError> {
+        Ok(self.handle(role)?.renews.snapshot())
     }
 
     /// Waits until this node is primary of `role`, then runs `f` with the primary context
@@ -529,5 +609,35 @@ impl FailoverManager {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod renew_tests {
+    use super::*;
+
+    #[test]
+    fn renew_latencies_land_in_cumulative_buckets() {
+        let s = RenewStats::default();
+        s.record(Duration::from_micros(800));
+        s.record(Duration::from_millis(30));
+        s.record(Duration::from_secs(3));
+        s.record_failure();
+        let snap = s.snapshot();
+        assert_eq!(snap.count, 3);
+        assert_eq!(snap.failed, 1);
+        assert_eq!(snap.buckets.len(), RENEW_BUCKETS_SECONDS.len() + 1);
+        assert_eq!(snap.buckets[0], (0.001, 1));
+        // 30 ms is in the 0.05 s bucket (index 5), cumulative 2 from there on.
+        assert_eq!(snap.buckets[4], (0.025, 1));
+        assert_eq!(snap.buckets[5], (0.05, 2));
+        assert_eq!(snap.buckets[9], (1.0, 2));
+        assert!(snap.buckets[10].0.is_infinite());
+        assert_eq!(snap.buckets[10].1, 3);
+        assert!(
+            (snap.sum_seconds - 3.0308).abs() < 1e-9,
+            "{}",
+            snap.sum_seconds
+        );
     }
 }

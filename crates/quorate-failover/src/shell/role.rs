@@ -36,6 +36,7 @@ pub(crate) struct RoleTaskParts {
     pub(crate) primary: watch::Sender<Option<PrimaryContext>>,
     pub(crate) status: watch::Sender<RoleStatus>,
     pub(crate) history: Arc<Mutex<VecDeque<RoleChange>>>,
+    pub(crate) renews: Arc<super::RenewStats>,
 }
 
 /// A term of office of this node.
@@ -528,6 +529,7 @@ impl RoleTask {
             work: work.clone(),
             cancel: cancel.clone(),
             lost: lost.clone(),
+            renews: self.p.renews.clone(),
         })));
         let token = leader.token;
         self.term = Some(Term {
@@ -997,6 +999,7 @@ struct Keeper {
     hook_ctx: HookContext,
     hook_timeout: Duration,
     gate: Arc<HookGate>,
+    renews: Arc<super::RenewStats>,
 }
 
 /// Keeps the lease alive. At the holder deadline `sent + ttl * (1 - drift) - margin` of the last
@@ -1021,6 +1024,7 @@ async fn keep_lease(k: Keeper) {
         hook_ctx,
         hook_timeout,
         gate,
+        renews,
     } = k;
     let end = |cause: ChangeCause| {
         *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause);
@@ -1066,6 +1070,10 @@ async fn keep_lease(k: Keeper) {
             }
             (sent, result) = renew => {
                 next_renew = sent + timing.renew_interval;
+                match &result {
+                    Ok(Ok(_)) => renews.record(clock.now().saturating_sub(sent)),
+                    _ => renews.record_failure(),
+                }
                 match result {
                     Ok(Ok(_)) => {
                         holder.acknowledged(sent);
