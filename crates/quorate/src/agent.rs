@@ -35,6 +35,10 @@ pub async fn run(v: Validated) -> Result<()> {
     if let Some(config) = redis {
         builder = quorate_redis::RedisAdapter::new(config)?.install(builder);
     }
+    // `[replication]`: the declared keyspaces, started as a stage; leader-mode ones feed
+    // their role's lag source.
+    let (mut builder, _replication) =
+        quorate_startup::replication::ReplicationStage::attach(builder);
     if let Some(api) = api {
         builder = builder.plugin(std::sync::Arc::new(api));
     }
