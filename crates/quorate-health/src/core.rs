@@ -168,6 +168,10 @@ impl CheckCore {
     /// The first broken damping invariant, if any: at most one counter is running, the
     /// visible status is the stale status when stale and the damped status otherwise, and a
     /// counter at its threshold has moved the damped status to its side.
+    #[cfg_attr(
+        not(debug_assertions),
+        allow(dead_code, reason = "only the debug_assert! invariant checks call it")
+    )]
     fn invariant_violation(&self) -> Option<String> {
         let s = &self.snapshot;
         let (ok, bad) = (s.consecutive_successes, s.consecutive_failures);

@@ -1169,6 +1169,10 @@ impl Core {
 
     /// The first broken invariant of the member table, if any: it never holds this node, each
     /// entry is keyed by its own id, and it is bounded by `members_max`.
+    #[cfg_attr(
+        not(debug_assertions),
+        allow(dead_code, reason = "only the debug_assert! invariant checks call it")
+    )]
     fn invariant_violation(&self) -> Option<String> {
         if self.table.contains_key(&self.local.id) {
             return Some(format!(
