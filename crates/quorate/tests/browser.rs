@@ -12,11 +12,14 @@
     reason = "test"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::{spawn_agent, until};
 use futures::{SinkExt as _, StreamExt as _};
 use quorate::api::client::Client;
 use quorate::api::model::RoleBody;
@@ -47,33 +50,6 @@ fn chromium() -> Option<PathBuf> {
         eprintln!("chromium is missing: the browser test did not run");
     }
     found
-}
-
-fn spawn_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .arg("agent")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn until<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut f: F) -> T {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(t) = f().await {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: not within 60 s"))
 }
 
 /// One DevTools-protocol session with a page.

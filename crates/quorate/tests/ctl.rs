@@ -12,10 +12,11 @@
     reason = "test"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{spawn_agent, until};
 use quorate::api::model::{ClusterBody, RoleBody};
 use quorate::config::{ApiSection, RoleSection};
 use quorate_testkit::agents::{LoopbackPlan, write_config};
@@ -43,33 +44,6 @@ async fn ctl(args: &[&str]) -> Out {
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .arg("agent")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn until<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut f: F) -> T {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(t) = f().await {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: not within 60 s"))
 }
 
 /// The role as node `url` sees it, through `ctl --json list`.
@@ -117,7 +91,7 @@ async fn ctl_drives_agents_through_their_api() {
         );
         urls.push(url);
     }
-    let mut agents: Vec<Option<Child>> = configs.iter().map(|c| Some(spawn(c))).collect();
+    let mut agents: Vec<Option<Child>> = configs.iter().map(|c| Some(spawn_agent(c))).collect();
 
     let primary = until("a primary every API reports", async || {
         let mut seen = Vec::new();

@@ -19,12 +19,15 @@
     reason = "test"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{spawn_agent, until};
 use quorate::api::client::Client;
 use quorate::api::model::ProbeBody;
 use quorate::config::{ApiSection, RoleSection};
@@ -51,33 +54,6 @@ fn haproxy() -> Option<PathBuf> {
         eprintln!("haproxy is missing: the load-balancer test did not run");
     }
     found
-}
-
-fn spawn_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .arg("agent")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn until<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut f: F) -> T {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(t) = f().await {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: not within 60 s"))
 }
 
 /// One answer through HAProxy: when it arrived, and the node and token of a 200.
