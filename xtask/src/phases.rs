@@ -100,7 +100,7 @@ const PHASES: &[Phase] = &[
     Phase {
         name: "harness",
         what: "simulation harness and history checkers",
-        kind: Kind::Layer(&["quorate-sim", "quorate-testkit"]),
+        kind: Kind::Layer(&["quorate-sim", "quorate-testkit", "quorate-testports"]),
     },
     Phase {
         name: "health",

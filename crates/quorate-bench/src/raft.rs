@@ -171,12 +171,8 @@ struct BenchCluster {
 }
 
 fn free_addr() -> Result<String, NodeError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| NodeError::Bind {
-        addr: "127.0.0.1:0".to_owned(),
-        source,
-    })?;
-    l.local_addr()
-        .map(|a| a.to_string())
+    quorate_testports::free_port()
+        .map(|p| format!("127.0.0.1:{p}"))
         .map_err(|source| NodeError::Bind {
             addr: "127.0.0.1:0".to_owned(),
             source,

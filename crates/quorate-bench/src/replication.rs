@@ -111,10 +111,7 @@ fn hlc() -> HlcConfig {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+    quorate_testports::free_port().map_err(|e| format!("no free port: {e}"))
 }
 
 struct Nodes {

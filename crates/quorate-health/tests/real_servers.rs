@@ -69,9 +69,10 @@ impl Drop for Server {
     }
 }
 
+/// Reserved for this test process and outside the ephemeral range: the servers restart on
+/// the same port, which no outgoing connection may take in between.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    quorate_testports::free_port().unwrap()
 }
 
 fn find_binary(candidates: &[PathBuf], package: &str) -> PathBuf {

@@ -11,7 +11,6 @@
 //! # drop(coord); Ok(()) }
 //! ```
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 
 use crate::TestkitError;
+use crate::process::free_port;
 use quorate_etcd::{EtcdConfig, EtcdCoord, TlsConfig};
 
 /// Environment variable naming the etcd binary (default: `etcd` on `PATH`).
@@ -222,16 +222,6 @@ impl std::fmt::Debug for EtcdCluster {
     }
 }
 
-fn free_port() -> Result<u16, TestkitError> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| TestkitError::io("reserve a loopback port", &e))?;
-    let port = l
-        .local_addr()
-        .map_err(|e| TestkitError::io("read a reserved port", &e))?
-        .port();
-    Ok(port)
-}
-
 /// Fails with [`TestkitError::EtcdMissing`] unless `binary` can be run.
 pub fn check_binary(binary: &Path) -> Result<(), TestkitError> {
     let found = if binary.components().count() > 1 {
@@ -400,7 +390,8 @@ impl EtcdCluster {
                     return Err(self.not_healthy(i, format!("the process exited ({exit})")));
                 }
                 let options = self.connect_options()?;
-                let last = match member_status(&self.members[i].client_url, options).await {
+                let m = &self.members[i];
+                let last = match member_status(m, options).await {
                     Ok(leader) if leader != 0 => break,
                     Ok(_) => "no leader yet".to_owned(),
                     Err(e) => e,
@@ -619,18 +610,45 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// Asks one member for its status; returns the leader it knows (0 = none).
-async fn member_status(url: &str, options: Option<ConnectOptions>) -> Result<u64, String> {
+/// Asks the member at `url` for its status; returns the leader it knows (0 = none). Fails
+/// unless the member answering there is `m` itself (its name and peer URL): a port taken by
+/// another test's etcd must not pass for ours (ours would then have died on "address in use").
+async fn member_status(m: &Member, options: Option<ConnectOptions>) -> Result<u64, String> {
+    let url = m.client_url.as_str();
     let connect = Client::connect([url], options);
     let mut client = match tokio::time::timeout(Duration::from_secs(2), connect).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("connect timed out".into()),
     };
-    match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
-        Ok(Ok(s)) => Ok(s.leader()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("status timed out".into()),
+    let status = match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("status timed out".into()),
+    };
+    let list = match tokio::time::timeout(Duration::from_secs(2), client.member_list()).await {
+        Ok(Ok(l)) => l,
+        // A learner serves no member list; it answers at all only once it joined the
+        // cluster it was added to (ours, on our reserved peer port).
+        Ok(Err(e)) if e.to_string().contains("not supported for learner") => {
+            return Ok(status.leader());
+        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("member list timed out".into()),
+    };
+    let me = status.header().map(|h| h.member_id());
+    let answering = list
+        .members()
+        .iter()
+        .find(|x| Some(x.id()) == me)
+        .map(|x| (x.name().to_owned(), x.peer_urls().to_vec()));
+    match answering {
+        Some((n, peers)) if n == m.name && peers.contains(&m.peer_url) => Ok(status.leader()),
+        Some((n, _)) if n.is_empty() => Err("the member has not published its name yet".into()),
+        other => Err(format!(
+            "{url} is answered by {other:?}, a member of another cluster, not by {} ({})",
+            m.name, m.peer_url
+        )),
     }
 }
 

@@ -10,23 +10,10 @@ use crate::TestkitError;
 /// The environment variable naming the `quorate` binary that tests and benchmarks run.
 pub const QUORATE_BIN_ENV: &str = "QUORATE_BIN";
 
-/// A loopback port free for both TCP and UDP (Raft and gossip share the number scheme).
+/// A loopback port free for both TCP and UDP, reserved for the rest of this process: see
+/// [`quorate_testports::free_port`].
 pub fn free_port() -> Result<u16, TestkitError> {
-    for _ in 0..64 {
-        let t = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| TestkitError::io("binding a port", &e))?;
-        let port = t
-            .local_addr()
-            .map_err(|e| TestkitError::io("binding a port", &e))?
-            .port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(TestkitError::io(
-        "finding a free loopback port",
-        &"64 tries failed",
-    ))
+    quorate_testports::free_port().map_err(|e| TestkitError::io("finding a free loopback port", &e))
 }
 
 /// Peak resident memory of process `pid` in KiB (`VmHWM` of `/proc/PID/status`).

@@ -25,10 +25,10 @@ pub(crate) fn name(i: usize) -> NodeId {
     NodeId::new(format!("n{i}")).unwrap()
 }
 
-/// A free loopback address (bind port 0, read the port, release it).
+/// A free loopback address, reserved for this test process (outside the ephemeral range, so
+/// no outgoing connection takes it between the pick and a restarted node's bind).
 pub(crate) fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", quorate_testports::free_port().unwrap())
 }
 
 /// A real-TCP cluster whose nodes keep their data under one temp dir.

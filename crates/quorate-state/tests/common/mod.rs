@@ -244,10 +244,7 @@ impl RaftCluster {
         let dir = tempfile::tempdir().unwrap();
         let name = |i: usize| NodeId::new(format!("n{i}")).unwrap();
         let addrs: Vec<String> = (0..n)
-            .map(|_| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().to_string()
-            })
+            .map(|_| format!("127.0.0.1:{}", quorate_testports::free_port().unwrap()))
             .collect();
         let wire = WireConfig::new(
             "state-test",
