@@ -32,6 +32,7 @@ pub use admin::{
     Principal, RoleExplanation,
 };
 pub use node::{
-    HandoverOutcome, Node, NodeBuilder, NodeContext, Plugin, ShutdownReport, StartupError,
+    HandoverOutcome, KeysReloaded, Node, NodeBuilder, NodeContext, Plugin, ShutdownReport,
+    StartupError,
 };
 pub use report::{NodeEvent, NodeStatus, StartupReport};

@@ -72,6 +72,15 @@ pub trait Plugin: Send + Sync {
     async fn stop(&self);
 }
 
+/// What [`Node::reload_keys`] took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeysReloaded {
+    /// Keys accepted now (the send key included).
+    pub keys: usize,
+    /// The one-byte hint of the send key, as two hex digits (it reveals nothing of the key).
+    pub send_key_hint: String,
+}
+
 /// What a plugin gets: the node's components.
 #[derive(Clone)]
 pub struct NodeContext {
@@ -89,6 +98,10 @@ pub struct NodeContext {
     pub events: broadcast::Sender<NodeEvent>,
     /// Readiness.
     pub ready: watch::Receiver<bool>,
+    /// The cluster keys every transport of this node seals and opens with (Raft, gossip, and
+    /// a plugin's own, e.g. replication): one shared ring, replaced in place by
+    /// [`Node::reload_keys`].
+    pub keys: KeyRing,
 }
 
 /// Builds a [`Node`] from a validated config.
@@ -319,6 +332,62 @@ impl Node {
     /// [`Node::status`]).
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.ctx.events.subscribe()
+    }
+
+    /// Takes the cluster keys of `fresh` (the config file read again, on SIGHUP) into the
+    /// running node: every transport seals with its `cluster_key` and accepts its
+    /// `accepted_key_files` from the next frame on, with no connection or session restarted.
+    /// That is one step of a rotation without downtime (docs/security.md): accept the new key
+    /// everywhere, then send it everywhere, then drop the old one. Other settings are not
+    /// taken (they need a restart); a config for another cluster or node is refused. Emits
+    /// [`NodeEvent::KeysReloaded`] or [`NodeEvent::ReloadRefused`].
+    pub fn reload_keys(&self, fresh: &Validated) -> Result<KeysReloaded, String> {
+        let result = self.take_keys(fresh);
+        self.report_reload(&result);
+        result
+    }
+
+    /// Emits the event of a reload that failed before [`Node::reload_keys`] (an unreadable or
+    /// invalid config file), or of one that ran.
+    pub fn report_reload(&self, result: &Result<KeysReloaded, String>) {
+        let node = self.ctx.config.node_id.to_string();
+        let _ = self.ctx.events.send(match result {
+            Ok(r) => NodeEvent::KeysReloaded {
+                node,
+                send_key_hint: r.send_key_hint.clone(),
+                keys: r.keys,
+            },
+            Err(reason) => NodeEvent::ReloadRefused {
+                node,
+                reason: reason.clone(),
+            },
+        });
+    }
+
+    fn take_keys(&self, fresh: &Validated) -> Result<KeysReloaded, String> {
+        let running = &self.ctx.config;
+        if fresh.raw.cluster_name != running.raw.cluster_name || fresh.node_id != running.node_id {
+            return Err(format!(
+                "the file is now for cluster {:?}, node {}; this agent runs cluster {:?}, node {} \
+                 (restart the agent to change them)",
+                fresh.raw.cluster_name, fresh.node_id, running.raw.cluster_name, running.node_id
+            ));
+        }
+        let key = ClusterKey::from_hex(fresh.key_hex.expose()).map_err(|e| e.to_string())?;
+        let accepted = fresh
+            .accepted_keys_hex
+            .iter()
+            .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ctx
+            .keys
+            .replace(key, accepted)
+            .map_err(|e| e.to_string())?;
+        let (send, _) = self.ctx.keys.hints();
+        Ok(KeysReloaded {
+            keys: self.ctx.keys.len(),
+            send_key_hint: format!("{send:02x}"),
+        })
     }
 
     /// Readiness: true once every stage is ready, false again from the start of a shutdown.
@@ -771,6 +840,7 @@ impl NodeBuilder {
             failover: manager,
             events: events.clone(),
             ready: ready_rx,
+            keys: wire.keys.clone(),
         };
         for p in &self.plugins {
             let name = format!("plugin:{}", p.name());

@@ -38,8 +38,8 @@ use quorate_replication::{
     NodeConfig, OrSet, PnCounter, ReplicaDb, ReplicationNode, SyncMode, TransportConfig,
 };
 use quorate_types::{NodeId, RoleName};
+use quorate_wire::WireConfig;
 use quorate_wire::net::TokioNet;
-use quorate_wire::{ClusterKey, KeyRing, WireConfig};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -302,13 +302,8 @@ impl ReplicationStage {
     async fn start_inner(&self, ctx: &NodeContext) -> Result<(), String> {
         let v = &ctx.config;
         let s = &self.section;
-        let key = ClusterKey::from_hex(v.key_hex.expose()).map_err(|e| e.to_string())?;
-        let accepted = v
-            .accepted_keys_hex
-            .iter()
-            .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let wire = WireConfig::new(v.raw.cluster_name.clone(), KeyRing::new(key, accepted))
+        // The node's own ring: a key reload (SIGHUP) reaches replication too.
+        let wire = WireConfig::new(v.raw.cluster_name.clone(), ctx.keys.clone())
             .map_err(|e| e.to_string())?;
         let mut peers = BTreeMap::new();
         for (id, addr) in &s.peers {

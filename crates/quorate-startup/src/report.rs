@@ -81,6 +81,23 @@ pub enum NodeEvent {
     },
     /// An admin operation was asked for (the audit trail; refusals included).
     Admin(crate::admin::AdminAudit),
+    /// SIGHUP: the agent read its config file again and took its cluster keys.
+    KeysReloaded {
+        /// This node.
+        node: String,
+        /// The send key's one-byte hint, as two hex digits.
+        send_key_hint: String,
+        /// Keys accepted now (the send key included).
+        keys: usize,
+    },
+    /// SIGHUP: the config file could not be taken (unreadable, invalid, or for another node);
+    /// the running keys stay.
+    ReloadRefused {
+        /// This node.
+        node: String,
+        /// Why, naming the field.
+        reason: String,
+    },
 }
 
 /// A role change, with the measured times.

@@ -257,21 +257,113 @@ impl fmt::Debug for ClusterKey {
 /// The keys of a cluster: one to seal with, and others still accepted while a rotation is under
 /// way. Rotation: add the new key to every node's `accept_also`, then make it every node's send
 /// key, then drop the old one.
-#[derive(Clone, Debug)]
+///
+/// A ring is a shared handle: its clones, and every [`Sealer`] and [`Opener`] made from a
+/// config holding it, see [`KeyRing::replace`] at their next frame. That is how a running
+/// agent takes new keys (SIGHUP) without dropping a connection or a session.
+#[derive(Clone)]
 pub struct KeyRing {
+    current: Arc<std::sync::RwLock<Arc<KeySet>>>,
+}
+
+/// One generation of a ring, with its ciphers made once.
+struct KeySet {
     send: ClusterKey,
     accept_also: Vec<ClusterKey>,
+    send_cipher: XChaCha20Poly1305,
+    send_hint: u8,
+    /// Every accepted key (send key first) as (hint, cipher).
+    open: Vec<(u8, XChaCha20Poly1305)>,
+}
+
+impl KeySet {
+    fn new(send: ClusterKey, accept_also: Vec<ClusterKey>) -> Self {
+        let open = std::iter::once(&send)
+            .chain(accept_also.iter())
+            .map(|k| (k.hint(), k.cipher()))
+            .collect();
+        Self {
+            send_cipher: send.cipher(),
+            send_hint: send.hint(),
+            send,
+            accept_also,
+            open,
+        }
+    }
 }
 
 impl KeyRing {
     /// A ring that seals with `send` and opens frames sealed with `send` or any of `accept_also`.
     pub fn new(send: ClusterKey, accept_also: Vec<ClusterKey>) -> Self {
-        Self { send, accept_also }
+        Self {
+            current: Arc::new(std::sync::RwLock::new(Arc::new(KeySet::new(
+                send,
+                accept_also,
+            )))),
+        }
     }
 
-    fn all(&self) -> impl Iterator<Item = &ClusterKey> {
-        std::iter::once(&self.send).chain(self.accept_also.iter())
+    /// Replaces the keys of this ring and of every clone of it: frames sealed from now on use
+    /// `send`, and frames are accepted under `send` or `accept_also`. Sessions, sequence
+    /// numbers and the replay guard carry on. Refuses more than [`KEYS_MAX`] keys and leaves
+    /// the ring as it was.
+    pub fn replace(&self, send: ClusterKey, accept_also: Vec<ClusterKey>) -> Result<(), WireError> {
+        check_key_count(1 + accept_also.len())?;
+        let set = Arc::new(KeySet::new(send, accept_also));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+        Ok(())
     }
+
+    /// How many keys the ring accepts (the send key included).
+    pub fn len(&self) -> usize {
+        1 + self.keys().accept_also.len()
+    }
+
+    /// Always false: a ring has a send key.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The one-byte hints of the send key and of the others accepted (what `Debug` shows; a
+    /// hint says which key sealed a frame, and reveals nothing of the key).
+    pub fn hints(&self) -> (u8, Vec<u8>) {
+        let k = self.keys();
+        (
+            k.send_hint,
+            k.open.iter().skip(1).map(|(h, _)| *h).collect(),
+        )
+    }
+
+    fn keys(&self) -> Arc<KeySet> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.keys();
+        f.debug_struct("KeyRing")
+            .field("send", &k.send)
+            .field("accept_also", &k.accept_also)
+            .finish()
+    }
+}
+
+fn check_key_count(n: usize) -> Result<(), WireError> {
+    if n > KEYS_MAX {
+        return Err(WireError::Config(format!(
+            "{n} keys in the ring; at most {KEYS_MAX}: drop retired keys"
+        )));
+    }
+    Ok(())
 }
 
 /// A function returning wall-clock milliseconds since the Unix epoch; injected in simulation.
@@ -367,12 +459,7 @@ impl WireConfig {
                 "frame_bytes_max = {max} is outside {FRAME_BYTES_MIN}..={FRAME_BYTES_LIMIT}"
             )));
         }
-        if 1 + self.keys.accept_also.len() > KEYS_MAX {
-            return Err(WireError::Config(format!(
-                "{} keys in the ring; at most {KEYS_MAX}: drop retired keys",
-                1 + self.keys.accept_also.len()
-            )));
-        }
+        check_key_count(self.keys.len())?;
         if self.replay_window < Duration::from_secs(1) {
             return Err(WireError::Config(format!(
                 "replay_window = {:?} is below the minimum 1s",
@@ -606,8 +693,7 @@ impl Challenge {
 pub struct Sealer {
     cluster_name: String,
     cluster_tag: u32,
-    cipher: XChaCha20Poly1305,
-    key_hint: u8,
+    keys: KeyRing,
     session: u64,
     seq: AtomicU64,
     frame_bytes_max: NonZeroU32,
@@ -650,8 +736,7 @@ impl Sealer {
         Self {
             cluster_name: config.cluster_name.clone(),
             cluster_tag: config.cluster_tag(),
-            cipher: config.keys.send.cipher(),
-            key_hint: config.keys.send.hint(),
+            keys: config.keys.clone(),
             session,
             seq: AtomicU64::new(1),
             frame_bytes_max: config.frame_bytes_max,
@@ -726,10 +811,11 @@ impl Sealer {
                 max: self.frame_bytes_max.get(),
             });
         }
+        let keys = self.keys.keys();
         let header = Header {
             version: PROTOCOL_VERSION,
             kind,
-            key_hint: self.key_hint,
+            key_hint: keys.send_hint,
             cluster_tag: self.cluster_tag,
             session: self.session,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
@@ -738,8 +824,8 @@ impl Sealer {
         };
         let hbytes = header.encode();
         let aad = make_aad(&hbytes)?;
-        let ct = self
-            .cipher
+        let ct = keys
+            .send_cipher
             .encrypt(
                 &header.nonce(),
                 Payload {
@@ -758,7 +844,7 @@ impl Sealer {
 struct OpenerInner {
     cluster_name: String,
     cluster_tag: u32,
-    keys: Vec<(u8, XChaCha20Poly1305)>,
+    keys: KeyRing,
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
     guard: Mutex<ReplayGuard>,
@@ -801,7 +887,7 @@ impl Opener {
             inner: Arc::new(OpenerInner {
                 cluster_name: config.cluster_name.clone(),
                 cluster_tag: config.cluster_tag(),
-                keys: config.keys.all().map(|k| (k.hint(), k.cipher())).collect(),
+                keys: config.keys.clone(),
                 frame_bytes_max: config.frame_bytes_max,
                 wall_clock: config.wall_clock.clone(),
                 guard: Mutex::new(ReplayGuard::new(
@@ -913,8 +999,9 @@ impl Opener {
             });
         }
         let nonce = h.nonce();
-        let payload = inner
-            .keys
+        let keys = inner.keys.keys();
+        let payload = keys
+            .open
             .iter()
             .filter(|(hint, _)| *hint == h.key_hint)
             .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad }).ok())

@@ -104,6 +104,51 @@ fn key_rotation_accepts_old_and_new() {
     ));
 }
 
+/// The three steps of a rotation done on live sealers and openers (as SIGHUP does in the agent):
+/// nothing is re-created, no session restarts, and each step takes effect at the next frame.
+#[test]
+fn a_ring_replaced_in_place_rotates_live_sealers_and_openers() {
+    let ck = clock();
+    let a = config_at("prod", key(1), &ck);
+    let b = config_at("prod", key(1), &ck);
+    let (sa, ob) = (Sealer::new(&a), Opener::new(&b));
+    let (sb, oa) = (Sealer::new(&b), Opener::new(&a));
+    let session = sa.session();
+    // Step 1: both accept the new key; both still send the old one.
+    a.keys.replace(key(1), vec![key(2)]).unwrap();
+    b.keys.replace(key(1), vec![key(2)]).unwrap();
+    assert_eq!(ob.open::<u8>(&sa.seal(KIND, &1u8).unwrap()).unwrap().1, 1);
+    // Step 2: a sends the new key first; b, still sending the old one, is accepted by a.
+    a.keys.replace(key(2), vec![key(1)]).unwrap();
+    let new_frame = sa.seal(KIND, &2u8).unwrap();
+    assert!(
+        Opener::new(&config_at("prod", key(1), &ck))
+            .open::<u8>(&new_frame)
+            .is_err(),
+        "a sealer of a replaced ring must seal with the new send key"
+    );
+    assert_eq!(ob.open::<u8>(&new_frame).unwrap().1, 2);
+    assert_eq!(oa.open::<u8>(&sb.seal(KIND, &3u8).unwrap()).unwrap().1, 3);
+    b.keys.replace(key(2), vec![key(1)]).unwrap();
+    // Step 3: both drop the old key; a frame under it is refused by the live opener.
+    let stale = Sealer::new(&config_at("prod", key(1), &ck))
+        .seal(KIND, &4u8)
+        .unwrap();
+    a.keys.replace(key(2), vec![]).unwrap();
+    b.keys.replace(key(2), vec![]).unwrap();
+    assert!(matches!(ob.open::<u8>(&stale), Err(WireError::AuthFailed)));
+    assert_eq!(ob.open::<u8>(&sa.seal(KIND, &5u8).unwrap()).unwrap().1, 5);
+    assert_eq!(sa.session(), session, "the session carried on");
+    assert_eq!(a.keys.len(), 1);
+    // Too many keys are refused, and the ring stays as it was.
+    let many: Vec<ClusterKey> = (10..40).map(key).collect();
+    assert!(matches!(
+        a.keys.replace(key(3), many),
+        Err(WireError::Config(_))
+    ));
+    assert_eq!(ob.open::<u8>(&sa.seal(KIND, &6u8).unwrap()).unwrap().1, 6);
+}
+
 #[test]
 fn old_protocol_version_rejected_clearly() {
     let (s, o) = pair();

@@ -1,9 +1,11 @@
 //! `quorate agent`: config -> [`Node::builder`] -> run until SIGTERM or Ctrl-C, printing every
 //! node event as one JSON line on stdout (`quorate demo` and the tests read them). The first
 //! signal starts a graceful shutdown (roles handed over first, within `[startup]
-//! stop_budget`); a second one stops at once.
+//! stop_budget`); a second one stops at once. SIGHUP reads the config file again and takes its
+//! cluster keys ([`Node::reload_keys`]: a key rotation without a restart).
 
 use std::io::Write as _;
+use std::path::Path;
 
 use anyhow::Result;
 use quorate_startup::config::Validated;
@@ -18,8 +20,14 @@ fn emit(e: &NodeEvent) {
     let _ = out.flush();
 }
 
-/// Runs the agent until a signal.
-pub async fn run(v: Validated) -> Result<()> {
+/// Loads the config at `config` and runs the agent until a signal.
+pub async fn run(config: &Path) -> Result<()> {
+    let v = quorate_startup::config::load(config)?;
+    run_validated(v, config).await
+}
+
+/// Runs the agent on a validated config (read from `config`, which SIGHUP reads again).
+async fn run_validated(v: Validated, config: &Path) -> Result<()> {
     let budget = v.startup.stop_budget;
     let api = quorate_api::ApiPlugin::from_config(&v);
     let telegram = v.telegram.clone();
@@ -67,6 +75,7 @@ pub async fn run(v: Validated) -> Result<()> {
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut failure = None;
     loop {
         tokio::select! {
@@ -83,6 +92,17 @@ pub async fn run(v: Validated) -> Result<()> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                // The outcome is a node event (printed by the arm above): the keys taken, or
+                // why the file was refused (every problem, each naming its field).
+                let fresh = quorate_startup::config::load(config).map_err(|e| e.to_string());
+                match fresh {
+                    Ok(fresh) => {
+                        let _ = node.reload_keys(&fresh);
+                    }
+                    Err(e) => node.report_reload(&Err(e)),
+                }
+            }
         }
     }
     let node_name = node.context().config.node_id.to_string();

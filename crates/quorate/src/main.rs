@@ -207,7 +207,7 @@ fn main() -> ExitCode {
     let load = |p: &PathBuf| quorate::config::load(p).map_err(anyhow::Error::from);
     let r = rt.block_on(async {
         match cli.command {
-            Cmd::Agent { config } => Box::pin(quorate::agent::run(load(&config)?)).await,
+            Cmd::Agent { config } => Box::pin(quorate::agent::run(&config)).await,
             Cmd::Demo {
                 chaos,
                 keep,

@@ -50,11 +50,16 @@ impl Agent {
 
 /// A remote client of the cluster planned in `dir` (its key file and Raft addresses).
 fn client(dir: &Path, raft: Vec<String>) -> CoordClient<TokioNet> {
-    let key = std::fs::read_to_string(dir.join("cluster.key")).unwrap();
+    client_keyed(&dir.join("cluster.key"), raft, 40)
+}
+
+/// A remote client sealing with the key in `key_file`, trying `attempts` times.
+fn client_keyed(key_file: &Path, raft: Vec<String>, attempts: usize) -> CoordClient<TokioNet> {
+    let key = std::fs::read_to_string(key_file).unwrap();
     let key = ClusterKey::from_hex(key.trim()).unwrap();
     let wire = WireConfig::new("quorate-startup-test", KeyRing::new(key, vec![])).unwrap();
     let mut config = ClientConfig::lan(wire);
-    config.attempts = std::num::NonZeroUsize::new(40).unwrap();
+    config.attempts = std::num::NonZeroUsize::new(attempts).unwrap();
     config.retry_pause = Duration::from_millis(100);
     CoordClient::new(TokioNet, config, raft)
 }
@@ -180,13 +185,119 @@ fn kill9(a: &mut Agent) {
 }
 
 fn sigterm(a: &Agent) {
+    signal(a, "-TERM");
+}
+
+fn signal(a: &Agent, which: &str) {
     let pid = a.child.as_ref().and_then(Child::id).unwrap();
     let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([which, &pid.to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok);
+}
+
+/// Rewrites `a`'s config to seal with `send` and also accept `accept`, then sends SIGHUP.
+fn rekey(a: &Agent, send: &Path, accept: &[PathBuf]) {
+    let mut c = quorate::config::load(&a.config).unwrap().raw;
+    c.cluster_key_file = Some(send.to_path_buf());
+    c.accepted_key_files = accept.to_vec();
+    std::fs::write(&a.config, to_toml(&c).unwrap()).unwrap();
+    signal(a, "-HUP");
+}
+
+/// The three steps of a key rotation, each a config edit and SIGHUP on every agent: accept the
+/// new key everywhere, send it everywhere, drop the old one. The agents never restart, the
+/// role never moves, an acknowledged write survives, and at the end the old key is refused.
+/// A config that cannot be read is refused on SIGHUP, naming the field, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_cluster_key_with_no_restart_and_no_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = configs(dir.path(), 3);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for a in &mut agents {
+        spawn(a, &tx, &[]);
+    }
+    let long = Duration::from_secs(60);
+    let (primary, token) = wait_for(&mut rx, long, |_, e| primary_of(e)).await;
+    all_see(dir.path(), &agents, &primary, long).await;
+    let raft = raft_addrs(&agents);
+    let old = dir.path().join("cluster.key");
+    let new = dir.path().join("new.key");
+    quorate::config::write_new_key_file(&new).unwrap();
+    client_keyed(&old, raft.clone(), 40)
+        .put("acknowledged", b"before".to_vec(), None)
+        .await
+        .unwrap();
+    let tags: Vec<String> = agents.iter().map(Agent::tag).collect();
+    let steps: [(&Path, Vec<PathBuf>); 3] = [
+        (&old, vec![new.clone()]),
+        (&new, vec![old.clone()]),
+        (&new, vec![]),
+    ];
+    for (step, (send, accept)) in steps.iter().enumerate() {
+        for a in &agents {
+            rekey(a, send, accept);
+        }
+        let mut taken = std::collections::BTreeSet::new();
+        wait_for(&mut rx, long, |who, e| match e {
+            NodeEvent::KeysReloaded { keys, .. } => {
+                assert_eq!(*keys, 1 + accept.len(), "step {step} on {who}");
+                taken.insert(who.to_owned());
+                (taken.len() == agents.len()).then_some(())
+            }
+            NodeEvent::ReloadRefused { reason, .. } => panic!("step {step} on {who}: {reason}"),
+            NodeEvent::RoleChange(rc) => panic!("the role moved during the rotation: {rc:?}"),
+            NodeEvent::Stopping { .. } | NodeEvent::ComponentFailed { .. } => {
+                panic!("{who} stopped during the rotation: {e:?}")
+            }
+            _ => None,
+        })
+        .await;
+        // The cluster takes writes sealed with the key every node now sends.
+        client_keyed(send, raft.clone(), 40)
+            .put(&format!("step{step}"), b"1".to_vec(), None)
+            .await
+            .unwrap();
+    }
+    let fresh = client_keyed(&new, raft.clone(), 40);
+    let got = fresh
+        .get("acknowledged", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.kv.map(|kv| kv.value), Some(b"before".to_vec()));
+    let stale = client_keyed(&old, raft.clone(), 2)
+        .put("stale", b"1".to_vec(), None)
+        .await;
+    assert!(stale.is_err(), "the dropped key still opens the cluster");
+    // A config that no longer reads is refused on SIGHUP; the running keys stay.
+    rekey(&agents[0], &dir.path().join("missing.key"), &[]);
+    let reason = wait_for(&mut rx, long, |who, e| match e {
+        NodeEvent::ReloadRefused { reason, .. } if who == tags[0] => Some(reason.clone()),
+        NodeEvent::KeysReloaded { .. } => panic!("{who} took a config with a missing key file"),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("cluster_key_file"), "{reason}");
+    fresh.put("after", b"1".to_vec(), None).await.unwrap();
+    // Nothing restarted and the role stayed where it was, under the same term.
+    for (a, tag) in agents.iter_mut().zip(&tags) {
+        assert_eq!(&a.tag(), tag);
+        assert!(
+            a.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "{tag} exited"
+        );
+    }
+    while let Ok((who, e)) = rx.try_recv() {
+        assert!(primary_of(&e).is_none(), "{who}: the role moved: {e:?}");
+    }
+    let s = quorate::status::read(&dir.path().join(&primary).join("status.json")).unwrap();
+    assert_eq!(
+        s.role(ROLE).and_then(|r| r.primary.as_deref()),
+        Some(primary.as_str())
+    );
+    let _ = token;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

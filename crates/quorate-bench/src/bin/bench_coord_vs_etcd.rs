@@ -40,10 +40,7 @@ fn agent(config: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = rt.block_on(async {
-        let v = quorate::config::load(std::path::Path::new(config))?;
-        quorate::agent::run(v).await
-    });
+    let r = rt.block_on(async { quorate::agent::run(std::path::Path::new(config)).await });
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
