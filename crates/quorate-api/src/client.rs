@@ -234,6 +234,15 @@ impl Client {
         .await
     }
 
+    /// `POST /role/{role}/cancel`: cancels a hand-off under way.
+    pub async fn cancel(&self, role: &str) -> Result<AdminReply, ApiError> {
+        self.post(
+            &format!("/role/{}/cancel", path_segment(role)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// `POST /role/{role}/maintenance` on (`ttl` like `"30m"`) or off.
     pub async fn maintenance(
         &self,

@@ -42,6 +42,11 @@ pub enum CtlCommand {
         /// The role.
         role: String,
     },
+    /// Cancel a hand-off (switchover, failback) under way.
+    Cancel {
+        /// The role.
+        role: String,
+    },
     /// Maintenance mode on.
     Pause {
         /// The role.
@@ -284,6 +289,10 @@ pub async fn run(client: &Client, cmd: &CtlCommand, json: bool) -> Result<String
         }
         CtlCommand::Failback { role } => {
             let r = client.failback(role).await?;
+            if json { to_json(&r) } else { reply_text(&r) }
+        }
+        CtlCommand::Cancel { role } => {
+            let r = client.cancel(role).await?;
             if json { to_json(&r) } else { reply_text(&r) }
         }
         CtlCommand::Pause { role, ttl } => {

@@ -117,6 +117,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/role/{role}/switchover", post(switchover))
         .route("/role/{role}/failover", post(failover))
         .route("/role/{role}/failback", post(failback))
+        .route("/role/{role}/cancel", post(cancel))
         .route("/role/{role}/maintenance", post(maintenance))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -940,21 +941,7 @@ async fn switchover(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authenticate(&s, &headers) {
-        return r;
-    }
-    let b: MoveBody = match parse_body(body, s.settings.body_bytes_max) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_leader(&s, &role, b.leader.as_deref()) {
-        return r;
-    }
-    let req = AdminRequest::Switchover {
-        role,
-        to: b.candidate,
-    };
-    run_admin(&s, &headers, "switchover", req).await
+    move_role(&s, role, &headers, body, "switchover").await
 }
 
 async fn failover(
@@ -963,21 +950,34 @@ async fn failover(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authenticate(&s, &headers) {
+    move_role(&s, role, &headers, body, "failover").await
+}
+
+/// A switchover or failover: `{candidate?, leader?}`, with Patroni's `leader` check.
+async fn move_role(
+    s: &AppState,
+    role: String,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    op: &'static str,
+) -> Response {
+    if let Err(r) = authenticate(s, headers) {
         return r;
     }
     let b: MoveBody = match parse_body(body, s.settings.body_bytes_max) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(r) = check_leader(&s, &role, b.leader.as_deref()) {
+    if let Err(r) = check_leader(s, &role, b.leader.as_deref()) {
         return r;
     }
-    let req = AdminRequest::Failover {
-        role,
-        to: b.candidate,
+    let to = b.candidate;
+    let req = if op == "switchover" {
+        AdminRequest::Switchover { role, to }
+    } else {
+        AdminRequest::Failover { role, to }
     };
-    run_admin(&s, &headers, "failover", req).await
+    run_admin(s, headers, op, req).await
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -990,13 +990,41 @@ async fn failback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authenticate(&s, &headers) {
+    bodiless(
+        &s,
+        &headers,
+        body,
+        "failback",
+        AdminRequest::Failback { role },
+    )
+    .await
+}
+
+/// Cancels a hand-off (switchover or failback) under way: the holder keeps the role.
+async fn cancel(
+    State(s): State<AppState>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    bodiless(&s, &headers, body, "cancel", AdminRequest::Cancel { role }).await
+}
+
+/// An operation whose body is empty or `{}`.
+async fn bodiless(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    op: &'static str,
+    req: AdminRequest,
+) -> Response {
+    if let Err(r) = authenticate(s, headers) {
         return r;
     }
     if let Err(r) = parse_body::<Empty>(body, s.settings.body_bytes_max) {
         return r;
     }
-    run_admin(&s, &headers, "failback", AdminRequest::Failback { role }).await
+    run_admin(s, headers, op, req).await
 }
 
 async fn maintenance(

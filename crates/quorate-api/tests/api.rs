@@ -186,6 +186,22 @@ async fn probes_state_admin_and_bad_input_over_http() {
             "operate",
         ),
         (
+            "read-only token cancels",
+            reader.clone(),
+            "/role/app/cancel",
+            None,
+            403,
+            "operate",
+        ),
+        (
+            "cancel with a field",
+            c.op(0),
+            "/role/app/cancel",
+            Some("{\"role\":\"app\"}".into()),
+            400,
+            "role",
+        ),
+        (
             "unfit candidate",
             c.op(0),
             "/role/app/switchover",
@@ -273,6 +289,11 @@ async fn probes_state_admin_and_bad_input_over_http() {
     assert_eq!(role.automatic.as_deref(), Some("paused"));
     let r = c.op(0).maintenance(ROLE, false, None).await.unwrap();
     assert_eq!(r.status, 200);
+
+    // --- Cancel with no hand-off under way: done, and the holder keeps the role.
+    let r = c.op(0).cancel(ROLE).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(c.primary().await.as_deref(), Some(primary.as_str()));
 
     // --- A switchover over HTTP moves the role, confirmed before the reply.
     let r: AdminReply = c.op(0).switchover(ROLE, Some(&other_name)).await.unwrap();

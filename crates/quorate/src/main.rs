@@ -112,6 +112,11 @@ enum CtlCmd {
         /// The role.
         role: String,
     },
+    /// Cancel a hand-off (switchover, failback) under way: the holder keeps the role.
+    Cancel {
+        /// The role.
+        role: String,
+    },
     /// Maintenance mode: no automatic moves until `--ttl` runs out or `resume`.
     Pause {
         /// The role.
@@ -137,6 +142,7 @@ impl CtlCmd {
             CtlCmd::Switchover { role, candidate } => C::Switchover { role, candidate },
             CtlCmd::Failover { role, candidate } => C::Failover { role, candidate },
             CtlCmd::Failback { role } => C::Failback { role },
+            CtlCmd::Cancel { role } => C::Cancel { role },
             CtlCmd::Pause { role, ttl } => C::Pause { role, ttl },
             CtlCmd::Resume { role } => C::Resume { role },
         }

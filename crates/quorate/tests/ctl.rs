@@ -138,6 +138,17 @@ async fn ctl_drives_agents_through_their_api() {
     assert!(!denied.ok);
     assert!(denied.stderr.contains("401"), "{}", denied.stderr);
 
+    // Cancel with no hand-off under way: done, nothing moves.
+    let cancel = ctl(&["--config", n1, "cancel", ROLE]).await;
+    assert!(cancel.ok, "{}", cancel.stderr);
+    assert_eq!(
+        role_via(&urls[0], &token)
+            .await
+            .and_then(|r| r.holder)
+            .as_deref(),
+        Some(primary.as_str())
+    );
+
     // A switchover through ctl moves the role.
     let target = if primary == "n1" { "n2" } else { "n1" };
     let sw = ctl(&["--config", n1, "switchover", ROLE, "--candidate", target]).await;
