@@ -19,10 +19,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use quorate_failover::shell::RenewSnapshot;
 use quorate_health_api::HealthStatus;
 use quorate_membership_api::{MemberState, SplitBrainStatus};
 use quorate_startup::NodeContext;
+use quorate_types::latency::LatencySnapshot;
 
 /// A role label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,23 +52,55 @@ pub(crate) struct AdminLabel {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
-/// The roles' lease renew latencies (kept by the failover manager as fixed buckets), encoded
-/// as a histogram and a failure counter; filled at each scrape before encoding.
-#[derive(Debug, Default)]
-struct RenewCollector {
-    roles: Mutex<Vec<(String, RenewSnapshot)>>,
+/// Fixed-bucket latencies kept by the node (the roles' lease renewals, the store's requests per
+/// operation), encoded as a histogram and a failure counter with one label; filled at each
+/// scrape before encoding.
+#[derive(Debug)]
+struct LatencyCollector {
+    name: &'static str,
+    help: &'static str,
+    failures: &'static str,
+    failures_help: &'static str,
+    label: &'static str,
+    series: Mutex<Vec<(String, LatencySnapshot)>>,
 }
 
-impl Collector for RenewCollector {
+impl LatencyCollector {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        (failures, failures_help): (&'static str, &'static str),
+        label: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            help,
+            failures,
+            failures_help,
+            label,
+            series: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set(&self, series: Vec<(String, LatencySnapshot)>) {
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = series;
+    }
+}
+
+impl Collector for LatencyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let roles = self.roles.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let series = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut m = encoder.encode_descriptor(
-            "role_lease_renew_latency",
-            "Round trip of each acknowledged lease renewal while this node holds the role",
+            self.name,
+            self.help,
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (role, snap) in &roles {
+        for (value, snap) in &series {
             // prometheus-client takes per-bucket counts, with f64::MAX for +Inf.
             let mut prev = 0;
             let buckets: Vec<(f64, u64)> = snap
@@ -80,7 +112,7 @@ impl Collector for RenewCollector {
                     (if bound.is_finite() { *bound } else { f64::MAX }, n)
                 })
                 .collect();
-            let label = RoleLabel { role: role.clone() };
+            let label = [(self.label, value.as_str())];
             m.encode_family(&label)?.encode_histogram::<NoLabelSet>(
                 snap.sum_seconds,
                 snap.count,
@@ -89,13 +121,13 @@ impl Collector for RenewCollector {
             )?;
         }
         let mut f = encoder.encode_descriptor(
-            "role_lease_renew_failures",
-            "Lease renewals that failed or timed out while this node held the role",
+            self.failures,
+            self.failures_help,
             None,
             MetricType::Counter,
         )?;
-        for (role, snap) in &roles {
-            let label = RoleLabel { role: role.clone() };
+        for (value, snap) in &series {
+            let label = [(self.label, value.as_str())];
             ConstCounter::new(snap.failed).encode(f.encode_family(&label)?)?;
         }
         Ok(())
@@ -133,7 +165,8 @@ pub(crate) struct Metrics {
     split_brain: Gauge,
     ready: Gauge,
     pub(crate) admin_requests: Family<AdminLabel, Counter>,
-    renews: Arc<RenewCollector>,
+    renews: Arc<LatencyCollector>,
+    requests: Arc<LatencyCollector>,
     /// Per role: the `at` of the last history entry counted.
     history_cursor: Mutex<BTreeMap<String, Option<std::time::Duration>>>,
 }
@@ -165,7 +198,26 @@ impl Metrics {
             ready: Gauge::default(),
             admin_requests: Family::default(),
             history_cursor: Mutex::new(BTreeMap::new()),
-            renews: Arc::new(RenewCollector::default()),
+            renews: Arc::new(LatencyCollector::new(
+                "role_lease_renew_latency",
+                "Round trip of each acknowledged lease renewal while this node holds the role",
+                (
+                    "role_lease_renew_failures",
+                    "Lease renewals that failed or timed out while this node held the role",
+                ),
+                "role",
+            )),
+            requests: Arc::new(LatencyCollector::new(
+                "coordination_request_duration",
+                "This node's answered requests to its coordination store, by operation \
+                 (for writes: proposal to applied answer, the commit latency it sees; lock \
+                 and campaign include the wait in the queue)",
+                (
+                    "coordination_request_failures",
+                    "This node's requests to its coordination store that failed, by operation",
+                ),
+                "op",
+            )),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -280,6 +332,7 @@ impl Metrics {
             m.admin_requests.clone(),
         );
         r.register_collector(Box::new(Arc::clone(&m.renews)));
+        r.register_collector(Box::new(Arc::clone(&m.requests)));
         Metrics { registry, ..m }
     }
 
@@ -366,7 +419,14 @@ impl Metrics {
             .iter()
             .filter_map(|r| Some((r.to_string(), ctx.failover.renew_stats(r).ok()?)))
             .collect();
-        *self.renews.roles.lock().unwrap_or_else(|e| e.into_inner()) = renews;
+        self.renews.set(renews);
+        self.requests.set(
+            ctx.coord_stats
+                .snapshot()
+                .into_iter()
+                .map(|(op, snap)| (op.to_owned(), snap))
+                .collect(),
+        );
         let h = ctx.health.snapshot();
         self.health_healthy.set(b(matches!(
             h.status,

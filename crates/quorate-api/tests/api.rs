@@ -406,6 +406,22 @@ async fn probes_state_admin_and_bad_input_over_http() {
         text.contains("quorate_role_lease_renew_latency_seconds_count{role=\"app\"}"),
         "{text}"
     );
+    // The store's request latency: a series per operation, and this node's requests counted
+    // (its failover loop reads and renews through the same timed store).
+    let answered: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("quorate_coordination_request_duration_seconds_count{op="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(answered > 0, "no store request counted:\n{text}");
+    for op in quorate_startup::metered::METERED_OPS {
+        assert!(
+            text.contains(&format!(
+                "quorate_coordination_request_failures_total{{op=\"{op}\"}}"
+            )),
+            "{op} missing:\n{text}"
+        );
+    }
     // Every metric the shipped alert rules use is in the scrape.
     let rules = include_str!("../../../docs/alerts.yml");
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

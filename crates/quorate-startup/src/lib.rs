@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod config;
 pub mod hooks;
+pub mod metered;
 pub mod node;
 pub mod notify;
 pub mod replication;

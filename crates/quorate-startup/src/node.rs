@@ -102,6 +102,9 @@ pub struct NodeContext {
     /// a plugin's own, e.g. replication): one shared ring, replaced in place by
     /// [`Node::reload_keys`].
     pub keys: KeyRing,
+    /// Latencies of this node's requests to `coord`, per operation (`quorate-api` exports
+    /// them).
+    pub coord_stats: Arc<crate::metered::CoordStats>,
 }
 
 /// Builds a [`Node`] from a validated config.
@@ -680,6 +683,7 @@ impl NodeBuilder {
         })
         .await?;
 
+        let coord_stats = Arc::new(crate::metered::CoordStats::default());
         let coord: Arc<dyn Coord> = {
             let wire = wire.clone();
             let v2 = Arc::clone(&v);
@@ -732,7 +736,11 @@ impl NodeBuilder {
             )
             .await?;
             let _ = events.send(started_event("raft"));
-            backend
+            // Every request of this node to its store from here on is timed (metrics).
+            Arc::new(crate::metered::MeteredCoord::new(
+                backend,
+                Arc::clone(&coord_stats),
+            ))
         };
 
         let monitor = stage(report, n, events, "health", timeout, async {
@@ -841,6 +849,7 @@ impl NodeBuilder {
             events: events.clone(),
             ready: ready_rx,
             keys: wire.keys.clone(),
+            coord_stats,
         };
         for p in &self.plugins {
             let name = format!("plugin:{}", p.name());

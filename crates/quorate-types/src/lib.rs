@@ -19,6 +19,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod latency;
 pub mod lease;
 
 /// The longest node id or role name, in bytes.

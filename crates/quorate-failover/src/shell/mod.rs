@@ -46,7 +46,6 @@ pub use hooks::{ChangeCause, HookContext, LagSource, NoHooks, RoleChange, RoleHo
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -275,73 +274,14 @@ struct RoleHandle {
 
 /// Upper bounds of the lease renew latency buckets, in seconds (`quorate-api` exports them as
 /// a histogram).
-pub const RENEW_BUCKETS_SECONDS: [f64; 10] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+pub const RENEW_BUCKETS_SECONDS: [f64; 10] = quorate_types::latency::LATENCY_BUCKETS_SECONDS;
 
-/// Lease renew round trips of one role on this node (while it holds the role): a fixed-bucket
-/// histogram, lock-free, only growing.
-#[derive(Debug, Default)]
-pub(crate) struct RenewStats {
-    /// Per bucket of [`RENEW_BUCKETS_SECONDS`] (not cumulative), then the overflow.
-    buckets: [AtomicU64; RENEW_BUCKETS_SECONDS.len() + 1],
-    sum_micros: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl RenewStats {
-    pub(crate) fn record(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let i = RENEW_BUCKETS_SECONDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(RENEW_BUCKETS_SECONDS.len());
-        if let Some(b) = self.buckets.get(i) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_micros.fetch_add(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn record_failure(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> RenewSnapshot {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(RENEW_BUCKETS_SECONDS.len() + 1);
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let bound = RENEW_BUCKETS_SECONDS
-                .get(i)
-                .copied()
-                .unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
-        }
-        RenewSnapshot {
-            buckets,
-            count: cumulative,
-            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            failed: self.failed.load(Ordering::Relaxed),
-        }
-    }
-}
+/// Lease renew round trips of one role on this node (while it holds the role).
+pub(crate) type RenewStats = quorate_types::latency::LatencyStats;
 
 /// The lease renewals of one role on this node so far (acknowledged ones in the histogram,
 /// failed or timed-out ones counted apart).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RenewSnapshot {
-    /// `(upper bound in seconds, renewals at most that slow)`, cumulative, ending with
-    /// `+Inf`.
-    pub buckets: Vec<(f64, u64)>,
-    /// Acknowledged renewals.
-    pub count: u64,
-    /// Their summed latency, in seconds.
-    pub sum_seconds: f64,
-    /// Renewals that failed or timed out.
-    pub failed: u64,
-}
+pub type RenewSnapshot = quorate_types::latency::LatencySnapshot;
 
 /// Manages this node's roles. Dropping it does not stop the tasks: call
 /// [`shutdown`](Self::shutdown), which demotes cleanly (hooks, resign, revoke).
