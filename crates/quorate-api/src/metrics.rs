@@ -155,6 +155,7 @@ pub(crate) struct Metrics {
     role_lease_remaining: Family<RoleLabel, FGauge>,
     role_lease_ttl: Family<RoleLabel, FGauge>,
     role_changes: Family<RoleLabel, Counter>,
+    role_lag: Family<RoleLabel, Gauge>,
     failover_duration: Family<RoleLabel, Histogram>,
     health_check: Family<CheckLabel, Gauge>,
     health_healthy: Gauge,
@@ -187,6 +188,7 @@ impl Metrics {
             role_lease_remaining: Family::default(),
             role_lease_ttl: Family::default(),
             role_changes: Family::default(),
+            role_lag: Family::default(),
             failover_duration: Family::new_with_constructor(duration_histogram),
             health_check: Family::default(),
             health_healthy: Gauge::default(),
@@ -283,6 +285,13 @@ impl Metrics {
             "role_changes",
             "Primary changes of the role recorded by this node",
             m.role_changes.clone(),
+        );
+        r.register(
+            "role_replication_lag",
+            "This node's replication lag behind the role's primary, in its lag source's unit \
+             (Redis: replication offset bytes; leader-mode keyspaces: entries); only for roles \
+             with a lag source, and only while the lag is known",
+            m.role_lag.clone(),
         );
         r.register_with_unit(
             "role_failover_duration",
@@ -393,6 +402,28 @@ impl Metrics {
                 .set(acting.as_ref().map_or(0.0, |p| {
                     p.valid_until().saturating_sub(p.now()).as_secs_f64()
                 }));
+            // The lag as the failover policy sees it (what decides candidacy).
+            let explained = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                ctx.failover.explain(role),
+            )
+            .await;
+            let lag = match explained {
+                Ok(Ok(e)) => e
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == ctx.config.node_id)
+                    .and_then(|n| n.lag),
+                _ => None,
+            };
+            match lag {
+                Some(lag) => {
+                    self.role_lag.get_or_create(&l).set(as_i64(lag));
+                }
+                None => {
+                    self.role_lag.remove(&l);
+                }
+            }
             if let Ok(h) = ctx.failover.history(role) {
                 let mut cursors = self
                     .history_cursor

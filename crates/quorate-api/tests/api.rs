@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ROLE, body, call, start_cluster, token_file, until};
+use common::{ROLE, body, call, start_cluster, start_cluster_with, token_file, until};
 use hyper::Method;
 use quorate::Node;
 use quorate::config::ApiSection;
@@ -414,6 +414,8 @@ async fn probes_state_admin_and_bad_input_over_http() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(answered > 0, "no store request counted:\n{text}");
+    // No lag source for the role: no lag series (an absent lag is not a zero lag).
+    assert!(!text.contains("quorate_role_replication_lag{"), "{text}");
     for op in quorate_startup::metered::METERED_OPS {
         assert!(
             text.contains(&format!(
@@ -435,6 +437,22 @@ async fn probes_state_admin_and_bad_input_over_http() {
     }
     promtool_check_metrics(&text);
 
+    c.stop().await;
+}
+
+/// With a lag source for the role, each node exports its lag as the failover policy sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_a_lag_source_exports_each_node_s_replication_lag() {
+    let c = start_cluster_with("quorate-api-lag", Some(4096)).await;
+    for i in 0..3 {
+        let m = call(&c.anon(i), Method::GET, "/metrics").await;
+        let text = String::from_utf8(m.body.to_vec()).unwrap();
+        assert!(
+            text.contains("quorate_role_replication_lag{role=\"app\"} 4096"),
+            "node {i}:\n{text}"
+        );
+        promtool_check_metrics(&text);
+    }
     c.stop().await;
 }
 

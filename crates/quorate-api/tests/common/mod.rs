@@ -78,6 +78,20 @@ pub fn token_file(dir: &Path, name: &str) -> (PathBuf, Secret) {
 /// Three nodes with role `app` and an API each; `n3` is tagged `no-failover` (an unfit
 /// candidate for the 412 case).
 pub async fn start_cluster(name: &str) -> Cluster {
+    start_cluster_with(name, None).await
+}
+
+/// A lag source reporting the same lag for every node.
+struct FixedLag(u64);
+
+impl quorate_failover::shell::LagSource for FixedLag {
+    fn lag(&self, _node: &quorate_types::NodeId) -> Option<u64> {
+        Some(self.0)
+    }
+}
+
+/// [`start_cluster`], with a replication-lag source reporting `lag` for every node if given.
+pub async fn start_cluster_with(name: &str, lag: Option<u64>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let plan = LoopbackPlan::new(name, 3, dir.path()).unwrap();
     let (tf, token) = token_file(dir.path(), "api.token");
@@ -102,12 +116,14 @@ pub async fn start_cluster(name: &str) -> Cluster {
         starts.push(tokio::spawn(async move {
             let config = quorate::config::load(&path).unwrap();
             let api = Arc::new(ApiPlugin::from_config(&config).expect("an [api] section"));
-            let node = Node::builder(config)
-                .status_file(false)
-                .plugin(api.clone())
-                .start()
-                .await
-                .unwrap();
+            let mut builder = Node::builder(config).status_file(false).plugin(api.clone());
+            if let Some(lag) = lag {
+                builder = builder.lag_source(
+                    quorate_types::RoleName::new(ROLE).unwrap(),
+                    Arc::new(FixedLag(lag)),
+                );
+            }
+            let node = builder.start().await.unwrap();
             (node, api)
         }));
     }
