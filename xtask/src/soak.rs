@@ -295,7 +295,17 @@ struct Job {
     count: u64,
 }
 
-/// Runs one chunk; returns its records (a seed the process never reported is a failure).
+/// Whether a test process was stopped by the operator (Ctrl-C, `kill`, a hang-up) rather than
+/// ending on its own: its unreported seeds are not failures, and its chunk stays pending for
+/// the next run to resume.
+fn interrupted(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    // SIGHUP, SIGINT, SIGTERM. (An abort, a crash or the OOM killer's SIGKILL is a failure.)
+    matches!(status.signal(), Some(1 | 2 | 15))
+}
+
+/// Runs one chunk; returns its records (a seed the process never reported is a failure). A
+/// chunk whose process was [`interrupted`] returns no records at all.
 fn run_chunk(job: &Job, scratch: &Path, n: usize) -> Result<Vec<Record>> {
     let report = scratch.join(format!("chunk-{n}.jsonl"));
     let _ = std::fs::remove_file(&report);
@@ -330,6 +340,15 @@ fn run_chunk(job: &Job, scratch: &Path, n: usize) -> Result<Vec<Record>> {
             message: v["message"].as_str().unwrap_or_default().to_owned(),
             replay: v["replay"].as_str().unwrap_or_default().to_owned(),
         });
+    }
+    if interrupted(out.status) {
+        eprintln!(
+            "soak: {test} seeds {}..{} interrupted ({}); left pending for the next run",
+            job.start,
+            job.start + job.count,
+            out.status
+        );
+        return Ok(Vec::new());
     }
     let is_scenario = !records.is_empty();
     if is_scenario && !out.status.success() {
@@ -660,6 +679,21 @@ fn sim_packages(root: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operator_s_signal_is_an_interruption_and_a_crash_is_not() {
+        use std::os::unix::process::ExitStatusExt as _;
+        use std::process::ExitStatus;
+        // Raw wait statuses: the low 7 bits are the terminating signal.
+        for sig in [1, 2, 15] {
+            assert!(interrupted(ExitStatus::from_raw(sig)), "signal {sig}");
+        }
+        for crash in [6, 9, 11] {
+            assert!(!interrupted(ExitStatus::from_raw(crash)), "signal {crash}");
+        }
+        assert!(!interrupted(ExitStatus::from_raw(101 << 8)), "exit 101");
+        assert!(!interrupted(ExitStatus::from_raw(0)), "success");
+    }
 
     #[test]
     fn pending_chunks_skip_done_seeds_and_split_the_rest() {
