@@ -36,6 +36,33 @@ pub struct Gap {
     pub unavailable_ms: u64,
     /// From the signal to the new term's first action, in milliseconds.
     pub signal_to_action_ms: u64,
+    /// The new term's token and holder.
+    pub token: u64,
+    /// The node that holds the new term.
+    pub node: String,
+    /// Why the role moved, as the new primary printed it (`manual switchover` for a
+    /// hand-off that worked as planned), with its measured detection and promotion times.
+    pub cause: Option<String>,
+    /// Detection and promotion, as the new primary measured them, in milliseconds.
+    pub detection_ms: Option<u64>,
+    /// See `detection_ms`.
+    pub promotion_ms: Option<u64>,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
+        write!(
+            f,
+            "{:>5} ms unavailable, token {} on {}, cause {}, detection {}, promotion {}",
+            self.unavailable_ms,
+            self.token,
+            self.node,
+            self.cause.as_deref().unwrap_or("-"),
+            ms(self.detection_ms),
+            ms(self.promotion_ms)
+        )
+    }
 }
 
 /// The results.
@@ -78,7 +105,14 @@ impl fmt::Display for RollingReport {
             "unplanned failover (kill -9):       {}",
             summary(&self.kills)
         )?;
-        write!(f, "hook-log check over the whole run: {}", self.check)
+        writeln!(f, "hook-log check over the whole run: {}", self.check)?;
+        for (i, g) in self.handoffs.iter().enumerate() {
+            writeln!(f, "  hand-off {:>2}: {g}", i + 1)?;
+        }
+        for (i, g) in self.kills.iter().enumerate() {
+            writeln!(f, "  kill     {:>2}: {g}", i + 1)?;
+        }
+        Ok(())
     }
 }
 
@@ -95,6 +129,14 @@ pub async fn rolling_restart(opts: &RollingOptions) -> Result<RollingReport> {
     .await?;
     let mut report = RollingReport::default();
     let r = steps(&mut c, opts, &mut report).await;
+    // The new primaries' own account of each change (their event lines outlive the run).
+    for g in report.handoffs.iter_mut().chain(report.kills.iter_mut()) {
+        if let Some(rc) = c.role_change(g.token, &g.node) {
+            g.cause = Some(rc.cause);
+            g.detection_ms = rc.detection_ms;
+            g.promotion_ms = rc.promotion_ms;
+        }
+    }
     let stopped = c.shutdown().await;
     report.check = c.check()?;
     if r.is_err() || stopped.is_err() {
@@ -117,12 +159,16 @@ fn gap(c: &Cluster, old: u64, signal_ns: u64) -> Result<Option<Gap>> {
     let first_new = log
         .iter()
         .filter(|e| e.kind == Kind::Act && e.token > old)
-        .map(|e| e.at_ns)
-        .min();
+        .min_by_key(|e| e.at_ns);
     Ok(match (last_old, first_new) {
         (Some(l), Some(f)) => Some(Gap {
-            unavailable_ms: f.saturating_sub(l) / 1_000_000,
-            signal_to_action_ms: f.saturating_sub(signal_ns) / 1_000_000,
+            unavailable_ms: f.at_ns.saturating_sub(l) / 1_000_000,
+            signal_to_action_ms: f.at_ns.saturating_sub(signal_ns) / 1_000_000,
+            token: f.token,
+            node: f.node.clone(),
+            cause: None,
+            detection_ms: None,
+            promotion_ms: None,
         }),
         _ => None,
     })

@@ -778,6 +778,19 @@ impl NodeBuilder {
         started.monitor = Some(monitor.clone());
         let _ = events.send(started_event("health"));
 
+        // This node's gossiped metadata. Its roles are published only once its role loops run
+        // (after the `roles` stage): a peer choosing a switchover target must not pick a node
+        // that is still starting and cannot take the role yet (it would wait out that startup,
+        // 440-500 ms in the rolling-restart bench).
+        let mut meta = MemberMeta::default();
+        meta.node.version = env!("CARGO_PKG_VERSION").to_owned();
+        meta.node.tags = raw.gossip.tags.clone();
+        meta.node.api_addr = raw.api.as_ref().map(|a| a.listen.clone());
+        let ready_meta = {
+            let mut m = meta.node.clone();
+            m.roles = v.roles.iter().cloned().collect();
+            m
+        };
         let membership = stage(report, n, events, "membership", timeout, async {
             let mut mc = MembershipConfig::new(v.node_id.clone(), raw.gossip.listen.clone());
             mc.advertise_addr = raw.gossip.advertise.clone();
@@ -785,11 +798,6 @@ impl NodeBuilder {
             mc.bootstrap = raw.gossip.bootstrap;
             mc.voters = v.voters.keys().cloned().collect();
             mc.profile = if wan { Profile::wan() } else { Profile::lan() };
-            let mut meta = MemberMeta::default();
-            meta.node.version = env!("CARGO_PKG_VERSION").to_owned();
-            meta.node.tags = raw.gossip.tags.clone();
-            meta.node.roles = v.roles.iter().cloned().collect();
-            meta.node.api_addr = raw.api.as_ref().map(|a| a.listen.clone());
             mc.meta = meta;
             let m = quorate_membership::start(TokioNet, mc, wire.clone(), Some(health.clone()))
                 .await
@@ -833,6 +841,11 @@ impl NodeBuilder {
                         .map_err(|_| format!("role {r} stopped before its first decision"))?;
                 }
             }
+            // Every role loop runs: from now on peers may choose this node.
+            membership
+                .set_meta(ready_meta)
+                .await
+                .map_err(|e| format!("publishing this node's roles: {e}"))?;
             Ok(Arc::new(manager))
         })
         .await?;

@@ -236,7 +236,9 @@ async fn faults_are_ridden_out_409_is_alerted_and_retry_after_is_honoured() {
         t.api_url = Some(fake.url.clone());
         t.admin_chats = vec![ADMIN];
         t.chat_interval = Duration::from_millis(20);
-        t.request_timeout = Duration::from_millis(300);
+        // Long enough for a loaded machine (a 300 ms bound timed every poll out there and
+        // the test never saw its update), short enough that the hung poll below ends soon.
+        t.request_timeout = Duration::from_secs(2);
     });
     let node = cluster.start(0).await;
     let nodes = vec![Some(node)];

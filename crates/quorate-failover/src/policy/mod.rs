@@ -204,6 +204,8 @@ pub struct RolePolicy<N> {
     unhealthy_since: Option<Duration>,
     /// Since when each node has been a candidate without interruption.
     eligible_since: BTreeMap<N, Duration>,
+    /// The first step's time: a node already a candidate then did not just become one.
+    watching_since: Option<Duration>,
     /// Times of the last K automatic failovers, oldest first.
     failovers: VecDeque<Duration>,
     pause: Option<Pause>,
@@ -224,6 +226,7 @@ impl<N: NodeKey> RolePolicy<N> {
             lost_cause: Cause::LeaseLost,
             unhealthy_since: None,
             eligible_since: BTreeMap::new(),
+            watching_since: None,
             failovers: VecDeque::new(),
             pause: None,
             vetoes: BTreeMap::new(),
@@ -619,6 +622,7 @@ impl<N: NodeKey> RolePolicy<N> {
     }
 
     fn track_eligibility(&mut self, views: &[&NodeView<N>], lag_tracked: bool, now: Duration) {
+        self.watching_since.get_or_insert(now);
         let mut next = BTreeMap::new();
         for v in views {
             if self.reasons(v, lag_tracked, now, false).is_empty() {
@@ -879,7 +883,7 @@ impl<N: NodeKey> RolePolicy<N> {
     }
 
     /// Candidates other than `exclude`, best first: priority (higher), lag (lower, when
-    /// tracked), not the coordination leader, id.
+    /// tracked), not the coordination leader, settled, id.
     fn candidates<'a>(
         &self,
         views: &[&'a NodeView<N>],
@@ -902,17 +906,21 @@ impl<N: NodeKey> RolePolicy<N> {
                     0
                 }
             };
-            // A candidate that became one within `settle` (just restarted or rejoined) comes
-            // after the settled ones of its priority.
+            // A candidate that became one within `settle` while this policy watched (rejoined,
+            // recovered) comes after the settled ones of its priority, lag and coordination
+            // leadership. One already a candidate at this policy's first step is not new: right
+            // after this node's own restart every peer would look new. (A peer still starting
+            // is no candidate at all: it gossips its roles only once its role loops run.)
             let fresh = |v: &NodeView<N>| {
                 let since = self.eligible_since.get(&v.id).copied().unwrap_or(now);
-                now.saturating_sub(since) < self.config.settle
+                self.watching_since.is_none_or(|w| since > w)
+                    && now.saturating_sub(since) < self.config.settle
             };
-            (Reverse(a.priority), fresh(a), lag(a), a.coord_leader, &a.id).cmp(&(
+            (Reverse(a.priority), lag(a), a.coord_leader, fresh(a), &a.id).cmp(&(
                 Reverse(b.priority),
-                fresh(b),
                 lag(b),
                 b.coord_leader,
+                fresh(b),
                 &b.id,
             ))
         });
