@@ -81,6 +81,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "python3-mockupdb",
         "a server speaking MongoDB's wire protocol for the MongoDB check",
     ),
+    (
+        "g++",
+        "a C++ compiler: libfuzzer-sys builds libFuzzer for the fuzz phase (a bare Debian root has only gcc)",
+    ),
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
