@@ -72,6 +72,17 @@ pub trait Plugin: Send + Sync {
     async fn stop(&self);
 }
 
+/// The send key and the further accepted keys of a validated config (at start and on SIGHUP).
+fn cluster_keys(v: &Validated) -> Result<(ClusterKey, Vec<ClusterKey>), String> {
+    let key = ClusterKey::from_hex(v.key_hex.expose()).map_err(|e| e.to_string())?;
+    let accepted = v
+        .accepted_keys_hex
+        .iter()
+        .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((key, accepted))
+}
+
 /// What [`Node::reload_keys`] took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeysReloaded {
@@ -376,12 +387,7 @@ impl Node {
                 fresh.raw.cluster_name, fresh.node_id, running.raw.cluster_name, running.node_id
             ));
         }
-        let key = ClusterKey::from_hex(fresh.key_hex.expose()).map_err(|e| e.to_string())?;
-        let accepted = fresh
-            .accepted_keys_hex
-            .iter()
-            .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (key, accepted) = cluster_keys(fresh)?;
         self.ctx
             .keys
             .replace(key, accepted)
@@ -672,12 +678,7 @@ impl NodeBuilder {
         .await?;
 
         let wire = stage(report, n, events, "transport", timeout, async {
-            let key = ClusterKey::from_hex(v.key_hex.expose()).map_err(|e| e.to_string())?;
-            let accepted = v
-                .accepted_keys_hex
-                .iter()
-                .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let (key, accepted) = cluster_keys(&v)?;
             WireConfig::new(raw.cluster_name.clone(), KeyRing::new(key, accepted))
                 .map_err(|e| e.to_string())
         })
