@@ -570,6 +570,7 @@ impl Cluster {
             cluster_name: "quorate-chaos".to_owned(),
             cluster_key: None,
             accepted_key_files: Vec::new(),
+            client_key_files: Vec::new(),
             cluster_key_file: Some(dir.join("cluster.key")),
             node_id: name.clone(),
             data_dir: dir.join(name),
@@ -577,6 +578,7 @@ impl Cluster {
             raft: RaftSection {
                 listen: format!("{}:7201", World::addr(i)),
                 advertise: None,
+                store_bytes_max: None,
                 voters: (0..self.spec.size)
                     .map(|j| (format!("n{}", j + 1), format!("{}:7201", World::addr(j))))
                     .collect(),

@@ -108,6 +108,14 @@ pub enum CoordError {
         /// What was expected.
         reason: String,
     },
+    /// The caller's credential does not allow this request (e.g. a client key asking for a
+    /// membership change, or writing a key the cluster's own components own). Nothing
+    /// changed.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// What was refused and why.
+        reason: String,
+    },
     /// The backend does not support this operation. Nothing changed.
     #[error("unsupported by this backend: {what}")]
     Unsupported {

@@ -20,6 +20,6 @@ pub mod types;
 
 pub use config::{Limits, Timing, raft_id};
 pub use error::NodeError;
-pub use node::{ClusterView, NodeConfig, RaftNode};
+pub use node::{CLIENT_PROTECTED_PREFIXES, ClusterView, NodeConfig, RaftNode};
 pub use store::Storage;
 pub use types::{Applied, PeerNode, TypeConfig};

@@ -738,6 +738,53 @@ impl Machine {
         i128::from(stored_bytes(key, value)) - i128::from(old)
     }
 
+    /// How much running a transaction branch would grow the store (negative: shrink).
+    fn branch_growth(&self, branch: &[TxnOp]) -> i128 {
+        branch
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } => self.growth(key, value),
+                TxnOp::Delete { key } => self
+                    .kv
+                    .get(key)
+                    .map_or(0, |kv| -(stored_bytes(key, &kv.value) as i128)),
+                TxnOp::Get { .. } | TxnOp::Range { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// A node's own store quota, checked on the leader before it proposes a user write
+    /// (`Put`, or a `Txn` whose branch that would run now grows the store): fails (NOSPACE)
+    /// when the write would take the stored bytes past `quota`. Everything else passes, so
+    /// locks, elections and role leases are never refused, and neither are deletes and
+    /// writes that do not grow the store. The apply-time limit
+    /// ([`MachineLimits::store_bytes_max`]) stays the hard limit every node applies alike;
+    /// this one is a node setting, so nodes may differ in it without diverging.
+    pub fn admit(&self, cmd: &Command, quota: u64) -> Result<(), CoordError> {
+        let growth = match cmd {
+            Command::Put { key, value, .. } => self.growth(key, value),
+            Command::Txn(t) => {
+                let branch = if t.compares.iter().all(|c| self.compare(c)) {
+                    &t.success
+                } else {
+                    &t.failure
+                };
+                self.branch_growth(branch)
+            }
+            _ => return Ok(()),
+        };
+        if growth > 0 && i128::from(self.bytes).saturating_add(growth) > i128::from(quota) {
+            return Err(CoordError::ResourceExhausted {
+                what: format!(
+                    "store quota (store_bytes_max in the agent config: bytes of stored keys and values; {} stored, this write adds {growth}: NOSPACE; delete keys or raise the quota)",
+                    self.bytes
+                ),
+                max: quota,
+            });
+        }
+        Ok(())
+    }
+
     /// Fails (NOSPACE) if user writes growing the store by `growth` bytes would take it past
     /// `store_bytes_max`. Writes that do not grow it always pass, so a full store can be
     /// cleaned up with deletes and smaller overwrites.
@@ -1216,18 +1263,7 @@ impl Machine {
             TxnOp::Put { key, .. } => Some(key.as_str()),
             _ => None,
         }))?;
-        let growth = branch
-            .iter()
-            .map(|op| match op {
-                TxnOp::Put { key, value, .. } => self.growth(key, value),
-                TxnOp::Delete { key } => self
-                    .kv
-                    .get(key)
-                    .map_or(0, |kv| -(stored_bytes(key, &kv.value) as i128)),
-                TxnOp::Get { .. } | TxnOp::Range { .. } => 0,
-            })
-            .sum();
-        self.check_space(growth)?;
+        self.check_space(self.branch_growth(branch))?;
         let mut results = Vec::with_capacity(branch.len());
         for op in branch {
             results.push(match op {

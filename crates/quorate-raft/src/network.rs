@@ -56,7 +56,9 @@ use quorate_coord_api::{
     LeaseId, LeaseInfo, LockGrant, RangeRequest, RangeResponse, Revision, Txn, WatchEvent,
 };
 use quorate_wire::net::{Listener, Net};
-use quorate_wire::{Challenge, MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError};
+use quorate_wire::{
+    Challenge, ClientKey, MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -592,6 +594,8 @@ pub struct InboundStats {
     pub send_timeouts: AtomicU64,
     /// Connections closed at a frame that failed to open or decode.
     pub rejected_frames: AtomicU64,
+    /// Connections closed because a client key sent something other than a client request.
+    pub client_key_refusals: AtomicU64,
     /// Warning lines written about bad inbound connections.
     pub warn_lines: AtomicU64,
     /// Warnings suppressed by the rate limit.
@@ -975,8 +979,21 @@ fn still_open<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
 
 /// Answers requests; implemented by the node.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request.
+    /// Answers one request sealed under a cluster key (a peer, or a client holding the
+    /// cluster key).
     fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+
+    /// Answers one client request sealed under a client key (`quorate_wire::ClientKey`):
+    /// the handler decides what such a client may do. By default nothing.
+    fn handle_as_client(
+        &self,
+        req: ClientRequest,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        let _ = req;
+        std::future::ready(Response::Client(Err(CoordError::PermissionDenied {
+            reason: "this service answers no client keys".to_owned(),
+        })))
+    }
 }
 
 /// Serves inbound connections on `listener` until `cancel` fires: per connection, send a
@@ -1189,8 +1206,8 @@ async fn serve_conn<N: Net, H: Handler>(
             return;
         }
     }
-    let mut opener = StreamOpener::bound(&transport.opener, &challenge);
-    let sealer = Sealer::bound(&transport.wire, &challenge);
+    let mut opener = StreamOpener::bound(&transport.opener, &challenge).accepting_clients();
+    let mut sealer = Sealer::bound(&transport.wire, &challenge);
     let pre_auth_deadline = Instant::now() + config.pre_auth_timeout;
     let mut authenticated = false;
     loop {
@@ -1204,7 +1221,7 @@ async fn serve_conn<N: Net, H: Handler>(
             read_request(&mut stream, &mut opener, authenticated),
         )
         .await;
-        let (kind, req) = match read {
+        let (kind, req, client) = match read {
             Err(_) if authenticated => return, // idle
             Err(_) => {
                 transport
@@ -1248,13 +1265,39 @@ async fn serve_conn<N: Net, H: Handler>(
             );
             return;
         }
-        let resp = match refuse_snapshot_chunk(&req, config.snapshot_bytes_max) {
-            Some(refusal) => {
-                transport.warn_inbound(peer, "refused an InstallSnapshot chunk", &refusal);
-                Response::InstallSnapshot(Err(refusal))
+        // A client key gets client requests only (see `Handler::handle_as_client`), and its
+        // answers are sealed under the same key.
+        let resp = match (&client, req) {
+            (None, req) => match refuse_snapshot_chunk(&req, config.snapshot_bytes_max) {
+                Some(refusal) => {
+                    transport.warn_inbound(peer, "refused an InstallSnapshot chunk", &refusal);
+                    Response::InstallSnapshot(Err(refusal))
+                }
+                None => handler.handle(req).await,
+            },
+            (Some(_), Request::Client(c)) => handler.handle_as_client(c).await,
+            (Some(_), Request::Get(key)) => {
+                handler
+                    .handle_as_client(ClientRequest::Get {
+                        key,
+                        consistency: Consistency::Linearizable,
+                    })
+                    .await
             }
-            None => handler.handle(req).await,
+            (Some(_), _) => {
+                transport
+                    .stats
+                    .client_key_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                transport.warn_inbound(
+                    peer,
+                    "a client key sent a cluster-internal message; closing",
+                    &format_args!("kind {:#06x}", kind.0),
+                );
+                return;
+            }
         };
+        sealer.reply_under(client.as_ref());
         let write = quorate_wire::write_frame(&mut stream, &sealer, resp.kind(), &resp);
         match tokio::time::timeout(config.send_timeout, write).await {
             Ok(Ok(())) => {}
@@ -1327,7 +1370,7 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     opener: &mut StreamOpener,
     authenticated: bool,
-) -> Result<(MessageKind, Option<Request>), WireError> {
+) -> Result<(MessageKind, Option<Request>, Option<ClientKey>), WireError> {
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; quorate_wire::HEADER_BYTES];
     stream.read_exact(&mut header).await?;
@@ -1346,10 +1389,10 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     let mut chained = (&header[..]).chain(stream);
     let f = opener.read_raw(&mut chained).await?;
     if f.kind == KIND_HELLO {
-        return Ok((f.kind, None));
+        return Ok((f.kind, None, f.client));
     }
     let req = postcard::from_bytes(&f.payload).map_err(WireError::Decode)?;
-    Ok((f.kind, Some(req)))
+    Ok((f.kind, Some(req), f.client))
 }
 
 /// openraft's network factory over a [`Transport`].

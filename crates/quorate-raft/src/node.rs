@@ -37,12 +37,16 @@ use crate::lease::LeaderLease;
 use crate::lease_glue::LeaseTracker;
 use crate::machine::{Command, MachineLimits, Outcome};
 use crate::network::{
-    AdminRequest, CallError, Handler, NetworkFactory, Request, Response, Transport,
+    AdminRequest, CallError, ClientRequest, Handler, NetworkFactory, Request, Response, Transport,
     TransportConfig, serve,
 };
 use crate::sm::{SmShared, StateMachineStore};
 use crate::store::{LogStore, Storage};
 use crate::types::{PeerNode, Raft};
+
+/// The default [`NodeConfig::client_protected_prefixes`]: quorate's own components keep their
+/// keys under `quorate/` (failover roles and manual operations, Telegram offsets).
+pub const CLIENT_PROTECTED_PREFIXES: &[&str] = &["quorate/"];
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -68,6 +72,15 @@ pub struct NodeConfig {
     pub bootstrap: Option<BTreeMap<NodeId, String>>,
     /// Capacity of the applied watch-event channel.
     pub events_max: usize,
+    /// This node's store quota in bytes of keys and values: as leader it refuses (NOSPACE) a
+    /// user write that would grow the store past it, before proposing
+    /// ([`Machine::admit`](crate::machine::Machine::admit)). `None`: only the hard limit
+    /// [`MachineLimits::store_bytes_max`] (the same on every node, applied alike) holds.
+    pub store_quota_bytes: Option<u64>,
+    /// Key prefixes a client key may not write (see `docs/security.md`, "Client keys"): a
+    /// key under one, a lock or election so named, or a lease holding such a key. Default
+    /// [`CLIENT_PROTECTED_PREFIXES`]: the keys of quorate's own components.
+    pub client_protected_prefixes: Vec<String>,
     /// The clock the leader lease and the lease clock read (monotonic time and timers):
     /// [`SystemClock`](quorate_clock::SystemClock) by default; a simulation injects a clock
     /// with its own rate to run one node's lease decisions fast or slow. openraft's own
@@ -89,6 +102,11 @@ impl NodeConfig {
             wire,
             bootstrap: None,
             events_max: 4096,
+            store_quota_bytes: None,
+            client_protected_prefixes: CLIENT_PROTECTED_PREFIXES
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
             clock: quorate_clock::SystemClock::shared(),
         }
     }
@@ -154,6 +172,10 @@ struct Core<N: Net> {
     timing: Timing,
     limits: Limits,
     machine_limits: MachineLimits,
+    /// [`NodeConfig::client_protected_prefixes`].
+    client_protected: Vec<String>,
+    /// [`NodeConfig::store_quota_bytes`].
+    store_quota: Option<u64>,
     lease: LeaderLease,
     /// The clock of the leader lease and of lease expiry ([`NodeConfig::clock`]).
     clock: SharedClock,
@@ -292,6 +314,8 @@ impl<N: Net> RaftNode<N> {
             timing: config.timing,
             limits: config.limits.clone(),
             machine_limits: config.machine.clone(),
+            client_protected: config.client_protected_prefixes.clone(),
+            store_quota: config.store_quota_bytes,
             lease: LeaderLease::new(&config.timing),
             clock: config.clock.clone(),
             committed,
@@ -496,10 +520,15 @@ impl<N: Net> Core<N> {
 
     /// Proposes on this node if it leads; never forwards.
     async fn propose_local(&self, cmd: Command) -> Local<(u64, Outcome)> {
-        if self.is_leader()
-            && let Err(e) = self.ensure_lease().await
-        {
-            return Local::Done(Err(e));
+        if self.is_leader() {
+            if let Err(e) = self.ensure_lease().await {
+                return Local::Done(Err(e));
+            }
+            if let Some(quota) = self.store_quota
+                && let Err(e) = self.sm.lock().machine.admit(&cmd, quota)
+            {
+                return Local::Done(Err(e));
+            }
         }
         // Once proposed, the write waits for its commit even if the lease lapses meanwhile
         // (a slow replication of a large entry delays the quorum acks too): it cannot commit
@@ -1007,6 +1036,10 @@ impl<N: Net> Handler for Core<N> {
             }),
             Request::Client(c) => Response::Client(self.handle_client(c).await),
         }
+    }
+
+    async fn handle_as_client(&self, req: ClientRequest) -> Response {
+        Response::Client(self.handle_as_client_key(req).await)
     }
 }
 

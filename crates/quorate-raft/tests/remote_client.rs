@@ -384,3 +384,147 @@ async fn held_watch_polls_are_bounded_per_node() {
     client.put("held/x", b"1".to_vec(), None).await.unwrap();
     c.shutdown().await;
 }
+
+/// An application holding only a client key (issue 14): it reads everything and writes its
+/// own keys, locks and elections, but cannot change membership, write the keys of quorate's
+/// own components (under `quorate/`), campaign in their elections, or revoke or keep alive a
+/// lease holding one; a cluster-internal message under a client key closes the connection
+/// unanswered. The same requests under the cluster key are what the components do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_gets_client_requests_only() {
+    let mut c = common::Cluster::start(3).await;
+    c.leader().await;
+    let cluster = common::remote_client(c.addrs.clone()).await;
+    let mut app_config = common::remote_config();
+    app_config.wire = common::client_wire();
+    let app = common::remote_client_with(app_config, c.addrs.clone()).await;
+    let ttl = Duration::from_secs(30);
+
+    // What the application may do.
+    app.put("app/x", b"1".to_vec(), None).await.unwrap();
+    let own = app.lease_grant(ttl).await.unwrap().id;
+    app.lock("app/jobs", own).await.unwrap();
+    app.campaign("app/leader", b"me".to_vec(), own)
+        .await
+        .unwrap();
+    app.lease_keep_alive(own).await.unwrap();
+
+    // The components' keys, written under the cluster key.
+    let ops = "quorate/failover/ops/db/request";
+    let election = "quorate/failover/election/db";
+    cluster
+        .put(ops, b"switchover".to_vec(), None)
+        .await
+        .unwrap();
+    let role_lease = cluster.lease_grant(ttl).await.unwrap().id;
+    cluster
+        .campaign(election, b"n0".to_vec(), role_lease)
+        .await
+        .unwrap();
+    // ... which the application reads ...
+    let read = app.get(ops, Consistency::Linearizable).await.unwrap();
+    assert_eq!(read.kv.unwrap().value, b"switchover");
+    // ... and cannot change.
+    let denied = |r: Result<(), CoordError>, what: &str| match r {
+        Err(CoordError::PermissionDenied { reason }) => {
+            assert!(reason.contains("client key"), "{what}: {reason}");
+        }
+        other => panic!("{what}: a client key was not refused: {other:?}"),
+    };
+    denied(
+        app.put(ops, b"forged".to_vec(), None).await.map(drop),
+        "put",
+    );
+    denied(app.delete(ops).await.map(drop), "delete");
+    denied(
+        app.txn(Txn {
+            success: vec![TxnOp::Delete {
+                key: ops.to_owned(),
+            }],
+            ..Txn::default()
+        })
+        .await
+        .map(drop),
+        "txn",
+    );
+    denied(
+        app.campaign(election, b"app".to_vec(), own).await.map(drop),
+        "campaign",
+    );
+    denied(app.lease_revoke(role_lease).await.map(drop), "revoke");
+    denied(
+        app.lease_keep_alive(role_lease).await.map(drop),
+        "keep-alive",
+    );
+    denied(app.remove_node(common::name(2)).await, "membership change");
+    let leader = cluster.leader(election).await.unwrap().unwrap();
+    assert_eq!(leader.value, b"n0", "the role's election is untouched");
+    let read = cluster.get(ops, Consistency::Linearizable).await.unwrap();
+    assert_eq!(read.kv.unwrap().value, b"switchover");
+    assert_eq!(cluster.status().await.unwrap().voters.len(), 3);
+
+    // Raw cluster-internal requests under the client key: the connection is closed with no
+    // answer (whatever the node would have done with them).
+    let limits = Limits::default();
+    let raw = Transport::new(
+        TokioNet,
+        TransportConfig {
+            connect_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(10),
+            ..TransportConfig::from_limits(common::client_wire(), &limits)
+        },
+    );
+    for req in [
+        Request::Propose(Command::LeaseRevoke { id: role_lease }),
+        Request::ReadIndex,
+    ] {
+        let r = raw.call(&c.addrs[0], &req, None).await;
+        assert!(r.is_err(), "{req:?} under a client key was answered: {r:?}");
+    }
+    assert!(cluster.lease_time_to_live(role_lease).await.is_ok());
+    c.shutdown().await;
+}
+
+/// A node's store quota (`NodeConfig::store_quota_bytes`, the agent's `raft.store_bytes_max`):
+/// the leader refuses a write that would grow the store past it with NOSPACE, for remote and
+/// local callers alike; reads, deletes, shrinking writes and locks still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_store_quota_refuses_growth_with_nospace() {
+    let mut c = common::Cluster::start(1).await;
+    c.leader().await;
+    c.kill(0).await;
+    c.store_quota = Some(1 << 20);
+    c.restart(0).await;
+    c.leader().await;
+    let client = common::remote_client(c.addrs.clone()).await;
+    let local: Arc<dyn Coord> = Arc::new(c.node(0).backend());
+    let big = vec![7u8; 600 << 10];
+    client.put("big/1", big.clone(), None).await.unwrap();
+    for (who, r) in [
+        ("remote", client.put("big/2", big.clone(), None).await),
+        ("local", local.put("big/2", big.clone(), None).await),
+    ] {
+        match r {
+            Err(CoordError::ResourceExhausted { what, max }) => {
+                assert!(what.contains("NOSPACE"), "{who}: {what}");
+                assert_eq!(max, 1 << 20, "{who}");
+            }
+            other => panic!("{who}: a write past the quota was not refused: {other:?}"),
+        }
+    }
+    let read = client
+        .get("big/1", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(read.kv.map(|kv| kv.value.len()), Some(big.len()));
+    client.put("big/1", vec![1u8; 10], None).await.unwrap();
+    let lease = client
+        .lease_grant(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .id;
+    client.lock("still-works", lease).await.unwrap();
+    client.put("big/2", big, None).await.unwrap();
+    client.delete("big/2").await.unwrap();
+    c.shutdown().await;
+}

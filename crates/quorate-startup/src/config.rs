@@ -68,6 +68,13 @@ pub struct AgentConfig {
     /// node's `cluster_key_file`, then drop the old one (docs/security.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_key_files: Vec<PathBuf>,
+    /// Files with the keys applications use to call the coordination service as clients
+    /// (each 64 hex digits, mode 0600; `quorate keygen --out FILE`; at most 8). A client key
+    /// gets client requests only: no Raft or gossip message, no membership change, and no
+    /// write to quorate's own keys (`quorate/`). Give applications a client key, never the
+    /// cluster key (docs/security.md). Reloaded on SIGHUP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_key_files: Vec<PathBuf>,
     /// This node's id.
     pub node_id: String,
     /// Where Raft data (redb) and the status file live.
@@ -529,6 +536,14 @@ pub struct RaftSection {
     pub advertise: Option<String>,
     /// The initial voters, id -> Raft address (the same map on every node of a new cluster).
     pub voters: BTreeMap<String, String>,
+    /// This node's store quota, in bytes of stored keys and values (etcd's
+    /// `--quota-backend-bytes`): while this node leads, a write that would grow the store past
+    /// it is refused with NOSPACE (`ResourceExhausted`); reads, deletes, shrinking writes,
+    /// locks and elections still work. At least 1 MiB and at most the built-in hard limit of
+    /// 2 GiB, which every node applies alike (default: that limit). Give every node the same
+    /// value, or the quota changes with the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_bytes_max: Option<u64>,
 }
 
 /// `[gossip]`.
@@ -885,6 +900,8 @@ pub struct Validated {
     pub key_hex: Secret,
     /// Further accepted keys, as hex (rotation).
     pub accepted_keys_hex: Vec<Secret>,
+    /// Client keys, as hex.
+    pub client_keys_hex: Vec<Secret>,
     /// The timing profile.
     pub profile: ProfileName,
     /// The kind of each `[[check]]`, in the order of `raw.checks`.
@@ -917,6 +934,9 @@ pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
     parse_with(text, "config", &[])
 }
 
+/// The smallest `raft.store_bytes_max`.
+const STORE_QUOTA_MIN: u64 = 1 << 20;
+
 /// The prefix of environment overrides: `QUORATE_NODE_ID`, `QUORATE_RAFT__LISTEN` (a double
 /// underscore separates a section from its key), `QUORATE_CLUSTER_KEY`.
 pub const ENV_PREFIX: &str = "QUORATE_";
@@ -927,12 +947,13 @@ const TOP_KEYS: &[&str] = &[
     "cluster_key",
     "cluster_key_file",
     "accepted_key_files",
+    "client_key_files",
     "node_id",
     "data_dir",
     "profile",
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("raft", &["listen", "advertise"]),
+    ("raft", &["listen", "advertise", "store_bytes_max"]),
     ("telegram", &["token_file", "mode", "api_url"]),
     ("gossip", &["listen", "advertise", "seeds", "bootstrap"]),
     (
@@ -957,7 +978,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
 ];
-const LIST_KEYS: &[&str] = &["accepted_key_files", "gossip.seeds"];
+const LIST_KEYS: &[&str] = &["accepted_key_files", "client_key_files", "gossip.seeds"];
 
 /// Parses `text` (named `file` in messages) with the environment overrides `env`, and
 /// validates the whole: syntax errors by line and column; then every unknown key, wrong type
@@ -1281,6 +1302,45 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             }
         }
     }
+    let mut client_keys_hex: Vec<Secret> = Vec::new();
+    if raw.client_key_files.len() > quorate_wire::KEYS_MAX {
+        errs.push(
+            "client_key_files",
+            format!(
+                "{} files; at most {}: drop retired client keys",
+                raw.client_key_files.len(),
+                quorate_wire::KEYS_MAX
+            ),
+        );
+    }
+    for (i, p) in raw.client_key_files.iter().enumerate() {
+        let field = format!("client_key_files[{i}]");
+        let Some(k) = read_key_file(&mut errs, &field, p) else {
+            continue;
+        };
+        let parse = |h: &str| quorate_wire::ClusterKey::from_hex(h).ok();
+        let Some(client) = parse(&k) else {
+            if let Err(e) = quorate_wire::ClusterKey::from_hex(&k) {
+                errs.push(field, e.to_string());
+            }
+            continue;
+        };
+        if key_hex.as_deref().and_then(parse).as_ref() == Some(&client)
+            || accepted_keys_hex
+                .iter()
+                .any(|a| parse(a.expose()).as_ref() == Some(&client))
+        {
+            errs.push(
+                field,
+                format!(
+                    "{} holds a cluster key: a client key must be a key of its own (`quorate keygen --out FILE`), or the client could speak for a node",
+                    p.display()
+                ),
+            );
+        } else {
+            client_keys_hex.push(Secret::new(k));
+        }
+    }
     let profile = ProfileName::parse(&raw.profile);
     if profile.is_none() {
         errs.push(
@@ -1305,6 +1365,17 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
         check_addr(&mut errs, &format!("raft.voters.{id}"), addr);
     }
     check_addr(&mut errs, "raft.listen", &raw.raft.listen);
+    if let Some(q) = raw.raft.store_bytes_max {
+        let hard = quorate_raft::machine::MachineLimits::lan().store_bytes_max;
+        if !(STORE_QUOTA_MIN..=hard).contains(&q) {
+            errs.push(
+                "raft.store_bytes_max",
+                format!(
+                    "{q} bytes: give {STORE_QUOTA_MIN} (1 MiB) to {hard} (the built-in hard limit every node applies)"
+                ),
+            );
+        }
+    }
     check_addr(&mut errs, "gossip.listen", &raw.gossip.listen);
     if let Some(a) = &raw.raft.advertise {
         check_advertise(&mut errs, "raft.advertise", a);
@@ -1474,6 +1545,7 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
             roles,
             key_hex: Secret::new(key_hex),
             accepted_keys_hex,
+            client_keys_hex,
             profile,
             check_kinds,
             startup,
@@ -2105,6 +2177,40 @@ on_promote = "echo promoted"
     }
 
     #[test]
+    fn client_key_files_are_checked_like_key_files_and_must_not_be_cluster_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = key_file(dir.path(), "main.key", 0o600);
+        let next = key_file(dir.path(), "next.key", 0o600);
+        let app = key_file(dir.path(), "app.key", 0o600);
+        let open = key_file(dir.path(), "open.key", 0o644);
+        let with_clients = |clients: &[&Path]| {
+            let list: Vec<String> = clients
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .collect();
+            format!(
+                "client_key_files = [{}]\n{}",
+                list.join(", "),
+                with_key_files(&main, &[&next])
+            )
+        };
+        let v = super::parse(&with_clients(&[&app])).unwrap();
+        assert_eq!(v.client_keys_hex.len(), 1);
+        assert!(!format!("{v:?}").contains(v.client_keys_hex[0].expose()));
+        let errs = super::parse(&with_clients(&[&open, &main, &next])).unwrap_err();
+        let msg = |field: &str| {
+            errs.0
+                .iter()
+                .find(|p| p.field == field)
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| panic!("{field} not reported: {errs}"))
+        };
+        assert!(msg("client_key_files[0]").contains("chmod 600"), "{errs}");
+        assert!(msg("client_key_files[1]").contains("cluster key"), "{errs}");
+        assert!(msg("client_key_files[2]").contains("cluster key"), "{errs}");
+    }
+
+    #[test]
     fn keygen_writes_0600_and_never_overwrites() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
@@ -2219,6 +2325,31 @@ on_promote = "echo promoted"
         assert_eq!(v.raw.gossip.seeds, vec!["127.0.0.1:7103", "127.0.0.1:7104"]);
         assert_eq!(v.startup.stop_budget, Duration::from_secs(7));
         assert!(v.raw.gossip.bootstrap);
+    }
+
+    #[test]
+    fn the_store_quota_is_a_checked_raft_setting_and_takes_the_environment() {
+        let with = |q: &str| GOOD.replace("[raft]\n", &format!("[raft]\nstore_bytes_max = {q}\n"));
+        let v = parse(&with("104857600")).unwrap();
+        assert_eq!(v.raw.raft.store_bytes_max, Some(100 << 20));
+        for bad in ["1000", "4294967296"] {
+            let errs = parse(&with(bad)).unwrap_err();
+            let p = errs
+                .0
+                .iter()
+                .find(|p| p.field == "raft.store_bytes_max")
+                .unwrap_or_else(|| panic!("{bad}: {errs}"));
+            assert!(p.message.contains("hard limit"), "{errs}");
+        }
+        let env = [
+            ("QUORATE_CLUSTER_KEY".to_owned(), KEY.to_owned()),
+            (
+                "QUORATE_RAFT__STORE_BYTES_MAX".to_owned(),
+                "2097152".to_owned(),
+            ),
+        ];
+        let v = parse_with(GOOD, "node.toml", &env).unwrap();
+        assert_eq!(v.raw.raft.store_bytes_max, Some(2 << 20));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use quorate_membership_api::{MemberMeta, Membership, MembershipEvent};
 use quorate_raft::{NodeConfig, RaftNode, Storage, Timing};
 use quorate_types::RoleName;
 use quorate_wire::net::TokioNet;
-use quorate_wire::{ClusterKey, KeyRing, WireConfig};
+use quorate_wire::{ClientKey, ClusterKey, KeyRing, WireConfig};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,15 +72,23 @@ pub trait Plugin: Send + Sync {
     async fn stop(&self);
 }
 
-/// The send key and the further accepted keys of a validated config (at start and on SIGHUP).
-fn cluster_keys(v: &Validated) -> Result<(ClusterKey, Vec<ClusterKey>), String> {
-    let key = ClusterKey::from_hex(v.key_hex.expose()).map_err(|e| e.to_string())?;
+/// The keys of a validated config (at start and on SIGHUP): the send key, the further
+/// accepted cluster keys, the client keys.
+fn cluster_keys(v: &Validated) -> Result<(ClusterKey, Vec<ClusterKey>, Vec<ClientKey>), String> {
+    let parse =
+        |k: &quorate_types::Secret| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string());
+    let key = parse(&v.key_hex)?;
     let accepted = v
         .accepted_keys_hex
         .iter()
-        .map(|k| ClusterKey::from_hex(k.expose()).map_err(|e| e.to_string()))
+        .map(parse)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((key, accepted))
+    let clients = v
+        .client_keys_hex
+        .iter()
+        .map(|k| parse(k).map(ClientKey::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((key, accepted, clients))
 }
 
 /// What [`Node::reload_keys`] took.
@@ -88,6 +96,8 @@ fn cluster_keys(v: &Validated) -> Result<(ClusterKey, Vec<ClusterKey>), String> 
 pub struct KeysReloaded {
     /// Keys accepted now (the send key included).
     pub keys: usize,
+    /// Client keys accepted now.
+    pub client_keys: usize,
     /// The one-byte hint of the send key, as two hex digits (it reveals nothing of the key).
     pub send_key_hint: String,
 }
@@ -350,7 +360,7 @@ impl Node {
 
     /// Takes the cluster keys of `fresh` (the config file read again, on SIGHUP) into the
     /// running node: every transport seals with its `cluster_key` and accepts its
-    /// `accepted_key_files` from the next frame on, with no connection or session restarted.
+    /// `accepted_key_files` (and the Raft port its `client_key_files`) from the next frame on, with no connection or session restarted.
     /// That is one step of a rotation without downtime (docs/security.md): accept the new key
     /// everywhere, then send it everywhere, then drop the old one. Other settings are not
     /// taken (they need a restart); a config for another cluster or node is refused. Emits
@@ -370,6 +380,7 @@ impl Node {
                 node,
                 send_key_hint: r.send_key_hint.clone(),
                 keys: r.keys,
+                client_keys: r.client_keys,
             },
             Err(reason) => NodeEvent::ReloadRefused {
                 node,
@@ -387,14 +398,15 @@ impl Node {
                 fresh.raw.cluster_name, fresh.node_id, running.raw.cluster_name, running.node_id
             ));
         }
-        let (key, accepted) = cluster_keys(fresh)?;
+        let (key, accepted, clients) = cluster_keys(fresh)?;
         self.ctx
             .keys
-            .replace(key, accepted)
+            .replace_all(key, accepted, clients)
             .map_err(|e| e.to_string())?;
         let (send, _) = self.ctx.keys.hints();
         Ok(KeysReloaded {
             keys: self.ctx.keys.len(),
+            client_keys: self.ctx.keys.client_key_count(),
             send_key_hint: format!("{send:02x}"),
         })
     }
@@ -678,9 +690,10 @@ impl NodeBuilder {
         .await?;
 
         let wire = stage(report, n, events, "transport", timeout, async {
-            let (key, accepted) = cluster_keys(&v)?;
-            WireConfig::new(raw.cluster_name.clone(), KeyRing::new(key, accepted))
-                .map_err(|e| e.to_string())
+            let (key, accepted, clients) = cluster_keys(&v)?;
+            let keys = KeyRing::new(key, accepted);
+            keys.set_client_keys(clients).map_err(|e| e.to_string())?;
+            WireConfig::new(raw.cluster_name.clone(), keys).map_err(|e| e.to_string())
         })
         .await?;
 
@@ -697,6 +710,7 @@ impl NodeBuilder {
                 async move {
                     let mut nc =
                         NodeConfig::new(v2.node_id.clone(), v2.raw.raft.listen.clone(), wire);
+                    nc.store_quota_bytes = v2.raw.raft.store_bytes_max;
                     if let Some(a) = &v2.raw.raft.advertise {
                         nc.advertise_addr = a.clone();
                     }

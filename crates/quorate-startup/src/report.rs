@@ -89,6 +89,9 @@ pub enum NodeEvent {
         send_key_hint: String,
         /// Keys accepted now (the send key included).
         keys: usize,
+        /// Client keys accepted now (`client_key_files`).
+        #[serde(default)]
+        client_keys: usize,
     },
     /// SIGHUP: the config file could not be taken (unreadable, invalid, or for another node);
     /// the running keys stay.

@@ -53,6 +53,17 @@
 //! sealed for: a frame captured on another connection, or sent to another node, fails
 //! authentication instead of being accepted once as "new". Datagrams carry no challenge.
 //!
+//! # Client keys
+//! A ring may also hold **client keys** ([`KeyRing::set_client_keys`]): keys given to
+//! applications that call the cluster, not to its nodes. A frame sealed under a client key
+//! opens only where the receiver asks for it ([`StreamOpener::accepting_clients`]); every
+//! other open (datagrams, streams that did not opt in) fails it with
+//! [`WireError::ClientKeyRefused`]. An accepted client frame says so
+//! ([`OpenedFrame::client`]), and the receiver seals its answers under that same client key
+//! ([`Sealer::reply_under`]), so a client never needs, and never learns, the cluster key.
+//! What a client may ask for is the receiver's business (quorate-raft admits only client
+//! requests, and not all of those).
+//!
 //! What is left: right after a receiver restarts, a datagram sealed in the last
 //! `clock_skew_max` before that restart can be replayed once. The protocols above (Raft with
 //! terms, SWIM with incarnations) treat such a stale message as stale.
@@ -187,6 +198,12 @@ pub enum WireError {
     /// The configuration is invalid; the message names the field and the fix.
     #[error("wire config: {0}")]
     Config(String),
+    /// The frame is authentic under a client key, where only the cluster's own (peer) keys
+    /// are accepted.
+    #[error(
+        "frame sealed with a client key where only cluster (peer) keys are accepted: client keys call the coordination service, they do not speak for a node"
+    )]
+    ClientKeyRefused,
 }
 
 /// A 256-bit cluster key. Its `Debug` form does not show the key.
@@ -274,13 +291,43 @@ struct KeySet {
     send_hint: u8,
     /// Every accepted key (send key first) as (hint, cipher).
     open: Vec<(u8, XChaCha20Poly1305)>,
+    /// The client keys, as (hint, cipher, key).
+    clients: Vec<(u8, XChaCha20Poly1305, ClientKey)>,
 }
 
 impl KeySet {
-    fn new(send: ClusterKey, accept_also: Vec<ClusterKey>) -> Self {
+    /// Checks a set before it replaces a ring's keys.
+    fn check(
+        send: &ClusterKey,
+        accept_also: &[ClusterKey],
+        clients: &[ClientKey],
+    ) -> Result<(), WireError> {
+        check_key_count(1 + accept_also.len())?;
+        if clients.len() > KEYS_MAX {
+            return Err(WireError::Config(format!(
+                "{} client keys; at most {KEYS_MAX}: drop retired ones",
+                clients.len()
+            )));
+        }
+        if clients
+            .iter()
+            .any(|c| c.0 == *send || accept_also.contains(&c.0))
+        {
+            return Err(WireError::Config(
+                "a client key is also a cluster key: a client key must be a key of its own (`quorate keygen --out FILE`), or it would speak for a node".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new(send: ClusterKey, accept_also: Vec<ClusterKey>, clients: Vec<ClientKey>) -> Self {
         let open = std::iter::once(&send)
             .chain(accept_also.iter())
             .map(|k| (k.hint(), k.cipher()))
+            .collect();
+        let clients = clients
+            .into_iter()
+            .map(|c| (c.0.hint(), c.0.cipher(), c))
             .collect();
         Self {
             send_cipher: send.cipher(),
@@ -288,33 +335,88 @@ impl KeySet {
             send,
             accept_also,
             open,
+            clients,
         }
+    }
+
+    fn client_keys(&self) -> Vec<ClientKey> {
+        self.clients.iter().map(|(_, _, k)| k.clone()).collect()
+    }
+}
+
+/// A key an application holds to call the cluster as a client (see the crate docs, "Client
+/// keys"). Its `Debug` form does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(ClusterKey);
+
+impl ClientKey {
+    /// A client key from a key's bytes (from a key file, like a cluster key).
+    pub fn new(key: ClusterKey) -> Self {
+        Self(key)
+    }
+
+    /// The one-byte hint of this key (which reveals nothing of it).
+    pub fn hint(&self) -> u8 {
+        self.0.hint()
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientKey(hint {:02x}, redacted)", self.hint())
     }
 }
 
 impl KeyRing {
     /// A ring that seals with `send` and opens frames sealed with `send` or any of `accept_also`.
+    /// A ring that seals with `send` and opens frames sealed with `send` or any of `accept_also`
+    /// (the count is checked by [`WireConfig::validate`]).
     pub fn new(send: ClusterKey, accept_also: Vec<ClusterKey>) -> Self {
         Self {
             current: Arc::new(std::sync::RwLock::new(Arc::new(KeySet::new(
                 send,
                 accept_also,
+                Vec::new(),
             )))),
         }
     }
 
     /// Replaces the keys of this ring and of every clone of it: frames sealed from now on use
     /// `send`, and frames are accepted under `send` or `accept_also`. Sessions, sequence
-    /// numbers and the replay guard carry on. Refuses more than [`KEYS_MAX`] keys and leaves
-    /// the ring as it was.
+    /// numbers and the replay guard carry on; the client keys stay. Refuses more than
+    /// [`KEYS_MAX`] keys, or a key that is also a client key, and leaves the ring as it was.
     pub fn replace(&self, send: ClusterKey, accept_also: Vec<ClusterKey>) -> Result<(), WireError> {
-        check_key_count(1 + accept_also.len())?;
-        let set = Arc::new(KeySet::new(send, accept_also));
+        let clients = self.keys().client_keys();
+        self.replace_all(send, accept_also, clients)
+    }
+
+    /// Like [`KeyRing::replace`], and sets the client keys too (in one step, so a key moved
+    /// between the two sets is never in both).
+    pub fn replace_all(
+        &self,
+        send: ClusterKey,
+        accept_also: Vec<ClusterKey>,
+        clients: Vec<ClientKey>,
+    ) -> Result<(), WireError> {
+        KeySet::check(&send, &accept_also, &clients)?;
+        let set = Arc::new(KeySet::new(send, accept_also, clients));
         *self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
         Ok(())
+    }
+
+    /// Sets the client keys this ring accepts (see the crate docs, "Client keys"); the
+    /// cluster keys stay. Refuses more than [`KEYS_MAX`], or one that is also a cluster key.
+    pub fn set_client_keys(&self, clients: Vec<ClientKey>) -> Result<(), WireError> {
+        let k = self.keys();
+        self.replace_all(k.send.clone(), k.accept_also.clone(), clients)
+    }
+
+    /// How many client keys the ring accepts.
+    pub fn client_key_count(&self) -> usize {
+        self.keys().clients.len()
     }
 
     /// How many keys the ring accepts (the send key included).
@@ -353,6 +455,7 @@ impl fmt::Debug for KeyRing {
         f.debug_struct("KeyRing")
             .field("send", &k.send)
             .field("accept_also", &k.accept_also)
+            .field("clients", &k.client_keys())
             .finish()
     }
 }
@@ -699,6 +802,9 @@ pub struct Sealer {
     frame_bytes_max: NonZeroU32,
     wall_clock: WallClock,
     binding: Option<Challenge>,
+    /// A client key to seal under instead of the ring's send key (a server answering a
+    /// client), with its hint.
+    reply: Option<(u8, XChaCha20Poly1305)>,
 }
 
 impl fmt::Debug for Sealer {
@@ -742,7 +848,14 @@ impl Sealer {
             frame_bytes_max: config.frame_bytes_max,
             wall_clock: config.wall_clock.clone(),
             binding: None,
+            reply: None,
         }
+    }
+
+    /// Seals from now on under `key` (a server answering the client that sealed its request
+    /// under it, [`OpenedFrame::client`]), or under the ring's send key again (`None`).
+    pub fn reply_under(&mut self, key: Option<&ClientKey>) {
+        self.reply = key.map(|k| (k.hint(), k.0.cipher()));
     }
 
     /// This sealer's session id (register it with [`Opener::add_own_session`] on the same
@@ -812,10 +925,14 @@ impl Sealer {
             });
         }
         let keys = self.keys.keys();
+        let (key_hint, cipher) = match &self.reply {
+            Some((hint, cipher)) => (*hint, cipher),
+            None => (keys.send_hint, &keys.send_cipher),
+        };
         let header = Header {
             version: PROTOCOL_VERSION,
             kind,
-            key_hint: keys.send_hint,
+            key_hint,
             cluster_tag: self.cluster_tag,
             session: self.session,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
@@ -824,8 +941,7 @@ impl Sealer {
         };
         let hbytes = header.encode();
         let aad = make_aad(&hbytes)?;
-        let ct = keys
-            .send_cipher
+        let ct = cipher
             .encrypt(
                 &header.nonce(),
                 Payload {
@@ -877,6 +993,9 @@ pub struct OpenedFrame {
     pub seq: u64,
     /// The decrypted payload (postcard bytes).
     pub payload: Vec<u8>,
+    /// The client key that sealed the frame, if it was one (only where client keys are
+    /// accepted: [`StreamOpener::accepting_clients`]); `None` for a cluster key.
+    pub client: Option<ClientKey>,
 }
 
 impl Opener {
@@ -936,13 +1055,13 @@ impl Opener {
     pub fn open_datagram(&self, frame: &[u8], recipient: &[u8]) -> Result<OpenedFrame, WireError> {
         let (h, hbytes) = self.parse_whole(frame)?;
         let aad = datagram_aad(&hbytes, &self.inner.cluster_name, recipient)?;
-        self.authenticate_with(&h, &aad, &frame[HEADER_BYTES..])
+        self.authenticate_with(&h, &aad, &frame[HEADER_BYTES..], false)
     }
 
     /// Opens one whole frame without decoding the payload.
     pub fn open_raw(&self, frame: &[u8]) -> Result<OpenedFrame, WireError> {
         let (h, hbytes) = self.parse_whole(frame)?;
-        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..], None)
+        self.authenticate(&h, &hbytes, &frame[HEADER_BYTES..], None, false)
     }
 
     /// Parses the header of a whole frame and checks that the frame is exactly as long as
@@ -980,9 +1099,10 @@ impl Opener {
         hbytes: &[u8; HEADER_BYTES],
         ct: &[u8],
         binding: Option<&Challenge>,
+        accept_clients: bool,
     ) -> Result<OpenedFrame, WireError> {
         let aad = aad(hbytes, &self.inner.cluster_name, binding);
-        self.authenticate_with(h, &aad, ct)
+        self.authenticate_with(h, &aad, ct, accept_clients)
     }
 
     fn authenticate_with(
@@ -990,6 +1110,7 @@ impl Opener {
         h: &Header,
         aad: &[u8],
         ct: &[u8],
+        accept_clients: bool,
     ) -> Result<OpenedFrame, WireError> {
         let inner = &self.inner;
         if h.cluster_tag != inner.cluster_tag {
@@ -1000,12 +1121,30 @@ impl Opener {
         }
         let nonce = h.nonce();
         let keys = inner.keys.keys();
-        let payload = keys
+        let peer = keys
             .open
             .iter()
             .filter(|(hint, _)| *hint == h.key_hint)
-            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad }).ok())
-            .ok_or(WireError::AuthFailed)?;
+            .find_map(|(_, c)| c.decrypt(&nonce, Payload { msg: ct, aad }).ok());
+        let (payload, client) = match peer {
+            Some(p) => (p, None),
+            None => {
+                let (p, k) = keys
+                    .clients
+                    .iter()
+                    .filter(|(hint, _, _)| *hint == h.key_hint)
+                    .find_map(|(_, c, k)| {
+                        c.decrypt(&nonce, Payload { msg: ct, aad })
+                            .ok()
+                            .map(|p| (p, k))
+                    })
+                    .ok_or(WireError::AuthFailed)?;
+                if !accept_clients {
+                    return Err(WireError::ClientKeyRefused);
+                }
+                (p, Some(k.clone()))
+            }
+        };
         // Authentic: checked after the AEAD so that the error (and its counter) means a real
         // copy of our own frame, not any bytes with our session id in them.
         if inner
@@ -1028,6 +1167,7 @@ impl Opener {
             session: h.session,
             seq: h.seq,
             payload,
+            client,
         })
     }
 }
@@ -1039,6 +1179,7 @@ pub struct StreamOpener {
     opener: Opener,
     last: Option<(u64, u64)>,
     binding: Option<Challenge>,
+    accept_clients: bool,
 }
 
 impl StreamOpener {
@@ -1049,6 +1190,7 @@ impl StreamOpener {
             opener: opener.clone(),
             last: None,
             binding: None,
+            accept_clients: false,
         }
     }
 
@@ -1059,7 +1201,15 @@ impl StreamOpener {
             opener: opener.clone(),
             last: None,
             binding: Some(*challenge),
+            accept_clients: false,
         }
+    }
+
+    /// This opener also accepts frames sealed under the ring's client keys, and says which
+    /// ([`OpenedFrame::client`]); without it they fail with [`WireError::ClientKeyRefused`].
+    pub fn accepting_clients(mut self) -> Self {
+        self.accept_clients = true;
+        self
     }
 
     /// Reads one frame from `reader` without decoding the payload. Reads the header first and
@@ -1073,9 +1223,13 @@ impl StreamOpener {
         let h = Header::decode(&hbytes, self.opener.inner.frame_bytes_max)?;
         let mut body = vec![0u8; h.len as usize];
         reader.read_exact(&mut body).await?;
-        let f = self
-            .opener
-            .authenticate(&h, &hbytes, &body, self.binding.as_ref())?;
+        let f = self.opener.authenticate(
+            &h,
+            &hbytes,
+            &body,
+            self.binding.as_ref(),
+            self.accept_clients,
+        )?;
         match self.last {
             Some((session, _)) if session != f.session => {
                 return Err(WireError::Replay("sender session changed within a stream"));

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use quorate_wire::{
-    ClusterKey, HEADER_BYTES, KeyRing, MessageKind, Opener, Sealer, StreamOpener, WireConfig,
-    WireError, read_frame, write_frame,
+    ClientKey, ClusterKey, HEADER_BYTES, KeyRing, MessageKind, Opener, Sealer, StreamOpener,
+    WireConfig, WireError, read_frame, write_frame,
 };
 
 const KIND: MessageKind = MessageKind(0x0201);
@@ -528,4 +528,83 @@ async fn a_frame_bound_to_one_connection_does_not_open_on_another() {
     );
     let e = quorate_wire::Challenge::decode(&[0u8; quorate_wire::CHALLENGE_BYTES]).unwrap_err();
     assert!(matches!(e, WireError::BadMagic(_)), "{e:?}");
+}
+
+/// A client key opens only where a stream asks for clients, says so, and is answered under
+/// the same key; a datagram or a stream that did not opt in refuses it; a client key can
+/// never be a cluster key.
+#[tokio::test]
+async fn a_client_key_opens_only_where_clients_are_accepted_and_is_answered_under_itself() {
+    let ck = clock();
+    let server = config_at("prod", key(1), &ck);
+    server
+        .keys
+        .set_client_keys(vec![ClientKey::new(key(7))])
+        .unwrap();
+    let client = config_at("prod", key(7), &ck);
+    let challenge = quorate_wire::Challenge::from_bytes([3; 16]);
+    let opener = Opener::new(&server);
+    let frame = Sealer::bound(&client, &challenge).seal(KIND, &9u8).unwrap();
+    // Not accepted by a stream that did not opt in, nor as a datagram.
+    let refused = quorate_wire::read_frame::<u8, _>(
+        &mut frame.as_slice(),
+        &mut StreamOpener::bound(&opener, &challenge),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(WireError::ClientKeyRefused)),
+        "{refused:?}"
+    );
+    let dgram = Sealer::new(&client)
+        .seal_datagram(KIND, &1u8, quorate_wire::RECIPIENT_ANYONE)
+        .unwrap();
+    assert!(matches!(
+        opener.open_datagram(&dgram, quorate_wire::RECIPIENT_ANYONE),
+        Err(WireError::ClientKeyRefused)
+    ));
+    // Accepted by a stream that accepts clients, which names the key.
+    let frame = Sealer::bound(&client, &challenge)
+        .seal(KIND, &10u8)
+        .unwrap();
+    let mut so = StreamOpener::bound(&opener, &challenge).accepting_clients();
+    let opened = so.read_raw(&mut frame.as_slice()).await.unwrap();
+    assert_eq!(opened.client, Some(ClientKey::new(key(7))));
+    // A cluster-key frame on such a stream is no client.
+    let peer = Sealer::bound(&server, &challenge)
+        .seal(KIND, &11u8)
+        .unwrap();
+    let mut so = StreamOpener::bound(&opener, &challenge).accepting_clients();
+    let opened = so.read_raw(&mut peer.as_slice()).await.unwrap();
+    assert_eq!(opened.client, None);
+    // The answer, sealed under the client key, opens at the client (which has no cluster key),
+    // and an answer under the cluster key does not.
+    let mut reply = Sealer::bound(&server, &challenge);
+    reply.reply_under(Some(&ClientKey::new(key(7))));
+    let answer = reply.seal(KIND, &12u8).unwrap();
+    let at_client = Opener::new(&client);
+    let got = quorate_wire::read_frame::<u8, _>(
+        &mut answer.as_slice(),
+        &mut StreamOpener::bound(&at_client, &challenge),
+    )
+    .await;
+    assert_eq!(got.unwrap().1, 12);
+    reply.reply_under(None);
+    let under_cluster_key = reply.seal(KIND, &13u8).unwrap();
+    let got = quorate_wire::read_frame::<u8, _>(
+        &mut under_cluster_key.as_slice(),
+        &mut StreamOpener::bound(&at_client, &challenge),
+    )
+    .await;
+    assert!(matches!(got, Err(WireError::AuthFailed)));
+    // A client key equal to a cluster key is refused, in either order, and changes nothing.
+    assert!(matches!(
+        server.keys.set_client_keys(vec![ClientKey::new(key(1))]),
+        Err(WireError::Config(_))
+    ));
+    assert!(matches!(
+        server.keys.replace(key(7), vec![]),
+        Err(WireError::Config(_))
+    ));
+    assert_eq!(server.keys.client_key_count(), 1);
+    assert!(!format!("{:?}", server.keys).contains(&key(7).to_hex()));
 }

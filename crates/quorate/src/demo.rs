@@ -96,6 +96,7 @@ impl LoopbackPlan {
             cluster_name: self.cluster_name.clone(),
             cluster_key: None,
             accepted_key_files: Vec::new(),
+            client_key_files: Vec::new(),
             cluster_key_file: Some(self.key_file.clone()),
             node_id: self.names[i].clone(),
             data_dir: data_dir.to_path_buf(),
@@ -103,6 +104,7 @@ impl LoopbackPlan {
             raft: RaftSection {
                 listen: self.raft[i].clone(),
                 advertise: None,
+                store_bytes_max: None,
                 voters: self
                     .names
                     .iter()

@@ -198,11 +198,13 @@ fn signal(a: &Agent, which: &str) {
     assert!(ok);
 }
 
-/// Rewrites `a`'s config to seal with `send` and also accept `accept`, then sends SIGHUP.
-fn rekey(a: &Agent, send: &Path, accept: &[PathBuf]) {
+/// Rewrites `a`'s config to seal with `send`, also accept `accept`, and take the client keys
+/// `clients`, then sends SIGHUP.
+fn rekey(a: &Agent, send: &Path, accept: &[PathBuf], clients: &[PathBuf]) {
     let mut c = quorate::config::load(&a.config).unwrap().raw;
     c.cluster_key_file = Some(send.to_path_buf());
     c.accepted_key_files = accept.to_vec();
+    c.client_key_files = clients.to_vec();
     std::fs::write(&a.config, to_toml(&c).unwrap()).unwrap();
     signal(a, "-HUP");
 }
@@ -211,6 +213,8 @@ fn rekey(a: &Agent, send: &Path, accept: &[PathBuf]) {
 /// new key everywhere, send it everywhere, drop the old one. The agents never restart, the
 /// role never moves, an acknowledged write survives, and at the end the old key is refused.
 /// A config that cannot be read is refused on SIGHUP, naming the field, and changes nothing.
+/// Along the way a client key is added (an application holding it writes its own keys but
+/// not the failover's) and revoked (then refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_the_cluster_key_with_no_restart_and_no_failover() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,24 +230,29 @@ async fn sighup_rotates_the_cluster_key_with_no_restart_and_no_failover() {
     let old = dir.path().join("cluster.key");
     let new = dir.path().join("new.key");
     quorate::config::write_new_key_file(&new).unwrap();
+    let app_key = dir.path().join("app.key");
+    quorate::config::write_new_key_file(&app_key).unwrap();
     client_keyed(&old, raft.clone(), 40)
         .put("acknowledged", b"before".to_vec(), None)
         .await
         .unwrap();
     let tags: Vec<String> = agents.iter().map(Agent::tag).collect();
-    let steps: [(&Path, Vec<PathBuf>); 3] = [
-        (&old, vec![new.clone()]),
-        (&new, vec![old.clone()]),
-        (&new, vec![]),
+    let steps: [(&Path, Vec<PathBuf>, Vec<PathBuf>); 3] = [
+        (&old, vec![new.clone()], vec![app_key.clone()]),
+        (&new, vec![old.clone()], vec![app_key.clone()]),
+        (&new, vec![], vec![]),
     ];
-    for (step, (send, accept)) in steps.iter().enumerate() {
+    for (step, (send, accept, clients)) in steps.iter().enumerate() {
         for a in &agents {
-            rekey(a, send, accept);
+            rekey(a, send, accept, clients);
         }
         let mut taken = std::collections::BTreeSet::new();
         wait_for(&mut rx, long, |who, e| match e {
-            NodeEvent::KeysReloaded { keys, .. } => {
+            NodeEvent::KeysReloaded {
+                keys, client_keys, ..
+            } => {
                 assert_eq!(*keys, 1 + accept.len(), "step {step} on {who}");
+                assert_eq!(*client_keys, clients.len(), "step {step} on {who}");
                 taken.insert(who.to_owned());
                 (taken.len() == agents.len()).then_some(())
             }
@@ -260,7 +269,32 @@ async fn sighup_rotates_the_cluster_key_with_no_restart_and_no_failover() {
             .put(&format!("step{step}"), b"1".to_vec(), None)
             .await
             .unwrap();
+        if step == 0 {
+            let app = client_keyed(&app_key, raft.clone(), 40);
+            app.put("app/x", b"1".to_vec(), None).await.unwrap();
+            let forged = app
+                .put(
+                    &format!("quorate/failover/ops/{ROLE}/request"),
+                    b"x".to_vec(),
+                    None,
+                )
+                .await;
+            assert!(
+                matches!(
+                    forged,
+                    Err(quorate_coord_api::CoordError::PermissionDenied { .. })
+                ),
+                "a client key wrote the failover's manual-operation key: {forged:?}"
+            );
+        }
     }
+    let revoked = client_keyed(&app_key, raft.clone(), 2)
+        .put("app/y", b"1".to_vec(), None)
+        .await;
+    assert!(
+        revoked.is_err(),
+        "a revoked client key still opens the cluster"
+    );
     let fresh = client_keyed(&new, raft.clone(), 40);
     let got = fresh
         .get("acknowledged", Consistency::Linearizable)
@@ -272,7 +306,7 @@ async fn sighup_rotates_the_cluster_key_with_no_restart_and_no_failover() {
         .await;
     assert!(stale.is_err(), "the dropped key still opens the cluster");
     // A config that no longer reads is refused on SIGHUP; the running keys stay.
-    rekey(&agents[0], &dir.path().join("missing.key"), &[]);
+    rekey(&agents[0], &dir.path().join("missing.key"), &[], &[]);
     let reason = wait_for(&mut rx, long, |who, e| match e {
         NodeEvent::ReloadRefused { reason, .. } if who == tags[0] => Some(reason.clone()),
         NodeEvent::KeysReloaded { .. } => panic!("{who} took a config with a missing key file"),

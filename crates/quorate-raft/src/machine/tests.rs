@@ -558,6 +558,57 @@ fn a_full_store_refuses_growth_with_nospace_but_reads_deletes_and_locks_work() {
     assert!(matches!(e, CoordError::ResourceExhausted { .. }), "{e}");
 }
 
+/// A node's own quota (`Machine::admit`, checked by the leader before proposing) refuses
+/// growth past it, counting a transaction by the branch that would run, and passes shrinking
+/// writes, deletes and the store's own commands.
+#[test]
+fn a_nodes_quota_admits_only_writes_that_fit() {
+    let mut sm = Sm::new();
+    sm.put("a", "123456789", None); // 10 bytes
+    let put = |k: &str, v: &str| Command::Put {
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+        lease: None,
+    };
+    assert!(sm.m.admit(&put("b", "123456789"), 20).is_ok());
+    let e = sm.m.admit(&put("b", "1234567890"), 20).unwrap_err();
+    assert!(
+        matches!(&e, CoordError::ResourceExhausted { max: 20, .. })
+            && e.to_string().contains("NOSPACE"),
+        "{e}"
+    );
+    assert!(sm.m.admit(&put("a", "1"), 5).is_ok(), "shrinking");
+    assert!(sm.m.admit(&Command::Delete { key: "a".into() }, 0).is_ok());
+    assert!(
+        sm.m.admit(
+            &Command::Lock {
+                name: "l".into(),
+                lease: LeaseId(1)
+            },
+            0
+        )
+        .is_ok()
+    );
+    // A transaction counts the branch that would run now.
+    let txn = |compare_holds: bool| {
+        Command::Txn(Txn {
+            compares: vec![Compare {
+                key: "a".into(),
+                target: CompareTarget::Version(if compare_holds { 1 } else { 7 }),
+                op: CompareOp::Equal,
+            }],
+            success: vec![TxnOp::Put {
+                key: "big".into(),
+                value: vec![0; 100],
+                lease: None,
+            }],
+            failure: vec![TxnOp::Delete { key: "a".into() }],
+        })
+    };
+    assert!(sm.m.admit(&txn(true), 50).is_err());
+    assert!(sm.m.admit(&txn(false), 50).is_ok());
+}
+
 #[test]
 fn a_snapshot_from_before_the_quota_still_restores() {
     #[derive(Serialize)]

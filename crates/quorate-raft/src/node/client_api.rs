@@ -23,6 +23,36 @@ use crate::network::{ClientRequest, ClientResponse, ClientWrite, WatchBatch, Wat
 const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
 impl<N: Net> Core<N> {
+    /// Answers one request of a client holding a client key (not the cluster key): reads,
+    /// watches and writes of the application's own keys, locks and elections; never a
+    /// membership change, a key under [`NodeConfig::client_protected_prefixes`](super::NodeConfig)
+    /// (the cluster's own components' keys: failover roles, manual operations, Telegram
+    /// offsets), a lock or election so named, or the lease holding one. Refusals are
+    /// `PermissionDenied`; nothing changes.
+    pub(super) async fn handle_as_client_key(
+        &self,
+        req: ClientRequest,
+    ) -> Result<ClientResponse, CoordError> {
+        client_key_may(&req, &self.client_protected)?;
+        if let ClientRequest::Write(
+            ClientWrite::LeaseRevoke { id } | ClientWrite::LeaseKeepAlive { id },
+        ) = &req
+        {
+            // Read on this node: a write is proposed only here, on the leader, so this is
+            // the state the write would meet (a lease gaining a protected key in between
+            // needs the cluster key; see docs/security.md).
+            let st = self.sm.lock();
+            if let Some(l) = st.machine.lease(*id)
+                && let Some(k) = l.keys.iter().find(|k| protected(k, &self.client_protected))
+            {
+                return Err(denied(format!(
+                    "{id} holds {k:?}, a key of the cluster's own components"
+                )));
+            }
+        }
+        self.handle_client(req).await
+    }
+
     /// Answers one remote client request.
     pub(super) async fn handle_client(
         &self,
@@ -319,4 +349,143 @@ fn check_name(what: &str, name: &str) -> Result<(), CoordError> {
         )));
     }
     Ok(())
+}
+
+fn denied(what: String) -> CoordError {
+    CoordError::PermissionDenied {
+        reason: format!("{what}: a client key may not change it (only the cluster key may)"),
+    }
+}
+
+/// The name of a lock or election whose queue key `key` is, if it is one.
+fn queue_name(key: &str) -> Option<&str> {
+    let rest = key
+        .strip_prefix(LOCK_PREFIX)
+        .or_else(|| key.strip_prefix(ELECTION_PREFIX))?;
+    rest.rsplit_once('/').map(|(name, _)| name)
+}
+
+/// Whether `key` belongs to the cluster's own components: under a protected prefix, or the
+/// queue key of a lock or election whose name is.
+fn protected(key: &str, prefixes: &[String]) -> bool {
+    let name = queue_name(key).unwrap_or(key);
+    prefixes.iter().any(|p| name.starts_with(p.as_str()))
+}
+
+/// What a client key may not ask for, decided on the request alone (the lease rule needs the
+/// machine: [`Core::handle_as_client_key`]).
+fn client_key_may(req: &ClientRequest, prefixes: &[String]) -> Result<(), CoordError> {
+    let key = |k: &str| {
+        if protected(k, prefixes) {
+            Err(denied(format!(
+                "{k:?} is a key of the cluster's own components"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match req {
+        ClientRequest::Admin(_) => Err(denied("a membership change".to_owned())),
+        ClientRequest::Write(w) => match w {
+            ClientWrite::Put { key: k, .. } | ClientWrite::Delete { key: k } => key(k),
+            ClientWrite::Unlock { key: k, .. }
+            | ClientWrite::Resign { key: k, .. }
+            | ClientWrite::Proclaim { key: k, .. } => key(k),
+            ClientWrite::Campaign { election: n, .. } | ClientWrite::Lock { name: n, .. } => key(n),
+            ClientWrite::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .try_for_each(|op| match op {
+                    TxnOp::Put { key: k, .. } | TxnOp::Delete { key: k } => key(k),
+                    TxnOp::Get { .. } | TxnOp::Range { .. } => Ok(()),
+                }),
+            ClientWrite::LeaseGrant { .. }
+            | ClientWrite::LeaseKeepAlive { .. }
+            | ClientWrite::LeaseRevoke { .. } => Ok(()),
+        },
+        ClientRequest::Get { .. }
+        | ClientRequest::Range(_)
+        | ClientRequest::LeaseTimeToLive { .. }
+        | ClientRequest::Position { .. }
+        | ClientRequest::LockHolder { .. }
+        | ClientRequest::Leader { .. }
+        | ClientRequest::WatchPoll(_)
+        | ClientRequest::Status
+        | ClientRequest::Capabilities => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixes() -> Vec<String> {
+        vec!["quorate/".to_owned()]
+    }
+
+    #[test]
+    fn queue_keys_are_protected_by_their_name() {
+        let p = prefixes();
+        assert!(protected("quorate/failover/ops/db/request", &p));
+        assert!(protected(
+            "__quorate/election/quorate/failover/election/db/00000000000000ff",
+            &p
+        ));
+        assert!(protected("__quorate/lock/quorate/x/00000000000000ff", &p));
+        assert!(!protected("__quorate/lock/app/jobs/00000000000000ff", &p));
+        assert!(!protected("app/quorate/x", &p));
+        assert!(!protected("quorat", &p));
+    }
+
+    #[test]
+    fn a_client_key_may_not_change_membership_or_the_clusters_keys() {
+        use crate::network::AdminRequest;
+        let p = prefixes();
+        let put = |k: &str| {
+            ClientRequest::Write(ClientWrite::Put {
+                key: k.to_owned(),
+                value: vec![],
+                lease: None,
+            })
+        };
+        assert!(client_key_may(&put("app/x"), &p).is_ok());
+        for refused in [
+            put("quorate/failover/ops/db/request"),
+            ClientRequest::Write(ClientWrite::Campaign {
+                election: "quorate/failover/election/db".to_owned(),
+                value: vec![],
+                lease: quorate_coord_api::LeaseId(1),
+            }),
+            ClientRequest::Write(ClientWrite::Txn(quorate_coord_api::Txn {
+                compares: vec![],
+                success: vec![],
+                failure: vec![TxnOp::Delete {
+                    key: "quorate/telegram/bot/offset".to_owned(),
+                }],
+            })),
+            ClientRequest::Admin(AdminRequest::Remove {
+                node: "n1".to_owned(),
+            }),
+        ] {
+            assert!(
+                matches!(
+                    client_key_may(&refused, &p),
+                    Err(CoordError::PermissionDenied { .. })
+                ),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            client_key_may(
+                &ClientRequest::Get {
+                    key: "quorate/failover/ops/db/request".to_owned(),
+                    consistency: Consistency::Linearizable
+                },
+                &p
+            )
+            .is_ok(),
+            "reads are allowed"
+        );
+    }
 }

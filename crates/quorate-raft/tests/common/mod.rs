@@ -9,13 +9,25 @@ use std::time::Duration;
 use quorate_raft::{Limits, NodeConfig, RaftNode, Storage, Timing};
 use quorate_types::NodeId;
 use quorate_wire::net::TokioNet;
-use quorate_wire::{ClusterKey, KeyRing, WireConfig};
+use quorate_wire::{ClientKey, ClusterKey, KeyRing, WireConfig};
 
-/// The test cluster's wire config (one fixed key).
+/// The test cluster's client key (accepted by every node; see [`client_wire`]).
+pub(crate) const CLIENT_KEY: [u8; 32] = [9; 32];
+
+/// The test cluster's wire config (one fixed cluster key; [`CLIENT_KEY`] accepted from
+/// clients).
 pub(crate) fn wire() -> WireConfig {
+    let keys = KeyRing::new(ClusterKey::from_bytes([7; 32]), vec![]);
+    keys.set_client_keys(vec![ClientKey::new(ClusterKey::from_bytes(CLIENT_KEY))])
+        .expect("client key");
+    WireConfig::new("raft-test", keys).expect("wire config")
+}
+
+/// What an application holding only the client key uses.
+pub(crate) fn client_wire() -> WireConfig {
     WireConfig::new(
         "raft-test",
-        KeyRing::new(ClusterKey::from_bytes([7; 32]), vec![]),
+        KeyRing::new(ClusterKey::from_bytes(CLIENT_KEY), vec![]),
     )
     .expect("wire config")
 }
@@ -42,6 +54,8 @@ pub(crate) struct Cluster {
     pub(crate) own_runtimes: bool,
     pub(crate) timing: Timing,
     pub(crate) limits: Limits,
+    /// `NodeConfig::store_quota_bytes` of nodes (re)started from now on.
+    pub(crate) store_quota: Option<u64>,
 }
 
 impl Cluster {
@@ -64,6 +78,7 @@ impl Cluster {
             // rest of CI, and `lan`'s 300 ms election timeout fires spuriously under that load.
             timing: Timing::wan(),
             limits,
+            store_quota: None,
         };
         for i in 0..n {
             c.restart(i).await;
@@ -79,6 +94,7 @@ impl Cluster {
         let mut cfg = NodeConfig::new(name(i), self.addrs[i].clone(), wire());
         cfg.timing = self.timing;
         cfg.limits = self.limits.clone();
+        cfg.store_quota_bytes = self.store_quota;
         if i == 0 {
             cfg.bootstrap = Some(
                 self.addrs
@@ -192,7 +208,14 @@ pub(crate) fn remote_config() -> quorate_raft::client::ClientConfig {
 pub(crate) async fn remote_client(
     addrs: Vec<String>,
 ) -> quorate_raft::client::CoordClient<TokioNet> {
-    let config = remote_config();
+    remote_client_with(remote_config(), addrs).await
+}
+
+/// A remote client with `config`.
+pub(crate) async fn remote_client_with(
+    config: quorate_raft::client::ClientConfig,
+    addrs: Vec<String>,
+) -> quorate_raft::client::CoordClient<TokioNet> {
     let mut last = None;
     for _ in 0..50 {
         match quorate_raft::client::CoordClient::connect(TokioNet, config.clone(), addrs.clone())
