@@ -1,7 +1,9 @@
 //! The planned hand-off benchmark (`cargo xtask bench rolling-restart`): three agents in
 //! network namespaces, the role's application acting every 10 ms while primary (each action
 //! stamped with its fencing token in the hook log). Each node in turn gets SIGTERM (a graceful
-//! shutdown hands its role over first) and is restarted; after the hand-offs, the same run
+//! shutdown hands its role over first) and is restarted; like an operator's rolling restart, the
+//! next SIGTERM waits until the primary sees every other node as a candidate again (status.json
+//! `candidates`: the restarted one has finished starting); after the hand-offs, the same run
 //! measures unplanned kill -9 failovers for comparison. Per hand-off, the role's unavailability
 //! is the gap in the application's actions: from the old term's last action to the new term's
 //! first. The hook-log checker counts overlapping primaries (must be zero). Timings are
@@ -190,6 +192,9 @@ async fn first_new_action(c: &Cluster, old: u64, signal_ns: u64) -> Result<Gap> 
 async fn steps(c: &mut Cluster, opts: &RollingOptions, report: &mut RollingReport) -> Result<()> {
     for n in 0..opts.handoffs {
         let p = c.wait_stable(SETTLE).await?;
+        // As an operator's rolling restart does: the next node is stopped only once the
+        // restarted one is back and eligible (the primary sees a successor in every peer).
+        c.wait_successors(p, SETTLE).await?;
         let old = c.term_of(p)?.context("the primary has no term")?;
         let at = crate::world::now_ns();
         c.say(&format!(
@@ -206,6 +211,7 @@ async fn steps(c: &mut Cluster, opts: &RollingOptions, report: &mut RollingRepor
     }
     for n in 0..opts.kills {
         let p = c.wait_stable(SETTLE).await?;
+        c.wait_successors(p, SETTLE).await?;
         let old = c.term_of(p)?.context("the primary has no term")?;
         c.say(&format!("kill {}: SIGKILL of primary {}", n + 1, c.name(p)));
         let at = c.kill(p).await?;

@@ -418,6 +418,8 @@ pub struct NodeStatus {
     pub alive: usize,
     /// Its own health.
     pub health: String,
+    /// The nodes its policy could promote now, best first.
+    pub candidates: Vec<String>,
 }
 
 /// Agents in a [`World`], their hook log and the faults injected so far.
@@ -986,7 +988,30 @@ impl Cluster {
             acting: role.acting_here,
             alive,
             health: v.health.status,
+            candidates: role.candidates,
         })
+    }
+
+    /// Waits until primary `p` sees every other node as a candidate for the role (each has
+    /// finished starting and is eligible): the gate of a rolling restart before it stops the
+    /// next node.
+    pub async fn wait_successors(&self, p: usize, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s = self.status(p);
+            if s.as_ref()
+                .is_some_and(|s| s.candidates.len() + 1 == self.nodes.len())
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "primary {} did not see every other node as a candidate within {within:?}; last view: {s:?}",
+                    self.nodes[p].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until every node runs and agrees: one Raft leader, every member alive, one primary

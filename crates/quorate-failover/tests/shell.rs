@@ -404,6 +404,21 @@ async fn elects_one_primary_and_hands_it_the_token() {
     let mine = c.nodes[0].m().history(&role()).unwrap();
     assert_eq!(mine[0].token, Some(token));
     assert!(mine[0].promotion.is_some());
+    // The status names the successors the primary could hand over to, best first; a member
+    // going down leaves the list.
+    let candidates = |c: &Cluster| {
+        c.nodes[0]
+            .m()
+            .status(&role())
+            .unwrap()
+            .borrow()
+            .candidates
+            .clone()
+    };
+    assert_eq!(candidates(&c), vec![id("n2"), id("n3")]);
+    c.set_member(1, MemberState::Down, HealthStatus::Passing);
+    c.until(Duration::from_secs(2), |c| candidates(c) == vec![id("n3")])
+        .await;
     c.shutdown().await;
 }
 

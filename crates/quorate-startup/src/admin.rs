@@ -377,13 +377,7 @@ impl Admin {
             .iter()
             .filter_map(|r| {
                 let s = self.ctx.failover.status(r).ok()?.borrow().clone();
-                Some(crate::report::RoleStatus {
-                    role: r.to_string(),
-                    primary: s.primary.map(|n| n.to_string()),
-                    acting_here: s.acting,
-                    token: s.token.map(|t| t.0),
-                    last_action: s.last_action,
-                })
+                Some(crate::report::RoleStatus::of(r, s))
             })
             .collect();
         AdminStatus {

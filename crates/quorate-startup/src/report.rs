@@ -238,13 +238,7 @@ pub fn collect_from(
         .iter()
         .filter_map(|r| {
             let s = manager.status(r).ok()?.borrow().clone();
-            Some(RoleStatus {
-                role: r.to_string(),
-                primary: s.primary.map(|n| n.to_string()),
-                acting_here: s.acting,
-                token: s.token.map(|t| t.0),
-                last_action: s.last_action,
-            })
+            Some(RoleStatus::of(r, s))
         })
         .collect();
     StatusFile {
@@ -375,6 +369,23 @@ pub struct RoleStatus {
     pub token: Option<u64>,
     /// The policy's last decision, in words.
     pub last_action: String,
+    /// The nodes that could take the role now, best first (empty: no successor is ready).
+    #[serde(default)]
+    pub candidates: Vec<String>,
+}
+
+impl RoleStatus {
+    /// The status file's form of a failover role status.
+    pub fn of(role: &quorate_types::RoleName, s: quorate_failover::shell::RoleStatus) -> Self {
+        RoleStatus {
+            role: role.to_string(),
+            primary: s.primary.map(|n| n.to_string()),
+            acting_here: s.acting,
+            token: s.token.map(|t| t.0),
+            last_action: s.last_action,
+            candidates: s.candidates.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch now.

@@ -248,6 +248,9 @@ pub struct RoleStatus {
     pub token: Option<FencingToken>,
     /// The policy's last action, as text.
     pub last_action: String,
+    /// The nodes that could be promoted now, best first (the policy's `explain` at the last
+    /// step): a rolling restart waits until the node it is about to stop has a successor here.
+    pub candidates: Vec<NodeId>,
     /// Decision steps completed so far: it advances on every step of the role's loop, so a
     /// supervisor (e.g. the systemd watchdog in quorate-startup) can tell a live decision loop
     /// from a stuck one.

@@ -347,8 +347,17 @@ impl RoleTask {
             _ => {}
         }
         let steps = self.p.status.borrow().steps.wrapping_add(1);
+        let mut ranked: Vec<_> = self
+            .policy
+            .explain(&obs, now)
+            .nodes
+            .into_iter()
+            .filter_map(|r| r.rank.map(|rank| (rank, r.id)))
+            .collect();
+        ranked.sort();
         self.p.status.send_replace(RoleStatus {
             steps,
+            candidates: ranked.into_iter().map(|(_, id)| id).collect(),
             primary: obs.primary.clone(),
             acting: self.p.primary.borrow().is_some(),
             token: self.p.primary.borrow().as_ref().map(PrimaryContext::token),
