@@ -122,9 +122,23 @@ pub struct TelegramSection {
     /// Chats allowed to run commands (they get the `operate` permission); alerts go to them
     /// too. Group chats have negative ids.
     pub admin_chats: Vec<i64>,
-    /// `poll` (long polling by the ingress role's holder). Webhook mode is not built yet.
+    /// `poll` (long polling by the ingress role's holder) or `webhook` (every node serves
+    /// `webhook_listen`; the holder points the bot's webhook at its own `webhook_url` and
+    /// answers the updates Telegram posts there; docs/telegram.md).
     #[serde(default = "default_telegram_mode")]
     pub mode: String,
+    /// Webhook mode: the HTTPS URL at which Telegram reaches *this* node's `webhook_listen`
+    /// (through a TLS proxy; Telegram posts only to ports 443, 80, 88 and 8443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Webhook mode: where this node serves `POST` of updates (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_listen: Option<String>,
+    /// Webhook mode: a file (mode 0600) holding the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token` (1 to 256 of `A-Z a-z 0-9 _ -`); a request without it
+    /// is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// The Bot API base URL (default `https://api.telegram.org`; a local Bot API server or a
     /// test double).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +225,9 @@ impl TelegramSection {
             token_file,
             admin_chats,
             mode: default_telegram_mode(),
+            webhook_url: None,
+            webhook_listen: None,
+            webhook_secret_file: None,
             api_url: None,
             role: default_telegram_role(),
             poll_timeout: default_poll_timeout(),
@@ -236,6 +253,8 @@ pub struct TelegramSettings {
     pub token: Secret,
     /// The ingress role.
     pub role: RoleName,
+    /// Webhook mode: the secret Telegram must send. Never shown in `Debug` output.
+    pub webhook_secret: Option<Secret>,
 }
 
 fn check_telegram(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<TelegramSettings> {
@@ -266,15 +285,31 @@ fn check_telegram(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<Telegr
             "empty: list the chat ids allowed to run commands (docs/telegram.md tells how to find them)",
         );
     }
-    if t.mode != "poll" {
-        errs.push(
-            "telegram.mode",
-            format!(
-                "{:?} is not supported: use \"poll\" (webhook mode is not built yet)",
-                t.mode
-            ),
-        );
-    }
+    let webhook_secret = match t.mode.as_str() {
+        "poll" => {
+            for (field, set) in [
+                ("telegram.webhook_url", t.webhook_url.is_some()),
+                ("telegram.webhook_listen", t.webhook_listen.is_some()),
+                (
+                    "telegram.webhook_secret_file",
+                    t.webhook_secret_file.is_some(),
+                ),
+            ] {
+                if set {
+                    errs.push(field, "only used with mode = \"webhook\"");
+                }
+            }
+            None
+        }
+        "webhook" => check_webhook(errs, t),
+        other => {
+            errs.push(
+                "telegram.mode",
+                format!("{other:?} is not a mode: use \"poll\" or \"webhook\""),
+            );
+            None
+        }
+    };
     if let Some(u) = &t.api_url
         && !(u.starts_with("http://") || u.starts_with("https://"))
     {
@@ -335,11 +370,60 @@ fn check_telegram(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<Telegr
             errs.push(field, format!("{v} must be 1 to {max}"));
         }
     }
+    if t.mode == "webhook" && webhook_secret.is_none() {
+        return None;
+    }
     Some(TelegramSettings {
         section: t.clone(),
         token: Secret::new(token?),
         role: role?,
+        webhook_secret,
     })
+}
+
+/// Checks the webhook settings; returns the secret.
+fn check_webhook(errs: &mut ConfigErrors, t: &TelegramSection) -> Option<Secret> {
+    match &t.webhook_url {
+        None => errs.push(
+            "telegram.webhook_url",
+            "missing: the https:// URL at which Telegram reaches this node",
+        ),
+        Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => errs.push(
+            "telegram.webhook_url",
+            format!("{u:?} must be an https:// URL (Telegram posts only over HTTPS)"),
+        ),
+        Some(_) => {}
+    }
+    match &t.webhook_listen {
+        None => errs.push(
+            "telegram.webhook_listen",
+            "missing: the host:port this node serves the webhook on",
+        ),
+        Some(a) => check_addr(errs, "telegram.webhook_listen", a),
+    }
+    let Some(file) = &t.webhook_secret_file else {
+        errs.push(
+            "telegram.webhook_secret_file",
+            "missing: a 0600 file with the secret Telegram sends in X-Telegram-Bot-Api-Secret-Token",
+        );
+        return None;
+    };
+    let secret = read_key_file(errs, "telegram.webhook_secret_file", file)?;
+    let ok = (1..=256).contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        errs.push(
+            "telegram.webhook_secret_file",
+            format!(
+                "{} must hold 1 to 256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)",
+                file.display()
+            ),
+        );
+        return None;
+    }
+    Some(Secret::new(secret))
 }
 
 /// `[redis]`: this node's Redis server follows a role: the role's primary runs it as the
@@ -954,7 +1038,17 @@ const TOP_KEYS: &[&str] = &[
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("raft", &["listen", "advertise", "store_bytes_max"]),
-    ("telegram", &["token_file", "mode", "api_url"]),
+    (
+        "telegram",
+        &[
+            "token_file",
+            "mode",
+            "api_url",
+            "webhook_url",
+            "webhook_listen",
+            "webhook_secret_file",
+        ],
+    ),
     ("gossip", &["listen", "advertise", "seeds", "bootstrap"]),
     (
         "startup",
@@ -2418,7 +2512,7 @@ on_promote = "echo promoted"
         let open = token_file(dir.path(), 0o644, "123456:AAbb");
         let junk = token_file(dir.path(), 0o400, "not a token");
         let e = parse(&format!(
-            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = []\nmode = \"webhook\"\napi_url = \"ftp://x\"\nbatch_max = 0\nchat_interval = \"0s\"\n",
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = []\nmode = \"push\"\napi_url = \"ftp://x\"\nbatch_max = 0\nchat_interval = \"0s\"\nwebhook_url = \"https://x\"\n",
             open.display()
         ))
         .unwrap_err();
@@ -2433,6 +2527,53 @@ on_promote = "echo promoted"
             assert!(e.0.iter().any(|p| p.field == field), "{field}: {e}");
         }
         assert!(e.to_string().contains("chmod 600"), "{e}");
+        // Webhook mode: its three settings, each checked; none of them in poll mode.
+        let good = token_file(dir.path(), 0o600, "123456:AAbb");
+        let e = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\nmode = \"webhook\"\nwebhook_url = \"ftp://x\"\nwebhook_listen = \"nowhere\"\n",
+            good.display()
+        ))
+        .unwrap_err();
+        for field in [
+            "telegram.webhook_url",
+            "telegram.webhook_listen",
+            "telegram.webhook_secret_file",
+        ] {
+            assert!(e.0.iter().any(|p| p.field == field), "{field}: {e}");
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let bad_secret = dir.path().join("bad.secret");
+        std::fs::write(&bad_secret, "has spaces in it").unwrap();
+        std::fs::set_permissions(&bad_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\nmode = \"webhook\"\nwebhook_url = \"https://bot.example.com/tg\"\nwebhook_listen = \"127.0.0.1:8443\"\nwebhook_secret_file = {:?}\n",
+            good.display(),
+            bad_secret.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.field == "telegram.webhook_secret_file"),
+            "{e}"
+        );
+        std::fs::write(&bad_secret, "Good_secret-1").unwrap();
+        let v = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\nmode = \"webhook\"\nwebhook_url = \"https://bot.example.com/tg\"\nwebhook_listen = \"127.0.0.1:8443\"\nwebhook_secret_file = {:?}\n",
+            good.display(),
+            bad_secret.display()
+        ))
+        .unwrap();
+        let t = v.telegram.unwrap();
+        assert_eq!(t.webhook_secret.unwrap().expose(), "Good_secret-1");
+        let e = parse(&format!(
+            "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\nwebhook_listen = \"127.0.0.1:8443\"\n",
+            good.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.field == "telegram.webhook_listen"),
+            "{e}"
+        );
         let e = parse(&format!(
             "{GOOD}\n[telegram]\ntoken_file = {:?}\nadmin_chats = [1]\n",
             junk.display()

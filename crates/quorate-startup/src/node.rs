@@ -645,7 +645,8 @@ impl NodeBuilder {
         let events = self.events.clone();
         let mut report = StartupReport::default();
         let mut started = Started::default();
-        match self.start_stages(&events, &mut report, &mut started).await {
+        // Boxed: the stages' state is large, and callers hold this future on their stacks.
+        match Box::pin(self.start_stages(&events, &mut report, &mut started)).await {
             Ok(node) => Ok(node),
             Err((stage, cause)) => {
                 self.notifier.notify(&[NotifyState::Status(&format!(

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use teloxide::payloads::GetUpdatesSetters as _;
+use teloxide::payloads::{GetUpdatesSetters as _, SetWebhookSetters as _};
 use teloxide::prelude::Requester;
-use teloxide::types::{ChatId, UpdateKind};
+use teloxide::types::{ChatId, Update, UpdateKind};
 use teloxide::{ApiError, Bot, RequestError};
 
 use crate::error::TelegramError;
@@ -114,20 +114,30 @@ impl BotApi {
             Err(_) => return Err(CallError::Timeout),
             Ok(r) => r.map_err(classify)?,
         };
-        Ok(updates
-            .into_iter()
-            .map(|u| {
-                let (chat, text) = match &u.kind {
-                    UpdateKind::Message(m) => (Some(m.chat.id.0), m.text().map(str::to_owned)),
-                    _ => (None, None),
-                };
-                Incoming {
-                    id: i64::from(u.id.0),
-                    chat,
-                    text,
-                }
-            })
-            .collect())
+        Ok(updates.iter().map(incoming).collect())
+    }
+
+    /// `setWebhook`: Telegram posts updates to `url` with `secret` in the
+    /// `X-Telegram-Bot-Api-Secret-Token` header, one at a time (`max_connections` 1, so in
+    /// order), pending updates kept; bounded by `bound`.
+    pub(crate) async fn set_webhook(
+        &self,
+        url: &str,
+        secret: &str,
+        bound: Duration,
+    ) -> Result<(), CallError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| CallError::Permanent(format!("webhook_url {url:?}: {e}")))?;
+        let req = self
+            .bot
+            .set_webhook(url)
+            .secret_token(secret)
+            .max_connections(1)
+            .drop_pending_updates(false);
+        match tokio::time::timeout(bound, async { req.await }).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(r) => r.map(|_| ()).map_err(classify),
+        }
     }
 
     /// `sendMessage` of plain `text` to `chat`, bounded by `bound`.
@@ -143,4 +153,24 @@ impl BotApi {
             Ok(r) => r.map(|_| ()).map_err(classify),
         }
     }
+}
+
+/// What the commands see of an update.
+pub(crate) fn incoming(u: &Update) -> Incoming {
+    let (chat, text) = match &u.kind {
+        UpdateKind::Message(m) => (Some(m.chat.id.0), m.text().map(str::to_owned)),
+        _ => (None, None),
+    };
+    Incoming {
+        id: i64::from(u.id.0),
+        chat,
+        text,
+    }
+}
+
+/// An update as Telegram posts it to a webhook (JSON); `None` if it is not one.
+pub(crate) fn parse_update(body: &[u8]) -> Option<Incoming> {
+    serde_json::from_slice::<Update>(body)
+        .ok()
+        .map(|u| incoming(&u))
 }

@@ -50,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) send_errors: AtomicU64,
     pub(crate) retry_after: AtomicU64,
     pub(crate) fenced: AtomicU64,
+    pub(crate) posts: AtomicU64,
+    pub(crate) refused_posts: AtomicU64,
 }
 
 /// What the terms share.
@@ -74,6 +76,8 @@ pub(crate) struct Shared {
     /// Operations one fenced transaction may carry (the store's `txn_ops_max` less the
     /// fence compare and the offset put).
     pub(crate) txn_ops: usize,
+    /// Webhook mode (`None`: long polling).
+    pub(crate) webhook: Option<crate::webhook::Webhook>,
 }
 
 /// Time a poll leaves between its end and the lease window's close (network latency to
@@ -101,6 +105,10 @@ impl Shared {
     /// The longest a previous holder's poll may stay open at Telegram after it stepped down:
     /// its wait is at most `poll_timeout` and less than a lease, in whole seconds.
     pub(crate) fn handoff_guard(&self) -> Duration {
+        if self.webhook.is_some() {
+            // No poll to outlast: a request a previous holder still answers is fenced.
+            return self.handoff_margin;
+        }
         let secs = self.poll_timeout.min(self.lease_ttl).as_secs();
         Duration::from_secs(secs) + self.handoff_margin
     }
@@ -159,7 +167,7 @@ enum TermEnd {
     Stale,
 }
 
-async fn sleep_or(stop: &CancellationToken, ctx: &PrimaryContext, d: Duration) -> bool {
+pub(crate) async fn sleep_or(stop: &CancellationToken, ctx: &PrimaryContext, d: Duration) -> bool {
     tokio::select! {
         biased;
         () = stop.cancelled() => false,
@@ -207,7 +215,13 @@ async fn run_term(shared: &Shared, ctx: &PrimaryContext, stop: CancellationToken
     let local = stop.child_token();
     let (polled, sent) = tokio::join!(
         async {
-            let end = poll_loop(shared, ctx, &local).await;
+            let end = match &shared.webhook {
+                Some(hook) => {
+                    crate::webhook::run(shared, hook, ctx, &local).await;
+                    TermEnd::Over
+                }
+                None => poll_loop(shared, ctx, &local).await,
+            };
             local.cancel();
             end
         },
@@ -382,7 +396,7 @@ async fn poll_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
 
 /// Answers a batch and commits it: replies and the new offset in one fenced transaction;
 /// each operating command claimed in its own transaction before it runs.
-async fn process(
+pub(crate) async fn process(
     shared: &Shared,
     token: FencingToken,
     rec: &mut OffsetRecord,

@@ -33,6 +33,7 @@ mod commands;
 mod error;
 mod ingress;
 mod store;
+mod webhook;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,10 @@ pub struct TelegramStats {
     pub fenced: u64,
     /// Alerts this node queued in the outbox.
     pub alerts_queued: u64,
+    /// Webhook mode: updates posted to this node with the right secret.
+    pub webhook_posts: u64,
+    /// Webhook mode: requests refused (wrong or missing secret, not an update).
+    pub webhook_refused: u64,
 }
 
 /// Alerts waiting locally (the store was unreachable, e.g. this node is in a minority) at
@@ -128,6 +133,8 @@ impl TelegramPlugin {
             retry_after: l(&c.retry_after),
             fenced: l(&c.fenced),
             alerts_queued: l(&self.alerts_queued),
+            webhook_posts: l(&c.posts),
+            webhook_refused: l(&c.refused_posts),
         }
     }
 
@@ -189,6 +196,13 @@ impl TelegramPlugin {
                 .txn_ops_max
                 .saturating_sub(2)
                 .max(4),
+            webhook: match (&s.webhook_url, &self.settings.webhook_secret) {
+                (Some(url), Some(secret)) if s.mode == "webhook" => Some(webhook::Webhook::new(
+                    url.clone(),
+                    secret.expose().to_owned(),
+                )),
+                _ => None,
+            },
         })
     }
 }
@@ -201,6 +215,22 @@ impl Plugin for TelegramPlugin {
 
     async fn start(&self, node: &NodeContext) -> Result<(), String> {
         let shared = Arc::new(self.shared(node).map_err(|e| e.to_string())?);
+        if shared.webhook.is_some() {
+            let addr = self
+                .settings
+                .section
+                .webhook_listen
+                .clone()
+                .unwrap_or_default();
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| format!("telegram.webhook_listen {addr}: {e}"))?;
+            self.tracker.spawn(webhook::serve(
+                listener,
+                Arc::clone(&shared),
+                self.cancel.clone(),
+            ));
+        }
         if shared.alerts {
             let events = node.events.subscribe();
             self.tracker.spawn(alert_source(

@@ -3,7 +3,9 @@
 //! Telegram's conflict rule: a `getUpdates` arriving while another is open ends the open one
 //! with 409), `sendMessage` (logged; a 429 `retry_after` it gave is enforced), `setWebhook`
 //! and `deleteWebhook`; faults can be queued per method (409, 429 with `retry_after`, a
-//! timeout, a 5xx). It logs every poll (who, when, how it ended) so that a test can check
+//! timeout, a 5xx). Once a webhook is set, it posts each queued update to the webhook's URL,
+//! one at a time and in order, with the secret header, and keeps one until it is answered 2xx
+//! (as Telegram does; a `getUpdates` meanwhile gets Telegram's 409). It logs every poll (who, when, how it ended) so that a test can check
 //! that no two pollers overlapped. Method names match case-insensitively (teloxide sends
 //! `GetUpdates`).
 #![allow(dead_code, reason = "each test binary uses part of the fake")]
@@ -46,6 +48,15 @@ pub(crate) struct Poll {
     pub(crate) outcome: &'static str,
 }
 
+/// One webhook delivery attempt: the update, where it went, the HTTP status (0: no answer).
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub(crate) id: i64,
+    pub(crate) url: String,
+    pub(crate) status: u16,
+    pub(crate) at: Instant,
+}
+
 /// One `sendMessage`.
 #[derive(Clone, Debug)]
 pub(crate) struct Sent {
@@ -76,6 +87,7 @@ struct Inner {
     early: u64,
     webhook: Option<(String, Option<String>)>,
     webhook_calls: Vec<String>,
+    deliveries: Vec<Delivery>,
     message_id: i64,
 }
 
@@ -114,7 +126,18 @@ impl FakeApi {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        tokio::spawn(deliver(fake.clone()));
         fake
+    }
+
+    /// The webhook calls (`set URL`, `delete`) in order.
+    pub(crate) fn webhook_calls(&self) -> Vec<String> {
+        self.lock().webhook_calls.clone()
+    }
+
+    /// Every webhook delivery attempt.
+    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
+        self.lock().deliveries.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -265,6 +288,11 @@ async fn handle(
         .get_mut(&method)
         .and_then(VecDeque::pop_front);
     match method.as_str() {
+        "getupdates" if fake.lock().webhook.is_some() => err(
+            StatusCode::CONFLICT,
+            "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+            None,
+        ),
         "getupdates" => get_updates(fake, agent, args, injected).await,
         "sendmessage" => {
             if let Some(f) = injected {
@@ -277,8 +305,16 @@ async fn handle(
             send_message(&fake, agent, &args)
         }
         "setwebhook" => {
-            let url = args["url"].as_str().unwrap_or("").to_owned();
-            let secret = args["secret_token"].as_str().map(str::to_owned);
+            // teloxide sends setWebhook as multipart/form-data.
+            let url = args["url"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| form_field(&body, "url"))
+                .unwrap_or_default();
+            let secret = args["secret_token"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| form_field(&body, "secret_token"));
             let mut g = fake.lock();
             g.webhook_calls.push(format!("set {url}"));
             g.webhook = Some((url, secret));
@@ -455,6 +491,68 @@ async fn get_updates(
             () = &mut arrived => {}
             () = &mut superseded => {}
             () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// One field of a multipart/form-data body (enough for setWebhook's text fields).
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let at = text.find(&format!("name=\"{name}\""))?;
+    let rest = &text[at..];
+    let start = rest.find("\r\n\r\n")? + 4;
+    let end = rest[start..].find("\r\n--")?;
+    Some(rest[start..start + end].to_owned())
+}
+
+/// Posts queued updates to the webhook, as Telegram does: one at a time, the oldest first,
+/// kept until answered 2xx, retried after a pause otherwise.
+async fn deliver(fake: FakeApi) {
+    let client = reqwest::Client::new();
+    loop {
+        let next = {
+            let g = fake.lock();
+            g.webhook.as_ref().and_then(|(url, secret)| {
+                g.queue
+                    .iter()
+                    .next()
+                    .map(|(id, v)| (*id, v.clone(), url.clone(), secret.clone()))
+            })
+        };
+        let Some((id, update, url, secret)) = next else {
+            tokio::select! {
+                () = fake.arrived.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            continue;
+        };
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&update).unwrap_or_default())
+            .timeout(Duration::from_secs(5));
+        if let Some(s) = secret {
+            req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        let status = match req.send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        let ok = (200..300).contains(&status);
+        {
+            let mut g = fake.lock();
+            g.deliveries.push(Delivery {
+                id,
+                url,
+                status,
+                at: Instant::now(),
+            });
+            if ok {
+                g.queue.remove(&id);
+            }
+        }
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -63,6 +63,15 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// `n` node configs with the role `app` and a `[telegram]` section made by `telegram`.
     pub(crate) fn new(name: &str, n: usize, telegram: impl Fn(&mut TelegramSection)) -> Cluster {
+        Self::new_each(name, n, |_, t| telegram(t))
+    }
+
+    /// Like [`Cluster::new`], with node `i`'s section made by `telegram(i, ..)`.
+    pub(crate) fn new_each(
+        name: &str,
+        n: usize,
+        telegram: impl Fn(usize, &mut TelegramSection),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = LoopbackPlan::new(name, n, dir.path()).expect("plan");
         let token = dir.path().join("bot.token");
@@ -77,7 +86,7 @@ impl Cluster {
                 write_config(&plan, i, dir.path(), |c| {
                     c.roles.push(RoleSection::named("app"));
                     let mut t = TelegramSection::new(token.clone(), vec![]);
-                    telegram(&mut t);
+                    telegram(i, &mut t);
                     c.telegram = Some(t);
                 })
                 .expect("config")
