@@ -1476,11 +1476,7 @@ pub const UNREACHABLE_RETRY: [Duration; 3] = [
 
 fn unreachable_backoff() -> openraft::network::Backoff {
     let last = UNREACHABLE_RETRY[UNREACHABLE_RETRY.len() - 1];
-    openraft::network::Backoff::new(
-        UNREACHABLE_RETRY
-            .into_iter()
-            .chain(std::iter::repeat(last)),
-    )
+    openraft::network::Backoff::new(UNREACHABLE_RETRY.into_iter().chain(std::iter::repeat(last)))
 }
 
 impl<N: Net> RaftNetwork<TypeConfig> for PeerClient<N> {
@@ -1538,6 +1534,9 @@ mod tests {
     fn an_unreachable_peer_is_retried_within_100_ms() {
         let steps: Vec<Duration> = unreachable_backoff().take(6).collect();
         let ms = |m| Duration::from_millis(m);
-        assert_eq!(steps, vec![ms(25), ms(50), ms(100), ms(100), ms(100), ms(100)]);
+        assert_eq!(
+            steps,
+            vec![ms(25), ms(50), ms(100), ms(100), ms(100), ms(100)]
+        );
     }
 }
