@@ -1494,6 +1494,74 @@ mod tests {
         }
     }
 
+    /// Runs both cores' due timers and their traffic for `span` of virtual time, in 10 ms
+    /// steps.
+    fn run_for(a: &mut Core, b: &mut Core, from: Instant, span: Duration) -> Instant {
+        let mut timers: Vec<(bool, Timer)> = Vec::new();
+        let mut now = from;
+        let end = from + span;
+        while now < end {
+            now += Duration::from_millis(10);
+            timers.extend(a.drain_timers().into_iter().map(|t| (true, t)));
+            timers.extend(b.drain_timers().into_iter().map(|t| (false, t)));
+            let (due, later): (Vec<_>, Vec<_>) =
+                timers.into_iter().partition(|(_, t)| t.due() <= now);
+            timers = later;
+            for (on_a, t) in due {
+                if on_a {
+                    a.handle_timer(t, now);
+                } else {
+                    b.handle_timer(t, now);
+                }
+            }
+            exchange(a, b, now);
+        }
+        now
+    }
+
+    /// Issue 14, "bounded incarnations": foca's SWIM incarnation is a u16, and a forged update
+    /// (only a key holder can send one) may claim its maximum. A suspicion at `u16::MAX`
+    /// cannot be refuted by a higher incarnation, and a `Down` not at all: the victim renews
+    /// its identity instead (foca's `Rejoin`; our `Ident::renew` bumps the start incarnation),
+    /// stays a member under it, and its peer, which took the forgery, sees it alive again.
+    #[test]
+    fn a_forged_maximum_swim_incarnation_is_outlived_by_a_renewed_identity() {
+        let t0 = tokio::time::Instant::now();
+        let mut a = core(0, true, t0);
+        let mut b = core(1, false, t0);
+        b.join(&[a.local().addr], t0);
+        exchange(&mut a, &mut b, t0);
+        let now = run_for(&mut a, &mut b, t0, Duration::from_secs(2));
+        let old = b.local().clone();
+        assert_eq!(a.state_of(&old.id), Some(MemberState::Alive));
+        let forger = core(2, false, t0).local().clone();
+        for state in [State::Suspect, State::Down] {
+            let forged = SyncMsg {
+                from: forger.clone(),
+                flags: 0,
+                members: vec![FocaMember::new(b.local().clone(), u16::MAX, state)],
+                records: Vec::new(),
+            };
+            let bytes = postcard::to_allocvec(&forged).unwrap();
+            // To the victim and to its peer.
+            b.handle_packet(forger.addr, KIND_SYNC, &bytes, now);
+            a.handle_packet(forger.addr, KIND_SYNC, &bytes, now);
+        }
+        assert!(b.fatal().is_none(), "{:?}", b.fatal());
+        assert_eq!(b.local().id, old.id);
+        assert!(
+            b.local().incarnation > old.incarnation,
+            "the victim did not renew its identity: {:?}",
+            b.local()
+        );
+        let renewed = b.local().clone();
+        run_for(&mut a, &mut b, now, Duration::from_secs(5));
+        assert!(b.fatal().is_none() && a.fatal().is_none());
+        assert_eq!(b.local(), &renewed, "renewed once, then stable");
+        assert_eq!(a.state_of(&renewed.id), Some(MemberState::Alive));
+        assert_eq!(b.state_of(&a.local().id), Some(MemberState::Alive));
+    }
+
     #[test]
     fn join_through_a_seed_address_is_a_sync_exchange() {
         let t0 = tokio::time::Instant::now();
