@@ -134,6 +134,38 @@ impl Collector for LatencyCollector {
     }
 }
 
+/// Counters kept by a component (atomics it owns), copied in at each scrape and encoded as
+/// one counter family with one label.
+#[derive(Debug)]
+struct CountCollector {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    series: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl CountCollector {
+    fn set(&self, series: Vec<(&'static str, u64)>) {
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = series;
+    }
+}
+
+impl Collector for CountCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let series = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut f = encoder.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        for (value, n) in &series {
+            let label = [(self.label, *value)];
+            ConstCounter::new(*n).encode(f.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([
         0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
@@ -168,6 +200,7 @@ pub(crate) struct Metrics {
     pub(crate) admin_requests: Family<AdminLabel, Counter>,
     renews: Arc<LatencyCollector>,
     requests: Arc<LatencyCollector>,
+    raft_inbound: Arc<CountCollector>,
     /// Per role: the `at` of the last history entry counted.
     history_cursor: Mutex<BTreeMap<String, Option<std::time::Duration>>>,
 }
@@ -209,6 +242,15 @@ impl Metrics {
                 ),
                 "role",
             )),
+            raft_inbound: Arc::new(CountCollector {
+                name: "raft_inbound_events",
+                help: "This node's Raft port: connections accepted, refused (per address, full), \
+                       evicted, timed out before authenticating or sending; frames rejected; \
+                       client-key messages refused; client requests; warning lines written and \
+                       suppressed",
+                label: "event",
+                series: Mutex::new(Vec::new()),
+            }),
             requests: Arc::new(LatencyCollector::new(
                 "coordination_request_duration",
                 "This node's answered requests to its coordination store, by operation \
@@ -342,6 +384,7 @@ impl Metrics {
         );
         r.register_collector(Box::new(Arc::clone(&m.renews)));
         r.register_collector(Box::new(Arc::clone(&m.requests)));
+        r.register_collector(Box::new(Arc::clone(&m.raft_inbound)));
         Metrics { registry, ..m }
     }
 
@@ -451,6 +494,7 @@ impl Metrics {
             .filter_map(|r| Some((r.to_string(), ctx.failover.renew_stats(r).ok()?)))
             .collect();
         self.renews.set(renews);
+        self.raft_inbound.set(ctx.raft_inbound.counts().to_vec());
         self.requests.set(
             ctx.coord_stats
                 .snapshot()

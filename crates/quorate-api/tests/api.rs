@@ -414,6 +414,13 @@ async fn probes_state_admin_and_bad_input_over_http() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(answered > 0, "no store request counted:\n{text}");
+    // The Raft port's counters: the peers' connections were accepted.
+    let accepted: u64 = text
+        .lines()
+        .find(|l| l.starts_with("quorate_raft_inbound_events_total{event=\"accepted\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted > 0, "no accepted Raft connection counted:\n{text}");
     // No lag source for the role: no lag series (an absent lag is not a zero lag).
     assert!(!text.contains("quorate_role_replication_lag{"), "{text}");
     for op in quorate_startup::metered::METERED_OPS {

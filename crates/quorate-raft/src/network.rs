@@ -600,6 +600,28 @@ pub struct InboundStats {
     pub warn_lines: AtomicU64,
     /// Warnings suppressed by the rate limit.
     pub warn_suppressed: AtomicU64,
+    /// Client requests answered (under a client key or the cluster key).
+    pub client_requests: AtomicU64,
+}
+
+impl InboundStats {
+    /// Every counter with a short name (`accepted`, `refused_per_ip`, ...), in a fixed order.
+    pub fn counts(&self) -> [(&'static str, u64); 11] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("accepted", l(&self.accepted)),
+            ("refused_per_ip", l(&self.refused_per_ip)),
+            ("refused_full", l(&self.refused_full)),
+            ("evicted", l(&self.evicted)),
+            ("pre_auth_timeout", l(&self.pre_auth_timeouts)),
+            ("send_timeout", l(&self.send_timeouts)),
+            ("rejected_frame", l(&self.rejected_frames)),
+            ("client_key_refused", l(&self.client_key_refusals)),
+            ("warn_line", l(&self.warn_lines)),
+            ("warn_suppressed", l(&self.warn_suppressed)),
+            ("client_request", l(&self.client_requests)),
+        ]
+    }
 }
 
 /// One warning line per source address per interval; counts what it suppresses.
@@ -665,7 +687,7 @@ pub struct Transport<N: Net> {
     /// Salt of the backoff jitter (so that nodes do not retry in step).
     jitter_salt: u64,
     warn: WarnLimiter,
-    stats: InboundStats,
+    stats: Arc<InboundStats>,
 }
 
 impl<N: Net> std::fmt::Debug for Transport<N> {
@@ -696,13 +718,18 @@ impl<N: Net> Transport<N> {
             backoff: Mutex::new(BTreeMap::new()),
             jitter_salt,
             warn,
-            stats: InboundStats::default(),
+            stats: Arc::default(),
         }
     }
 
     /// Counters of the inbound side.
     pub fn inbound_stats(&self) -> &InboundStats {
         &self.stats
+    }
+
+    /// The same counters, shared (for a metrics exporter).
+    pub fn inbound_stats_shared(&self) -> Arc<InboundStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Writes one rate-limited warning about the inbound connection from `peer`.
@@ -1267,6 +1294,12 @@ async fn serve_conn<N: Net, H: Handler>(
         }
         // A client key gets client requests only (see `Handler::handle_as_client`), and its
         // answers are sealed under the same key.
+        if kind == KIND_CLIENT_REQ {
+            transport
+                .stats
+                .client_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let resp = match (&client, req) {
             (None, req) => match refuse_snapshot_chunk(&req, config.snapshot_bytes_max) {
                 Some(refusal) => {

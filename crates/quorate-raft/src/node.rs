@@ -412,6 +412,12 @@ impl<N: Net> RaftNode<N> {
         self.core.capabilities()
     }
 
+    /// Counters of this node's Raft port (connections admitted, refused, evicted, timed out;
+    /// frames rejected; client-key refusals; client requests).
+    pub fn inbound_stats(&self) -> Arc<crate::network::InboundStats> {
+        self.core.transport.inbound_stats_shared()
+    }
+
     /// This node as a `quorate_coord_api::Coord`.
     pub fn backend(&self) -> crate::backend::Backend<RaftNode<N>> {
         crate::backend::Backend::new(self.clone(), self.capabilities())

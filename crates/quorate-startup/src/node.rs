@@ -126,6 +126,9 @@ pub struct NodeContext {
     /// Latencies of this node's requests to `coord`, per operation (`quorate-api` exports
     /// them).
     pub coord_stats: Arc<crate::metered::CoordStats>,
+    /// Counters of this node's Raft port (`quorate-api` exports them as
+    /// `quorate_raft_inbound_events_total{event}`).
+    pub raft_inbound: Arc<quorate_raft::network::InboundStats>,
 }
 
 /// Builds a [`Node`] from a validated config.
@@ -699,6 +702,7 @@ impl NodeBuilder {
         .await?;
 
         let coord_stats = Arc::new(crate::metered::CoordStats::default());
+        let raft_inbound;
         let coord: Arc<dyn Coord> = {
             let wire = wire.clone();
             let v2 = Arc::clone(&v);
@@ -728,6 +732,7 @@ impl NodeBuilder {
             )
             .await?;
             let backend: Arc<dyn Coord> = Arc::new(raft.backend());
+            raft_inbound = raft.inbound_stats();
             started.raft = Some(raft);
             // Ready when caught up: a linearizable read needs a known leader and this node's
             // state machine applied up to the read index.
@@ -879,6 +884,7 @@ impl NodeBuilder {
             ready: ready_rx,
             keys: wire.keys.clone(),
             coord_stats,
+            raft_inbound,
         };
         for p in &self.plugins {
             let name = format!("plugin:{}", p.name());
