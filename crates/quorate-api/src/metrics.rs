@@ -16,12 +16,13 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use quorate_health_api::HealthStatus;
 use quorate_membership_api::{MemberState, SplitBrainStatus};
 use quorate_startup::NodeContext;
+use quorate_startup::sources::{MetricKind, MetricSample};
 use quorate_types::latency::LatencySnapshot;
 
 /// A role label.
@@ -166,6 +167,48 @@ impl Collector for CountCollector {
     }
 }
 
+/// The plug-ins' samples (`NodeContext::metric_sources`), copied in at each scrape and encoded
+/// one family at a time (help and kind from its first sample).
+#[derive(Debug, Default)]
+struct SourceCollector {
+    samples: Mutex<Vec<MetricSample>>,
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut families: BTreeMap<&'static str, Vec<&MetricSample>> = BTreeMap::new();
+        for s in &samples {
+            families.entry(s.family).or_default().push(s);
+        }
+        for (family, series) in families {
+            let Some(first) = series.first() else {
+                continue;
+            };
+            let kind = first.kind;
+            let mt = match kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+            };
+            let mut f = encoder.encode_descriptor(family, first.help, None, mt)?;
+            for s in series.iter().filter(|s| s.kind == kind) {
+                let labels: Vec<(&str, &str)> =
+                    s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let e = f.encode_family(&labels)?;
+                match kind {
+                    MetricKind::Counter => ConstCounter::new(s.value as u64).encode(e)?,
+                    MetricKind::Gauge => ConstGauge::new(s.value).encode(e)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([
         0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
@@ -201,6 +244,7 @@ pub(crate) struct Metrics {
     renews: Arc<LatencyCollector>,
     requests: Arc<LatencyCollector>,
     raft_inbound: Arc<CountCollector>,
+    sources: Arc<SourceCollector>,
     /// Per role: the `at` of the last history entry counted.
     history_cursor: Mutex<BTreeMap<String, Option<std::time::Duration>>>,
 }
@@ -242,6 +286,7 @@ impl Metrics {
                 ),
                 "role",
             )),
+            sources: Arc::new(SourceCollector::default()),
             raft_inbound: Arc::new(CountCollector {
                 name: "raft_inbound_events",
                 help: "This node's Raft port: connections accepted, refused (per address, full), \
@@ -385,6 +430,7 @@ impl Metrics {
         r.register_collector(Box::new(Arc::clone(&m.renews)));
         r.register_collector(Box::new(Arc::clone(&m.requests)));
         r.register_collector(Box::new(Arc::clone(&m.raft_inbound)));
+        r.register_collector(Box::new(Arc::clone(&m.sources)));
         Metrics { registry, ..m }
     }
 
@@ -495,6 +541,12 @@ impl Metrics {
             .collect();
         self.renews.set(renews);
         self.raft_inbound.set(ctx.raft_inbound.counts().to_vec());
+        let samples = ctx.metric_sources.collect().await;
+        *self
+            .sources
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = samples;
         self.requests.set(
             ctx.coord_stats
                 .snapshot()
@@ -573,8 +625,40 @@ pub(crate) fn to_prometheus_text(om: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
 mod tests {
     use super::*;
+
+    /// Plug-ins' samples come out one family each, with their labels, counters as `_total`.
+    #[test]
+    fn plugin_samples_are_encoded_by_family() {
+        let c = SourceCollector::default();
+        let ks = |n: &str| vec![("keyspace", n.to_owned())];
+        *c.samples.lock().unwrap() = vec![
+            MetricSample::counter("replication_local_writes", "Writes", ks("a"), 3),
+            MetricSample::gauge("replication_keys", "Keys", ks("a"), 2.0),
+            MetricSample::counter("replication_local_writes", "Writes", ks("b"), 5),
+        ];
+        let mut r = Registry::with_prefix("quorate");
+        r.register_collector(Box::new(c));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for line in [
+            "# TYPE quorate_replication_local_writes counter",
+            "quorate_replication_local_writes_total{keyspace=\"a\"} 3",
+            "quorate_replication_local_writes_total{keyspace=\"b\"} 5",
+            "# TYPE quorate_replication_keys gauge",
+            "quorate_replication_keys{keyspace=\"a\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE quorate_replication_local_writes")
+                .count(),
+            1,
+            "{text}"
+        );
+    }
 
     #[test]
     fn openmetrics_becomes_prometheus_text() {

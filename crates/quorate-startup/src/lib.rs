@@ -27,6 +27,7 @@ pub mod node;
 pub mod notify;
 pub mod replication;
 pub mod report;
+pub mod sources;
 
 pub use admin::{
     Admin, AdminError, AdminOutcome, AdminRequest, AdminStatus, HistoryEntry, Permission,

@@ -129,6 +129,9 @@ pub struct NodeContext {
     /// Counters of this node's Raft port (`quorate-api` exports them as
     /// `quorate_raft_inbound_events_total{event}`).
     pub raft_inbound: Arc<quorate_raft::network::InboundStats>,
+    /// Plug-ins' metrics (e.g. the replication stage's), read by the metrics exporter at each
+    /// scrape: a plug-in registers its source when it starts.
+    pub metric_sources: crate::sources::MetricSources,
 }
 
 /// Builds a [`Node`] from a validated config.
@@ -885,6 +888,7 @@ impl NodeBuilder {
             keys: wire.keys.clone(),
             coord_stats,
             raft_inbound,
+            metric_sources: crate::sources::MetricSources::default(),
         };
         for p in &self.plugins {
             let name = format!("plugin:{}", p.name());

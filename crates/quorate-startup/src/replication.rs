@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigErrors, Validated};
 use crate::node::{NodeBuilder, NodeContext, Plugin};
+use crate::sources::{MetricSample, MetricSource};
 
 /// `[replication]`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -247,7 +248,7 @@ struct Running {
 pub struct ReplicationStage {
     section: ReplicationSection,
     lags: BTreeMap<RoleName, Arc<LateLag>>,
-    keyspaces: Mutex<Option<Keyspaces>>,
+    keyspaces: Arc<Mutex<Option<Keyspaces>>>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -273,7 +274,7 @@ impl ReplicationStage {
         Some(Arc::new(Self {
             section,
             lags,
-            keyspaces: Mutex::new(None),
+            keyspaces: Arc::new(Mutex::new(None)),
             running: tokio::sync::Mutex::new(None),
         }))
     }
@@ -388,12 +389,189 @@ impl ReplicationStage {
             }
         }
         *self.keyspaces.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks);
+        ctx.metric_sources.register(
+            "replication",
+            Arc::new(KeyspaceMetrics(Arc::clone(&self.keyspaces))),
+        );
         *self.running.lock().await = Some(Running {
             node,
             cancel,
             tracker,
         });
         Ok(())
+    }
+}
+
+/// The keyspaces' counters for the metrics exporter (`quorate_replication_*`; docs/api.md).
+struct KeyspaceMetrics(Arc<Mutex<Option<Keyspaces>>>);
+
+fn ks_label(name: &str) -> Vec<(&'static str, String)> {
+    vec![("keyspace", name.to_owned())]
+}
+
+fn crdt_label(kind: quorate_replication::CrdtKind) -> &'static str {
+    use quorate_replication::CrdtKind as K;
+    match kind {
+        K::LwwRegister => "lww",
+        K::MvRegister => "mv",
+        K::PnCounter => "counter",
+        K::OrSet => "set",
+        K::LwwMap => "lww_map",
+        K::OrMap => "or_map",
+        K::Custom => "custom",
+    }
+}
+
+/// A multi-master keyspace's samples.
+fn mm_samples(st: &quorate_replication::KeyspaceStatus, out: &mut Vec<MetricSample>) {
+    let m = &st.metrics;
+    let l = || ks_label(&st.name);
+    out.push(MetricSample::gauge(
+        "replication_keys",
+        "Keys held in each replicated keyspace",
+        l(),
+        st.keys as f64,
+    ));
+    let counters: [(&'static str, &'static str, u64); 11] = [
+        (
+            "replication_local_writes",
+            "Local writes to a multi-master keyspace",
+            m.local_writes,
+        ),
+        (
+            "replication_deltas_sent",
+            "Deltas or full states sent to peers",
+            m.deltas_sent,
+        ),
+        (
+            "replication_deltas_merged",
+            "Deltas or full states received and merged",
+            m.deltas_merged,
+        ),
+        (
+            "replication_clock_alarms",
+            "Updates refused: the sender's clock ran past max_clock_offset",
+            m.clock_alarms,
+        ),
+        (
+            "replication_anti_entropy_rounds",
+            "Anti-entropy rounds started",
+            m.anti_entropy_rounds,
+        ),
+        (
+            "replication_anti_entropy_bytes",
+            "Bytes of digests and repairs exchanged by anti-entropy",
+            m.anti_entropy_bytes,
+        ),
+        (
+            "replication_keys_repaired",
+            "Keys changed by anti-entropy",
+            m.keys_repaired,
+        ),
+        (
+            "replication_tombstones_collected",
+            "Tombstones and hidden values collected",
+            m.tombstones_collected,
+        ),
+        (
+            "replication_merges_refused",
+            "Incoming merges refused by a limit",
+            st.merges_refused,
+        ),
+        (
+            "replication_hints_dropped",
+            "Hints dropped (over hints_max or too old)",
+            st.hints_dropped,
+        ),
+        (
+            "replication_pushes_dropped",
+            "Pushed batches dropped: a peer's queue was full",
+            st.pushes_dropped,
+        ),
+    ];
+    for (family, help, v) in counters {
+        out.push(MetricSample::counter(family, help, l(), v));
+    }
+    out.push(MetricSample::gauge(
+        "replication_hints_pending",
+        "Hints held for unreachable peers",
+        l(),
+        m.hints_pending as f64,
+    ));
+    for ((kind, resolution), n) in &m.conflicts {
+        let mut labels = l();
+        labels.push(("type", crdt_label(*kind).to_owned()));
+        labels.push(("resolution", (*resolution).to_owned()));
+        out.push(MetricSample::counter(
+            "replication_conflicts",
+            "Concurrent writes merged, by merge type and resolution (lww, siblings, resolver)",
+            labels,
+            *n,
+        ));
+    }
+}
+
+#[async_trait]
+impl MetricSource for KeyspaceMetrics {
+    async fn samples(&self) -> Vec<MetricSample> {
+        let Some(ks) = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut statuses = Vec::new();
+        for k in ks.lww.values() {
+            statuses.push(k.status().await);
+        }
+        for k in ks.mv.values() {
+            statuses.push(k.status().await);
+        }
+        for k in ks.counter.values() {
+            statuses.push(k.status().await);
+        }
+        for k in ks.set.values() {
+            statuses.push(k.status().await);
+        }
+        for st in statuses.into_iter().flatten() {
+            mm_samples(&st, &mut out);
+        }
+        for (name, k) in &ks.leader {
+            let st = k.status();
+            out.push(MetricSample::gauge(
+                "replication_keys",
+                "Keys held in each replicated keyspace",
+                ks_label(name),
+                st.keys as f64,
+            ));
+            out.push(MetricSample::counter(
+                "replication_stale_rejected",
+                "Leader-mode writes refused: they carried a fencing token below the highest seen",
+                ks_label(name),
+                st.stale_rejected,
+            ));
+            out.push(MetricSample::gauge(
+                "replication_suffix_conflicts",
+                "Leader-mode writes of a demoted primary that the new primary's history replaced (recorded)",
+                ks_label(name),
+                st.conflicts.len() as f64,
+            ));
+            for (replica, lag) in &st.lag {
+                let mut labels = ks_label(name);
+                labels.push(("replica", replica.to_string()));
+                out.push(MetricSample::gauge(
+                    "replication_lag_entries",
+                    "Leader-mode entries a replica has not persisted, as this node sees it",
+                    labels.clone(),
+                    lag.entries as f64,
+                ));
+                out.push(MetricSample::gauge(
+                    "replication_lag_seconds",
+                    "Leader-mode lag in time: at the primary, the age of the oldest entry a replica lacks; at a replica, the time since it heard the primary",
+                    labels,
+                    lag.time_ms as f64 / 1000.0,
+                ));
+            }
+        }
+        out
     }
 }
 

@@ -138,6 +138,20 @@ async fn the_stage_starts_declared_keyspaces_binds_the_role_and_recovers_on_rest
         }
     }
 
+    // The stage's metrics reach the node's exporter (quorate_replication_* in /metrics).
+    let samples = node1.context().metric_sources.collect().await;
+    let value = |family: &str, keyspace: &str| {
+        samples
+            .iter()
+            .find(|m| m.family == family && m.labels.contains(&("keyspace", keyspace.to_owned())))
+            .map(|m| m.value)
+    };
+    assert_eq!(value("replication_local_writes", "hits"), Some(1.0));
+    assert!(value("replication_deltas_merged", "hits").unwrap_or(0.0) >= 1.0);
+    assert_eq!(value("replication_keys", "hits"), Some(1.0));
+    assert_eq!(value("replication_keys", "orders"), Some(1.0));
+    assert_eq!(value("replication_stale_rejected", "orders"), Some(0.0));
+
     node2.shutdown(Duration::from_secs(10)).await;
     // Restart the stage on the running node: both keyspaces recover from replication.redb.
     drop((orders, hits1, hits2, ks1, ks2));
