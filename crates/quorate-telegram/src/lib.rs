@@ -83,6 +83,48 @@ pub struct TelegramStats {
     pub webhook_refused: u64,
 }
 
+/// This node's Telegram counters for the metrics exporter: `quorate_telegram_events_total{event}`
+/// (docs/api.md); `conflict` is Telegram's 409, a split-brain symptom.
+struct StatsSource {
+    counters: Arc<Counters>,
+    alerts_queued: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl quorate_startup::sources::MetricSource for StatsSource {
+    async fn samples(&self) -> Vec<quorate_startup::sources::MetricSample> {
+        let c = &self.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("term", l(&c.terms)),
+            ("poll", l(&c.polls)),
+            ("processed", l(&c.processed)),
+            ("refused", l(&c.refused)),
+            ("conflict", l(&c.conflicts)),
+            ("poll_error", l(&c.poll_errors)),
+            ("sent", l(&c.sent)),
+            ("send_error", l(&c.send_errors)),
+            ("retry_after", l(&c.retry_after)),
+            ("fenced", l(&c.fenced)),
+            ("alert_queued", l(&self.alerts_queued)),
+            ("webhook_post", l(&c.posts)),
+            ("webhook_refused", l(&c.refused_posts)),
+        ]
+        .into_iter()
+        .map(|(event, n)| {
+            quorate_startup::sources::MetricSample::counter(
+                "telegram_events",
+                "This node's Telegram adapter: ingress terms, polls, updates processed and refused, \
+                 409 conflicts (another poller: split-brain suspicion), poll and send errors, \
+                 messages sent, 429 waits, fenced writes, alerts queued, webhook posts and refusals",
+                vec![("event", event.to_owned())],
+                n,
+            )
+        })
+        .collect()
+    }
+}
+
 /// Alerts waiting locally (the store was unreachable, e.g. this node is in a minority) at
 /// most; beyond it the oldest are dropped and counted in the next alert.
 const LOCAL_ALERTS_MAX: usize = 256;
@@ -215,6 +257,13 @@ impl Plugin for TelegramPlugin {
 
     async fn start(&self, node: &NodeContext) -> Result<(), String> {
         let shared = Arc::new(self.shared(node).map_err(|e| e.to_string())?);
+        node.metric_sources.register(
+            "telegram",
+            Arc::new(StatsSource {
+                counters: Arc::clone(&self.counters),
+                alerts_queued: Arc::clone(&self.alerts_queued),
+            }),
+        );
         if shared.webhook.is_some() {
             let addr = self
                 .settings

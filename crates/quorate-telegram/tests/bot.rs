@@ -270,6 +270,15 @@ async fn faults_are_ridden_out_409_is_alerted_and_retry_after_is_honoured() {
     })
     .await;
     assert_eq!(n.stats().conflicts, 1);
+    // ... and exported (quorate_telegram_events_total{event="conflict"} in /metrics).
+    let samples = n.ctx.metric_sources.collect().await;
+    let conflicts = samples
+        .iter()
+        .find(|m| {
+            m.family == "telegram_events" && m.labels == vec![("event", "conflict".to_owned())]
+        })
+        .map(|m| m.value);
+    assert_eq!(conflicts, Some(1.0), "{samples:?}");
 
     // A burst of 100 critical-health events: coalesced, and every one accounted for.
     let before = fake.sent_to(ADMIN).len();
