@@ -194,8 +194,13 @@ impl Shared {
             }
             Ok::<(), RedisError>(())
         };
-        let (_, r) = tokio::join!(fence_others, local);
-        r
+        // Fence first, then take writes: run together, this server could acknowledge a write
+        // before the old master's pause landed, and the old master then acknowledge one more
+        // (a CI run caught three such late writes after an agent kill -9). Each call is bounded
+        // by `command_timeout`, so an unreachable old master delays the promotion by at most
+        // that much.
+        fence_others.await;
+        local.await
     }
 
     /// One round of the follower loop: read every server, then act on what this node is.
