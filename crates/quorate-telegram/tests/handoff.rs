@@ -20,7 +20,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quorate::coord_api::Consistency;
 use support::fake_api::FakeApi;
 use support::{Cluster, Stop, primary_of, until};
 use tokio::time::Instant;
@@ -74,17 +73,7 @@ async fn the_ingress_survives_kills_and_handovers_without_loss_repeat_or_overlap
             ids
         })
     };
-    let answered = |f: &FakeApi| {
-        let mut chats: Vec<i64> = f
-            .sent()
-            .iter()
-            .map(|s| s.chat)
-            .filter(|c| *c >= CHAT_BASE)
-            .collect();
-        chats.sort_unstable();
-        chats.dedup();
-        chats.len()
-    };
+    let answered = |f: &FakeApi| support::answered_chats(f, CHAT_BASE);
     let mut stop_log = Vec::new();
     for e in 0..stops {
         // Let the stream flow a little under the current holder.
@@ -135,17 +124,7 @@ async fn the_ingress_survives_kills_and_handovers_without_loss_repeat_or_overlap
 
     // Exactly once: the fenced offset record counted every update once.
     let ctx = &nodes.iter().flatten().next().unwrap().ctx;
-    let rec = ctx
-        .coord
-        .get(
-            "quorate/telegram/telegram-ingress/offset",
-            Consistency::Linearizable,
-        )
-        .await
-        .unwrap()
-        .kv
-        .expect("offset record");
-    let rec: serde_json::Value = serde_json::from_slice(&rec.value).unwrap();
+    let rec = support::offset_record(ctx).await;
     assert_eq!(rec["processed"].as_u64(), Some(updates as u64), "{rec}");
     assert_eq!(rec["next"].as_i64(), ids.last().map(|l| l + 1), "{rec}");
 

@@ -17,7 +17,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quorate::coord_api::Consistency;
 use support::fake_api::FakeApi;
 use support::{Cluster, Stop, primary_of, until};
 
@@ -118,17 +117,7 @@ async fn webhook_mode_hands_off_without_loss_or_repeat_and_refuses_strangers() {
             ids
         })
     };
-    let answered = |f: &FakeApi| {
-        let mut chats: Vec<i64> = f
-            .sent()
-            .iter()
-            .map(|s| s.chat)
-            .filter(|c| *c >= CHAT_BASE)
-            .collect();
-        chats.sort_unstable();
-        chats.dedup();
-        chats.len()
-    };
+    let answered = |f: &FakeApi| support::answered_chats(f, CHAT_BASE);
     for e in 0..stops {
         let target = (e + 1) * updates / (stops + 1);
         fake.until("progress", WAIT, |f| answered(f) >= target)
@@ -172,17 +161,7 @@ async fn webhook_mode_hands_off_without_loss_or_repeat_and_refuses_strangers() {
 
     // Exactly once: the fenced offset record counted every update once.
     let ctx = &nodes.iter().flatten().next().unwrap().ctx;
-    let rec = ctx
-        .coord
-        .get(
-            "quorate/telegram/telegram-ingress/offset",
-            Consistency::Linearizable,
-        )
-        .await
-        .unwrap()
-        .kv
-        .expect("offset record");
-    let rec: serde_json::Value = serde_json::from_slice(&rec.value).unwrap();
+    let rec = support::offset_record(ctx).await;
     assert_eq!(rec["processed"].as_u64(), Some(updates as u64), "{rec}");
     assert_eq!(rec["next"].as_i64(), ids.last().map(|l| l + 1), "{rec}");
     // Every update answered; at most once unmarked (a send cut by a kill is repeated by the

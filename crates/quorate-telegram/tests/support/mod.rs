@@ -174,3 +174,31 @@ pub(crate) async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The ingress's fenced offset record (`next`, `processed`), read linearizably through `ctx`.
+pub(crate) async fn offset_record(ctx: &NodeContext) -> serde_json::Value {
+    let kv = ctx
+        .coord
+        .get(
+            "quorate/telegram/telegram-ingress/offset",
+            quorate::coord_api::Consistency::Linearizable,
+        )
+        .await
+        .expect("read the offset")
+        .kv
+        .expect("offset record");
+    serde_json::from_slice(&kv.value).expect("offset record JSON")
+}
+
+/// How many chats at or above `base` got at least one message.
+pub(crate) fn answered_chats(fake: &fake_api::FakeApi, base: i64) -> usize {
+    let mut chats: Vec<i64> = fake
+        .sent()
+        .iter()
+        .map(|s| s.chat)
+        .filter(|c| *c >= base)
+        .collect();
+    chats.sort_unstable();
+    chats.dedup();
+    chats.len()
+}
