@@ -15,7 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ApiError;
-use crate::model::{AdminReply, ClusterBody, ErrorBody, MaintenanceBody, MoveBody, RoleBody};
+use crate::model::{
+    AdminReply, ClusterBody, ErrorBody, MaintenanceBody, MoveBody, PostponeBody, RoleBody,
+};
 
 /// The largest answer read, in bytes.
 pub const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -225,11 +227,33 @@ impl Client {
             .await
     }
 
-    /// `POST /role/{role}/failback`.
-    pub async fn failback(&self, role: &str) -> Result<AdminReply, ApiError> {
+    /// `POST /role/{role}/failback`; with `candidate`, an approval of the failback to that
+    /// node (refused unless it still is the preferred candidate).
+    pub async fn failback(
+        &self,
+        role: &str,
+        candidate: Option<&str>,
+    ) -> Result<AdminReply, ApiError> {
+        let body = MoveBody {
+            candidate: candidate.map(str::to_owned),
+            leader: None,
+        };
+        self.post(&format!("/role/{}/failback", path_segment(role)), &body)
+            .await
+    }
+
+    /// `POST /role/{role}/failback/postpone` (`ttl` like `"2h"`; default 1 h).
+    pub async fn postpone_failback(
+        &self,
+        role: &str,
+        ttl: Option<&str>,
+    ) -> Result<AdminReply, ApiError> {
+        let body = PostponeBody {
+            ttl: ttl.map(str::to_owned),
+        };
         self.post(
-            &format!("/role/{}/failback", path_segment(role)),
-            &serde_json::json!({}),
+            &format!("/role/{}/failback/postpone", path_segment(role)),
+            &body,
         )
         .await
     }

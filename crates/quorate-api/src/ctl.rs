@@ -37,10 +37,20 @@ pub enum CtlCommand {
         /// The node, or the best candidate.
         candidate: Option<String>,
     },
-    /// Switchover to the preferred node.
+    /// Switchover to the preferred node; with a candidate, approve the failback to it that
+    /// the role waits for (`failback_approval`).
     Failback {
         /// The role.
         role: String,
+        /// The node the failback must go to (refused if it no longer is the preferred one).
+        candidate: Option<String>,
+    },
+    /// No automatic failback for a while (a failback waiting for approval waits on).
+    Postpone {
+        /// The role.
+        role: String,
+        /// How long (`"2h"`), default 1 h.
+        ttl: Option<String>,
     },
     /// Cancel a hand-off (switchover, failback) under way.
     Cancel {
@@ -287,8 +297,12 @@ pub async fn run(client: &Client, cmd: &CtlCommand, json: bool) -> Result<String
             let r = client.failover(role, candidate.as_deref()).await?;
             if json { to_json(&r) } else { reply_text(&r) }
         }
-        CtlCommand::Failback { role } => {
-            let r = client.failback(role).await?;
+        CtlCommand::Failback { role, candidate } => {
+            let r = client.failback(role, candidate.as_deref()).await?;
+            if json { to_json(&r) } else { reply_text(&r) }
+        }
+        CtlCommand::Postpone { role, ttl } => {
+            let r = client.postpone_failback(role, ttl.as_deref()).await?;
             if json { to_json(&r) } else { reply_text(&r) }
         }
         CtlCommand::Cancel { role } => {

@@ -151,6 +151,11 @@ pub struct RoleBody {
     pub acting_here: bool,
     /// This node's policy's last decision.
     pub last_action: String,
+    /// A due failback waiting for an operator's approval (`failback_approval`): the node it
+    /// would move the role to. Approve with `POST /role/{role}/failback {"candidate": node}`,
+    /// postpone with `POST /role/{role}/failback/postpone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<String>,
     /// `enabled`, `paused`, `budget_spent`; `None` when the explanation failed.
     pub automatic: Option<String>,
     /// Every member, with why it is or is not a candidate.
@@ -181,6 +186,15 @@ pub struct MoveBody {
     /// Patroni's check: the primary the caller expects (412 when it is another one).
     #[serde(default)]
     pub leader: Option<String>,
+}
+
+/// The body of `POST /role/{role}/failback/postpone`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostponeBody {
+    /// How long no automatic failback happens (`"30m"`, `"1h"`; default 1 h, at most 7 days).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// The body of `POST /role/{role}/maintenance`.

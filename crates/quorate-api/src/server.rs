@@ -30,7 +30,7 @@ use crate::ApiSettings;
 use crate::metrics::{AdminLabel, Metrics};
 use crate::model::{
     AdminReply, CheckEntry, ClusterBody, CoordinationView, ErrorBody, HealthBody, LEASE_HEADER,
-    MaintenanceBody, MemberView, MoveBody, ProbeBody, RoleBody, TOKEN_HEADER,
+    MaintenanceBody, MemberView, MoveBody, PostponeBody, ProbeBody, RoleBody, TOKEN_HEADER,
 };
 use crate::tracker::Tracker;
 
@@ -117,6 +117,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/role/{role}/switchover", post(switchover))
         .route("/role/{role}/failover", post(failover))
         .route("/role/{role}/failback", post(failback))
+        .route("/role/{role}/failback/postpone", post(postpone_failback))
         .route("/role/{role}/cancel", post(cancel))
         .route("/role/{role}/maintenance", post(maintenance))
         .fallback(not_found)
@@ -687,6 +688,7 @@ pub(crate) async fn role_body(s: &AppState, role: &RoleName) -> RoleBody {
         lease_ttl_ms: ms(s.role_ttl(role)),
         acting_here: status.acting,
         last_action: status.last_action,
+        awaiting_approval: status.awaiting_approval.map(|n| n.to_string()),
         automatic: explain.as_ref().map(|e| e.automatic.clone()),
         candidates: explain
             .as_ref()
@@ -984,20 +986,73 @@ async fn move_role(
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+/// A failback: `{candidate?, leader?}`. With `candidate`, an approval of the failback the role
+/// waits for: refused (412) unless that node still is the preferred one.
 async fn failback(
     State(s): State<AppState>,
     Path(role): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bodiless(
-        &s,
-        &headers,
-        body,
-        "failback",
-        AdminRequest::Failback { role },
-    )
-    .await
+    if let Err(r) = authenticate(&s, &headers) {
+        return r;
+    }
+    let b: MoveBody = match parse_body(body, s.settings.body_bytes_max) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_leader(&s, &role, b.leader.as_deref()) {
+        return r;
+    }
+    let req = AdminRequest::Failback {
+        role,
+        to: b.candidate,
+    };
+    run_admin(&s, &headers, "failback", req).await
+}
+
+/// Postpones automatic failbacks: `{ttl?}` (default 1 h).
+async fn postpone_failback(
+    State(s): State<AppState>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authenticate(&s, &headers) {
+        return r;
+    }
+    let b: PostponeBody = match parse_body(body, s.settings.body_bytes_max) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ttl = match ttl_or_default(b.ttl.as_deref()) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::PostponeFailback {
+        role,
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+    };
+    run_admin(&s, &headers, "postpone", req).await
+}
+
+/// A `ttl` field (`"30m"`): [`PAUSE_DEFAULT`] when absent; above zero and at most
+/// [`PAUSE_MAX`].
+fn ttl_or_default(ttl: Option<&str>) -> Result<Duration, Response> {
+    match ttl.map(humantime::parse_duration) {
+        None => Ok(PAUSE_DEFAULT),
+        Some(Ok(d)) if !d.is_zero() && d <= PAUSE_MAX => Ok(d),
+        Some(Ok(d)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("ttl {d:?} must be above zero and at most 7 days"),
+        )),
+        Some(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("ttl: {e} (write e.g. \"30m\" or \"2h\")"),
+        )),
+    }
 }
 
 /// Cancels a hand-off (switchover or failback) under way: the holder keeps the role.
@@ -1048,23 +1103,9 @@ async fn maintenance(
         );
     };
     let req = if b.on {
-        let ttl = match b.ttl.as_deref().map(humantime::parse_duration) {
-            None => PAUSE_DEFAULT,
-            Some(Ok(d)) if !d.is_zero() && d <= PAUSE_MAX => d,
-            Some(Ok(d)) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("ttl {d:?} must be above zero and at most 7 days"),
-                );
-            }
-            Some(Err(e)) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("ttl: {e} (write e.g. \"30m\" or \"2h\")"),
-                );
-            }
+        let ttl = match ttl_or_default(b.ttl.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return r,
         };
         AdminRequest::Pause {
             role,

@@ -242,6 +242,30 @@ async fn probes_state_admin_and_bad_input_over_http() {
             "ttl",
         ),
         (
+            "stale failback approval",
+            c.op(0),
+            "/role/app/failback",
+            Some(format!("{{\"candidate\":\"{other_name}\"}}")),
+            412,
+            "the failback asked for was to",
+        ),
+        (
+            "zero postponement",
+            c.op(0),
+            "/role/app/failback/postpone",
+            Some("{\"ttl\":\"0s\"}".into()),
+            400,
+            "above zero",
+        ),
+        (
+            "postponement with an unknown field",
+            c.op(0),
+            "/role/app/failback/postpone",
+            Some("{\"for\":\"1h\"}".into()),
+            400,
+            "for",
+        ),
+        (
             "maintenance without a body",
             c.op(0),
             "/role/app/maintenance",
@@ -289,6 +313,15 @@ async fn probes_state_admin_and_bad_input_over_http() {
     assert_eq!(role.automatic.as_deref(), Some("paused"));
     let r = c.op(0).maintenance(ROLE, false, None).await.unwrap();
     assert_eq!(r.status, 200);
+    // --- Failbacks postponed: done, reported in words; nothing moves.
+    let r = c.op(0).postpone_failback(ROLE, Some("10m")).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.outcome
+            .message
+            .contains("postponement of app's failback by 600s"),
+        "{r:?}"
+    );
 
     // --- Cancel with no hand-off under way: done, and the holder keeps the role.
     let r = c.op(0).cancel(ROLE).await.unwrap();
@@ -355,7 +388,10 @@ async fn probes_state_admin_and_bad_input_over_http() {
     assert_eq!(parsed.role, ROLE);
     let e = ctl::run(
         &c.anon(0),
-        &CtlCommand::Failback { role: ROLE.into() },
+        &CtlCommand::Failback {
+            role: ROLE.into(),
+            candidate: None,
+        },
         false,
     )
     .await

@@ -214,6 +214,10 @@ enum Ev {
     Failover(Option<N>),
     /// Manual failback.
     Failback,
+    /// Manual failback approving the one to the given node.
+    Approve(N),
+    /// Postpone failbacks until the given ms.
+    Postpone(u64),
     /// Cancel the handover under way.
     Cancel,
     /// Expect `explain` to print this.
@@ -315,7 +319,11 @@ fn check_scenario(config: PolicyConfig, nodes: Vec<NodeView<N>>, script: &[(u64,
             Ev::Failover(t) => {
                 refusal_or(policy.failover(&obs, t.as_ref(), now), |a| a.to_string())
             }
-            Ev::Failback => refusal_or(policy.failback(&obs, now), |a| a.to_string()),
+            Ev::Failback => refusal_or(policy.failback(&obs, None, now), |a| a.to_string()),
+            Ev::Approve(to) => refusal_or(policy.failback(&obs, Some(to), now), |a| a.to_string()),
+            Ev::Postpone(until) => refusal_or(policy.postpone_failback(ms(*until), now), |ns| {
+                with_notices("postponed".to_owned(), &ns)
+            }),
             Ev::Cancel => policy
                 .cancel_handover()
                 .map_or("nothing to cancel".to_owned(), |n| notice(&n)),
@@ -622,6 +630,95 @@ fn failback() {
                 0,
                 Failback,
                 "refused: the role has no primary; use a manual failover instead",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn failback_approval_waits_for_an_operator_and_can_be_postponed() {
+    let mut c = failback_cfg();
+    c.failback.approval = true;
+    // Due after the hold-down: it waits for approval (no wake-up needed: nothing changes by
+    // itself), a postponement delays it, a stale approval is refused, a matching one moves it.
+    check_scenario(
+        c,
+        vec![n("a"), n("b").prio(2), n("c")],
+        &[
+            (0, Holder(Some("a")), ""),
+            (
+                0,
+                Step,
+                "hold: failback to b held down until t=10.000s [changed -->a (initial election)]",
+            ),
+            (
+                10_000,
+                Step,
+                "hold: failback to b awaits an operator's approval",
+            ),
+            (
+                60_000,
+                Step,
+                "hold: failback to b awaits an operator's approval",
+            ),
+            (60_000, Postpone(120_000), "postponed"),
+            (
+                60_000,
+                Step,
+                "hold: failback to b postponed until t=120.000s",
+            ),
+            (
+                60_000,
+                Postpone(60_000),
+                "refused: a postponement must last more than 0 s and at most 3600 s (maintenance_max); 0 s requested",
+            ),
+            (
+                120_000,
+                Step,
+                "hold: failback to b awaits an operator's approval",
+            ),
+            (
+                120_000,
+                Approve("c"),
+                "refused: the failback asked for was to c, but the preferred candidate now is b; look at the role again and repeat",
+            ),
+            (120_000, Set(n("b").prio(2).sick()), ""),
+            (
+                120_000,
+                Approve("b"),
+                "refused: the failback asked for was to b, but no candidate now has a higher priority than the primary",
+            ),
+            (120_000, Set(n("b").prio(2)), ""),
+            (120_000, Approve("b"), "demote a for b: manual switchover"),
+        ],
+    );
+    // Without approval, a postponement still holds a due failback, and cancels one under way.
+    check_scenario(
+        failback_cfg(),
+        vec![n("a"), n("b").prio(2)],
+        &[
+            (0, Holder(Some("a")), ""),
+            (
+                0,
+                Step,
+                "hold: failback to b held down until t=10.000s [changed -->a (initial election)]",
+            ),
+            (0, Postpone(20_000), "postponed"),
+            (
+                10_000,
+                Step,
+                "hold: failback to b postponed until t=20.000s",
+            ),
+            (20_000, Step, "demote a for b: failback to preferred node"),
+            (
+                20_001,
+                Postpone(30_000),
+                "postponed [handover to b (failback to preferred node) abandoned: cancelled]",
+            ),
+            (
+                20_002,
+                Step,
+                "hold: failback to b postponed until t=30.000s",
             ),
         ],
     );
@@ -1191,6 +1288,17 @@ fn config_validation() {
     check_config(
         with(&|c| c.policy.maintenance_max = ms(0)),
         "policy.maintenance_max",
+    );
+    check_config(
+        with(&|c| c.policy.failback.approval = true),
+        "policy.failback.approval",
+    );
+    check_config(
+        with(&|c| {
+            c.policy.failback.enabled = true;
+            c.policy.failback.approval = true;
+        }),
+        "",
     );
     check_config(
         with(&|c| {

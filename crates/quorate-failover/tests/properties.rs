@@ -109,6 +109,10 @@ enum Op {
     Switchover(Option<usize>),
     Failover(Option<usize>),
     Failback,
+    /// A manual failback approving the one to this node.
+    Approve(usize),
+    /// Postpone failbacks this long.
+    Postpone(u64),
     Cancel,
 }
 
@@ -128,6 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::option::of(0..IDS.len()).prop_map(Op::Switchover),
         1 => prop::option::of(0..IDS.len()).prop_map(Op::Failover),
         1 => Just(Op::Failback),
+        1 => (0..IDS.len()).prop_map(Op::Approve),
+        1 => (0u64..20_000).prop_map(Op::Postpone),
         1 => Just(Op::Cancel),
     ]
 }
@@ -141,21 +147,24 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
         1u64..20_000,
         0u64..5000,
         1u64..5000,
-        prop::option::of(0u64..100),
+        (prop::option::of(0u64..100), any::<bool>()),
     )
-        .prop_map(|(grace, fb, hold, k, window, veto, handover, max_lag)| {
-            let mut c = PolicyConfig::lan();
-            c.unhealthy_grace = Duration::from_millis(grace);
-            c.failback.enabled = fb;
-            c.failback.hold_down = Duration::from_millis(grace + hold);
-            c.anti_flap.max_failovers = NonZeroU32::new(k).unwrap();
-            c.anti_flap.window = Duration::from_millis(window);
-            c.veto_backoff = Duration::from_millis(veto);
-            c.handover_timeout = Duration::from_millis(handover);
-            c.maintenance_max = Duration::from_secs(60);
-            c.max_lag = max_lag;
-            c
-        })
+        .prop_map(
+            |(grace, fb, hold, k, window, veto, handover, (max_lag, approval))| {
+                let mut c = PolicyConfig::lan();
+                c.unhealthy_grace = Duration::from_millis(grace);
+                c.failback.enabled = fb;
+                c.failback.approval = approval;
+                c.failback.hold_down = Duration::from_millis(grace + hold);
+                c.anti_flap.max_failovers = NonZeroU32::new(k).unwrap();
+                c.anti_flap.window = Duration::from_millis(window);
+                c.veto_backoff = Duration::from_millis(veto);
+                c.handover_timeout = Duration::from_millis(handover);
+                c.maintenance_max = Duration::from_secs(60);
+                c.max_lag = max_lag;
+                c
+            },
+        )
 }
 
 /// Deterministic in CI: a fixed seed and 512 cases, unless `PROPTEST_RNG_SEED` /
@@ -296,6 +305,12 @@ proptest! {
                     let before = policy.clone();
                     let d = policy.step(&obs, now);
                     check_action(&oracle, &before, &obs, now, &d.action);
+                    // An automatic failback never starts while failbacks need approval or are
+                    // postponed.
+                    if matches!(d.action, Action::Demote { cause: Cause::Failback, .. }) {
+                        prop_assert!(!before.config().failback.approval);
+                        prop_assert!(before.failback_postponed_until(now).is_none());
+                    }
                     if let Some(w) = d.wake_at {
                         prop_assert!(w > now);
                     }
@@ -325,10 +340,22 @@ proptest! {
                 }
                 Op::Failback => {
                     let before = policy.clone();
-                    if let Ok(a) = policy.failback(&obs, now) {
+                    if let Ok(a) = policy.failback(&obs, None, now) {
                         check_action(&oracle, &before, &obs, now, &a);
                         last = a;
                     }
+                }
+                Op::Approve(i) => {
+                    let before = policy.clone();
+                    if let Ok(a) = policy.failback(&obs, Some(&IDS[i]), now) {
+                        // An approval moves the role to the node it named, and no other.
+                        prop_assert_eq!(a.new_primary(), Some(&IDS[i]));
+                        check_action(&oracle, &before, &obs, now, &a);
+                        last = a;
+                    }
+                }
+                Op::Postpone(len) => {
+                    let _ = policy.postpone_failback(now + Duration::from_millis(len), now);
                 }
                 Op::Cancel => { policy.cancel_handover(); }
             }
@@ -364,7 +391,9 @@ proptest! {
                 Op::Pause(len) => { let _ = policy.pause(now + Duration::from_millis(len), now); }
                 Op::Switchover(t) => { let _ = policy.switchover(&obs, t.map(|i| IDS[i]).as_ref(), now); }
                 Op::Failover(t) => { let _ = policy.failover(&obs, t.map(|i| IDS[i]).as_ref(), now); }
-                Op::Failback => { let _ = policy.failback(&obs, now); }
+                Op::Failback => { let _ = policy.failback(&obs, None, now); }
+                Op::Approve(i) => { let _ = policy.failback(&obs, Some(&IDS[i]), now); }
+                Op::Postpone(len) => { let _ = policy.postpone_failback(now + Duration::from_millis(len), now); }
                 Op::Resume | Op::Cancel => {}
             }
         }

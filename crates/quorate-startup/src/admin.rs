@@ -68,10 +68,23 @@ pub enum AdminRequest {
         /// The node to promote, or the best candidate.
         to: Option<String>,
     },
-    /// A switchover to the preferred (highest-priority) candidate.
+    /// A switchover to the preferred (highest-priority) candidate. With `to`, an approval of
+    /// the failback the role waits for (`failback_approval`): refused unless `to` still is the
+    /// preferred candidate.
     Failback {
         /// The role.
         role: String,
+        /// The node the failback must go to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// No automatic failback for `ttl_ms` (a failback waiting for approval waits on; one under
+    /// way is cancelled). Failovers are not affected.
+    PostponeFailback {
+        /// The role.
+        role: String,
+        /// How long, in milliseconds.
+        ttl_ms: u64,
     },
     /// Maintenance mode (no automatic moves) for `ttl_ms`.
     Pause {
@@ -98,7 +111,8 @@ impl AdminRequest {
         match self {
             AdminRequest::Switchover { role, .. }
             | AdminRequest::Failover { role, .. }
-            | AdminRequest::Failback { role }
+            | AdminRequest::Failback { role, .. }
+            | AdminRequest::PostponeFailback { role, .. }
             | AdminRequest::Pause { role, .. }
             | AdminRequest::Resume { role }
             | AdminRequest::Cancel { role } => role,
@@ -123,7 +137,15 @@ impl AdminRequest {
         Ok(match self {
             AdminRequest::Switchover { to, .. } => ManualOp::Switchover(node(to)?),
             AdminRequest::Failover { to, .. } => ManualOp::Failover(node(to)?),
-            AdminRequest::Failback { .. } => ManualOp::Failback,
+            AdminRequest::Failback { to, .. } => ManualOp::Failback(node(to)?),
+            AdminRequest::PostponeFailback { ttl_ms, .. } => {
+                if *ttl_ms == 0 {
+                    return Err(AdminError::BadRequest {
+                        reason: "a postponement needs a ttl above zero".into(),
+                    });
+                }
+                ManualOp::PostponeFailback(Duration::from_millis(*ttl_ms))
+            }
             AdminRequest::Pause { ttl_ms, .. } => {
                 if *ttl_ms == 0 {
                     return Err(AdminError::BadRequest {
@@ -144,7 +166,14 @@ impl fmt::Display for AdminRequest {
         match self {
             AdminRequest::Switchover { role, to: t } => write!(f, "switchover of {role}{}", to(t)),
             AdminRequest::Failover { role, to: t } => write!(f, "failover of {role}{}", to(t)),
-            AdminRequest::Failback { role } => write!(f, "failback of {role}"),
+            AdminRequest::Failback { role, to: t } => write!(f, "failback of {role}{}", to(t)),
+            AdminRequest::PostponeFailback { role, ttl_ms } => {
+                write!(
+                    f,
+                    "postponement of {role}'s failback by {}",
+                    humantime_ms(*ttl_ms)
+                )
+            }
             AdminRequest::Pause { role, ttl_ms } => {
                 write!(f, "pause of {role} for {}", humantime_ms(*ttl_ms))
             }

@@ -35,6 +35,7 @@
 //! unhealthy_grace = "1s"                 # optional: an unhealthy primary is replaced after it
 //! failback = false                       # optional: move back to a higher-priority node
 //! failback_hold_down = "5m"              # optional: ...once it has been fit this long
+//! failback_approval = false              # optional: a due failback waits for an operator
 //! handover_timeout = "5s"                # optional: a switchover or failback gives up after
 //! ```
 //!
@@ -738,6 +739,11 @@ pub struct RoleSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub failback_hold_down: Option<Duration>,
+    /// A failback that is due waits for an operator's approval (a manual failback: the
+    /// Telegram bot's Approve button, `quorate ctl failback`, `POST /role/{role}/failback`)
+    /// instead of happening by itself; it can be postponed (default: off; needs `failback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback_approval: Option<bool>,
     /// How long a switchover, failback or unhealthy-primary handover waits for its successor
     /// (default: the profile's, 5 s on `lan`, 30 s on `wan`).
     #[serde(
@@ -799,6 +805,7 @@ impl RoleSection {
             unhealthy_grace: None,
             failback: None,
             failback_hold_down: None,
+            failback_approval: None,
             handover_timeout: None,
             hook_timeout: None,
         }
@@ -833,6 +840,9 @@ impl RoleSection {
         }
         if let Some(hold) = self.failback_hold_down {
             c.policy.failback.hold_down = hold;
+        }
+        if let Some(on) = self.failback_approval {
+            c.policy.failback.approval = on;
         }
         if let Some(t) = self.handover_timeout {
             c.policy.handover_timeout = t;
@@ -1580,6 +1590,7 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
                     f if f.starts_with("lease.") => "lease_ttl",
                     "policy.anti_flap.window" => "anti_flap_window",
                     "policy.failback.hold_down" => "failback_hold_down",
+                    "policy.failback.approval" => "failback_approval",
                     "policy.handover_timeout" => "handover_timeout",
                     "policy.unhealthy_grace" => "unhealthy_grace",
                     _ => "name",
@@ -2070,11 +2081,12 @@ on_promote = "echo promoted"
         let v = parse(&GOOD.replace(
             "on_promote = \"echo promoted\"",
             "on_promote = \"echo promoted\"\nfailback = true\nfailback_hold_down = \"2m\"\n\
-             unhealthy_grace = \"3s\"\nhandover_timeout = \"8s\"\nlease_ttl = \"900ms\"",
+             failback_approval = true\nunhealthy_grace = \"3s\"\nhandover_timeout = \"8s\"\nlease_ttl = \"900ms\"",
         ))
         .unwrap();
         let c = v.raw.roles[0].role_config(false);
         assert!(c.policy.failback.enabled);
+        assert!(c.policy.failback.approval);
         assert_eq!(c.policy.failback.hold_down, Duration::from_secs(120));
         assert_eq!(c.policy.unhealthy_grace, Duration::from_secs(3));
         assert_eq!(c.policy.handover_timeout, Duration::from_secs(8));
@@ -2095,6 +2107,12 @@ on_promote = "echo promoted"
         let e = parse(&GOOD.replace("on_promote = \"echo promoted\"", "lease_ttl = \"100ms\""))
             .unwrap_err();
         assert!(e.0.iter().any(|p| p.field == "role[0].lease_ttl"), "{e}");
+        let e = parse(&GOOD.replace("on_promote = \"echo promoted\"", "failback_approval = true"))
+            .unwrap_err();
+        assert!(
+            e.0.iter().any(|p| p.field == "role[0].failback_approval"),
+            "{e}"
+        );
         // Turned off, a short hold-down is not checked.
         parse(&GOOD.replace(
             "on_promote = \"echo promoted\"",

@@ -34,7 +34,7 @@ use quorate_health_api::{ComponentType, Criticality, HealthCheck, HealthView};
 use quorate_membership::{MembershipConfig, MembershipHandle, Profile};
 use quorate_membership_api::{MemberMeta, Membership, MembershipEvent};
 use quorate_raft::{NodeConfig, RaftNode, Storage, Timing};
-use quorate_types::RoleName;
+use quorate_types::{NodeId, RoleName};
 use quorate_wire::net::TokioNet;
 use quorate_wire::{ClientKey, ClusterKey, KeyRing, WireConfig};
 use tokio::sync::{broadcast, watch};
@@ -1034,6 +1034,39 @@ fn spawn_forwarders(
             }
         }
     });
+    // A due failback waiting for approval, reported by the primary once per wait.
+    for role in &ctx.config.roles {
+        let Ok(mut rx) = ctx.failover.status(role) else {
+            continue;
+        };
+        let (events, c, role) = (ctx.events.clone(), cancel.clone(), role.clone());
+        let node = ctx.config.node_id.to_string();
+        tracker.spawn(async move {
+            let mut reported: Option<NodeId> = None;
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    let waiting = s.awaiting_approval.clone().filter(|_| s.acting);
+                    if let Some(to) = &waiting
+                        && reported.as_ref() != Some(to)
+                    {
+                        let _ = events.send(NodeEvent::FailbackAwaitingApproval {
+                            role: role.to_string(),
+                            primary: node.clone(),
+                            to: to.to_string(),
+                            token: s.token.map(|t| t.0),
+                        });
+                    }
+                    reported = waiting;
+                }
+                tokio::select! {
+                    biased;
+                    () = c.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+        });
+    }
     let mut sub = membership.subscribe();
     let (events, c) = (ctx.events.clone(), cancel.clone());
     tracker.spawn(async move {

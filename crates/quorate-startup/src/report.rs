@@ -81,6 +81,20 @@ pub enum NodeEvent {
     },
     /// An admin operation was asked for (the audit trail; refusals included).
     Admin(crate::admin::AdminAudit),
+    /// A failback of a role is due and waits for an operator's approval
+    /// (`failback_approval`). Reported once per wait by the role's primary (the node that
+    /// would hand the role over), so a surface that asks operators (the Telegram bot's
+    /// Approve and Postpone buttons) asks once.
+    FailbackAwaitingApproval {
+        /// The role.
+        role: String,
+        /// The primary (this node).
+        primary: String,
+        /// The preferred node the failback would move the role to.
+        to: String,
+        /// The primary's fencing token.
+        token: Option<u64>,
+    },
     /// SIGHUP: the agent read its config file again and took its cluster keys.
     KeysReloaded {
         /// This node.
@@ -372,6 +386,10 @@ pub struct RoleStatus {
     /// The nodes that could take the role now, best first (empty: no successor is ready).
     #[serde(default)]
     pub candidates: Vec<String>,
+    /// A due failback waiting for an operator's approval (`failback_approval`): the node it
+    /// would hand the role to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<String>,
 }
 
 impl RoleStatus {
@@ -384,6 +402,7 @@ impl RoleStatus {
             token: s.token.map(|t| t.0),
             last_action: s.last_action,
             candidates: s.candidates.iter().map(ToString::to_string).collect(),
+            awaiting_approval: s.awaiting_approval.map(|n| n.to_string()),
         }
     }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use quorate_startup::NodeEvent;
 
-use crate::store::{EntryKind, OutboxEntry, Stored};
+use crate::store::{Button, EntryKind, OutboxEntry, Stored};
+
+/// Telegram's limit on a button's callback data.
+const CALLBACK_DATA_BYTES_MAX: usize = 64;
 
 /// Telegram's message size limit is 4096 characters; stay below it.
 pub(crate) const MESSAGE_CHARS_MAX: usize = 4000;
@@ -71,6 +74,7 @@ impl AlertMapper {
             group,
             count: 1,
             sending: Vec::new(),
+            buttons: Vec::new(),
         }
     }
 
@@ -142,6 +146,38 @@ impl AlertMapper {
                     format!("✅ {node}: check {check} is {to} again (was critical) at {at}")
                 };
                 Some(self.local("health", format!("health-{node}-{check}"), text))
+            }
+            NodeEvent::FailbackAwaitingApproval {
+                role, primary, to, ..
+            } if *primary == node => {
+                // Only the primary reports it (once per wait), so a local id queues it once.
+                let approve = format!("/failback {role} {to}");
+                let postpone = format!("/postpone {role} 1h");
+                let fits = |d: &str| !d.is_empty() && d.len() <= CALLBACK_DATA_BYTES_MAX;
+                let mut draft = self.local(
+                    "approval",
+                    format!("approval-{role}"),
+                    format!(
+                        "🔔 {role}: failback from {primary} to {to} is due and waits for an operator's approval ({at}). Approve to hand the role to {to} now, or postpone automatic failbacks for an hour."
+                    ),
+                );
+                if fits(&approve) && fits(&postpone) {
+                    draft.entry.buttons = vec![
+                        Button {
+                            text: format!("✅ Approve failback to {to}"),
+                            data: approve,
+                        },
+                        Button {
+                            text: "⏸ Postpone 1 h".to_owned(),
+                            data: postpone,
+                        },
+                    ];
+                } else {
+                    draft.entry.text.push_str(&format!(
+                        " (names too long for buttons: send {approve} or {postpone})"
+                    ));
+                }
+                Some(draft)
             }
             NodeEvent::ComponentFailed { component, reason } => {
                 let text =
@@ -253,7 +289,8 @@ impl Throttle {
     }
 }
 
-/// The next message to `chat` from `pending` (oldest first): the oldest reply alone, or else
+/// The next message to `chat` from `pending` (oldest first): the oldest reply (or message with
+/// buttons) alone, or else
 /// every pending alert, similar ones (same group) coalesced into one line with a count, up to
 /// [`MESSAGE_CHARS_MAX`] and at most `entries_max` entries. Returns the text and the keys of
 /// the entries it covers; `None` when nothing is owed to `chat` or `entries_max` is 0.
@@ -277,7 +314,7 @@ pub(crate) fn compose(
             ""
         }
     };
-    if first.entry.kind == EntryKind::Reply {
+    if first.entry.kind == EntryKind::Reply || !first.entry.buttons.is_empty() {
         let text: String = format!("{}{}", mark(first), first.entry.text)
             .chars()
             .take(MESSAGE_CHARS_MAX)
@@ -287,7 +324,7 @@ pub(crate) fn compose(
     // Alerts, up to the next reply (a reply keeps its place in the order).
     let alerts: Vec<&Stored> = owed
         .iter()
-        .take_while(|s| s.entry.kind == EntryKind::Alert)
+        .take_while(|s| s.entry.kind == EntryKind::Alert && s.entry.buttons.is_empty())
         .take(entries_max)
         .copied()
         .collect();
@@ -357,6 +394,7 @@ mod tests {
                 group: group.into(),
                 count: 1,
                 sending: Vec::new(),
+                buttons: Vec::new(),
             },
         }
     }
@@ -542,5 +580,60 @@ mod tests {
         let b = m.map(&crit, Duration::ZERO, 0).expect("alert");
         assert_ne!(a.id, b.id, "each local event gets its own id");
         assert_eq!(a.entry.group, b.entry.group);
+    }
+
+    #[test]
+    fn a_failback_awaiting_approval_asks_with_buttons_and_goes_alone() {
+        let waiting = |role: &str, primary: &str| NodeEvent::FailbackAwaitingApproval {
+            role: role.into(),
+            primary: primary.into(),
+            to: "n1".into(),
+            token: Some(7),
+        };
+        let mut m = AlertMapper::new("n2".into(), 9, vec![1]);
+        // Only the primary asks.
+        assert_eq!(m.map(&waiting("app", "n3"), Duration::ZERO, 0), None);
+        let d = m
+            .map(&waiting("app", "n2"), Duration::ZERO, 0)
+            .expect("prompt");
+        assert!(
+            d.entry.text.contains("failback from n2 to n1"),
+            "{}",
+            d.entry.text
+        );
+        let data: Vec<&str> = d.entry.buttons.iter().map(|b| b.data.as_str()).collect();
+        assert_eq!(data, ["/failback app n1", "/postpone app 1h"]);
+        // Each button runs a command the bot understands.
+        for b in &d.entry.buttons {
+            assert!(crate::commands::parse(&b.data).is_ok(), "{}", b.data);
+        }
+        // It is never coalesced with the alerts around it.
+        let prompt = Stored {
+            key: "p".into(),
+            created: 2,
+            entry: d.entry.clone(),
+        };
+        let pending = vec![
+            alert("a1", "g", vec![1], 1),
+            prompt,
+            alert("a2", "g", vec![1], 3),
+        ];
+        assert_eq!(compose(1, &pending, usize::MAX).expect("owed").1, ["a1"]);
+        assert_eq!(
+            compose(1, &pending[1..], usize::MAX).expect("owed").1,
+            ["p"]
+        );
+        // Names too long for Telegram's 64-byte callback data: no buttons, the commands
+        // are spelt out instead.
+        let long = "r".repeat(60);
+        let d = m
+            .map(&waiting(&long, "n2"), Duration::ZERO, 0)
+            .expect("prompt");
+        assert!(d.entry.buttons.is_empty());
+        assert!(
+            d.entry.text.contains(&format!("/failback {long} n1")),
+            "{}",
+            d.entry.text
+        );
     }
 }

@@ -5,12 +5,18 @@
 
 use std::time::Duration;
 
-use teloxide::payloads::{GetUpdatesSetters as _, SetWebhookSetters as _};
+use teloxide::payloads::{
+    AnswerCallbackQuerySetters as _, GetUpdatesSetters as _, SendMessageSetters as _,
+    SetWebhookSetters as _,
+};
 use teloxide::prelude::Requester;
-use teloxide::types::{ChatId, Update, UpdateKind};
+use teloxide::types::{
+    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, Update, UpdateKind,
+};
 use teloxide::{ApiError, Bot, RequestError};
 
 use crate::error::TelegramError;
+use crate::store::Button;
 
 /// An incoming message, as the commands see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,8 +25,11 @@ pub(crate) struct Incoming {
     pub(crate) id: i64,
     /// The chat it came from, when it is a message.
     pub(crate) chat: Option<i64>,
-    /// Its text, when it has one.
+    /// Its text, when it has one; for a press of one of the bot's buttons, the button's
+    /// data (a command).
     pub(crate) text: Option<String>,
+    /// For a button press: the callback query's id, to answer it.
+    pub(crate) callback: Option<String>,
 }
 
 /// Why a call failed.
@@ -140,14 +149,40 @@ impl BotApi {
         }
     }
 
-    /// `sendMessage` of plain `text` to `chat`, bounded by `bound`.
+    /// `sendMessage` of plain `text` to `chat`, with `buttons` (an inline keyboard, one row)
+    /// when there are some, bounded by `bound`.
     pub(crate) async fn send(
         &self,
         chat: i64,
         text: &str,
+        buttons: &[Button],
         bound: Duration,
     ) -> Result<(), CallError> {
-        let req = self.bot.send_message(ChatId(chat), text);
+        let mut req = self.bot.send_message(ChatId(chat), text);
+        if !buttons.is_empty() {
+            req = req.reply_markup(InlineKeyboardMarkup::new([buttons
+                .iter()
+                .map(|b| InlineKeyboardButton::callback(b.text.clone(), b.data.clone()))
+                .collect::<Vec<_>>()]));
+        }
+        match tokio::time::timeout(bound, async { req.await }).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(r) => r.map(|_| ()).map_err(classify),
+        }
+    }
+
+    /// `answerCallbackQuery`: ends the button's spinner in the operator's app, with `text` as
+    /// a short notice; bounded by `bound`.
+    pub(crate) async fn answer_callback(
+        &self,
+        id: &str,
+        text: &str,
+        bound: Duration,
+    ) -> Result<(), CallError> {
+        let req = self
+            .bot
+            .answer_callback_query(CallbackQueryId(id.to_owned()))
+            .text(text);
         match tokio::time::timeout(bound, async { req.await }).await {
             Err(_) => Err(CallError::Timeout),
             Ok(r) => r.map(|_| ()).map_err(classify),
@@ -157,14 +192,22 @@ impl BotApi {
 
 /// What the commands see of an update.
 pub(crate) fn incoming(u: &Update) -> Incoming {
-    let (chat, text) = match &u.kind {
-        UpdateKind::Message(m) => (Some(m.chat.id.0), m.text().map(str::to_owned)),
-        _ => (None, None),
+    let (chat, text, callback) = match &u.kind {
+        UpdateKind::Message(m) => (Some(m.chat.id.0), m.text().map(str::to_owned), None),
+        // A press of a button under one of the bot's messages: its data is a command, run
+        // for the chat the message is in (and so under that chat's authorisation).
+        UpdateKind::CallbackQuery(q) => (
+            q.message.as_ref().map(|m| m.chat().id.0),
+            q.data.clone(),
+            Some(q.id.0.clone()),
+        ),
+        _ => (None, None, None),
     };
     Incoming {
         id: i64::from(u.id.0),
         chat,
         text,
+        callback,
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) enum Command {
     Health,
     /// `/explain <role>`.
     Explain(String),
-    /// An operation: `/switchover`, `/pause`, `/resume`.
+    /// An operation: `/switchover`, `/failback`, `/postpone`, `/pause`, `/resume`.
     Admin(AdminRequest),
 }
 
@@ -54,6 +54,8 @@ pub(crate) const HELP: &str = "quorate bot commands:
 /health - this node's checks
 /explain <role> - who can take the role, and why not
 /switchover <role> [node] - hand the role over (to node, or the best candidate)
+/failback <role> [node] - hand the role back to the preferred node (approves a waiting failback)
+/postpone <role> [ttl] - no automatic failback for ttl (default 1h)
 /pause <role> [ttl] - no automatic moves for ttl (default 1h), e.g. /pause app 30m
 /resume <role> - automatic moves again";
 
@@ -92,17 +94,20 @@ pub(crate) fn parse(text: &str) -> Result<Command, String> {
             to: role(1),
         }),
         ("switchover", _) => return usage("/switchover <role> [node]"),
-        ("pause", 1 | 2) => {
-            let ttl = match args.get(1) {
-                None => PAUSE_DEFAULT,
-                Some(t) => humantime::parse_duration(t)
-                    .map_err(|e| format!("/pause: {t:?} is not a duration ({e}); e.g. 30m, 2h"))?,
-            };
-            Command::Admin(AdminRequest::Pause {
-                role: args[0].to_owned(),
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            })
-        }
+        ("failback", 1 | 2) => Command::Admin(AdminRequest::Failback {
+            role: args[0].to_owned(),
+            to: role(1),
+        }),
+        ("failback", _) => return usage("/failback <role> [node]"),
+        ("postpone", 1 | 2) => Command::Admin(AdminRequest::PostponeFailback {
+            role: args[0].to_owned(),
+            ttl_ms: ttl_ms("/postpone", args.get(1).copied())?,
+        }),
+        ("postpone", _) => return usage("/postpone <role> [ttl]"),
+        ("pause", 1 | 2) => Command::Admin(AdminRequest::Pause {
+            role: args[0].to_owned(),
+            ttl_ms: ttl_ms("/pause", args.get(1).copied())?,
+        }),
         ("pause", _) => return usage("/pause <role> [ttl]"),
         ("resume", 1) => Command::Admin(AdminRequest::Resume {
             role: args[0].to_owned(),
@@ -114,6 +119,16 @@ pub(crate) fn parse(text: &str) -> Result<Command, String> {
         ("history", _) => return usage("/history [role]"),
         _ => return Err(format!("unknown command /{cmd}.\n{HELP}")),
     })
+}
+
+/// A command's optional duration argument in milliseconds ([`PAUSE_DEFAULT`] when absent).
+fn ttl_ms(cmd: &str, arg: Option<&str>) -> Result<u64, String> {
+    let ttl = match arg {
+        None => PAUSE_DEFAULT,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| format!("{cmd}: {t:?} is not a duration ({e}); e.g. 30m, 2h"))?,
+    };
+    Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs `cmd` for `who` on the node and returns the reply.
@@ -344,6 +359,40 @@ mod tests {
             Ok(Command::Admin(AdminRequest::Resume { role: "app".into() })),
         );
         check("/resume", Err("usage: /resume <role>"));
+        check(
+            "/failback app",
+            Ok(Command::Admin(AdminRequest::Failback {
+                role: "app".into(),
+                to: None,
+            })),
+        );
+        check(
+            "/failback app n1",
+            Ok(Command::Admin(AdminRequest::Failback {
+                role: "app".into(),
+                to: Some("n1".into()),
+            })),
+        );
+        check("/failback", Err("usage: /failback <role> [node]"));
+        check(
+            "/postpone app",
+            Ok(Command::Admin(AdminRequest::PostponeFailback {
+                role: "app".into(),
+                ttl_ms: 3_600_000,
+            })),
+        );
+        check(
+            "/postpone app 2h",
+            Ok(Command::Admin(AdminRequest::PostponeFailback {
+                role: "app".into(),
+                ttl_ms: 7_200_000,
+            })),
+        );
+        check(
+            "/postpone app later",
+            Err("/postpone: \"later\" is not a duration"),
+        );
+        check("/postpone", Err("usage: /postpone <role> [ttl]"));
         check("/status now", Err("takes no arguments"));
         check("/frobnicate", Err("unknown command /frobnicate"));
         check("hello", Err("I only understand commands"));

@@ -35,7 +35,9 @@ use crate::alerts::{AlertMapper, Limits, Throttle, compose};
 use crate::api::{BotApi, CallError, Incoming};
 use crate::commands;
 use crate::error::TelegramError;
-use crate::store::{EntryKind, Inflight, OffsetRecord, OutboxEntry, Store, Takeover, encode, put};
+use crate::store::{
+    Button, EntryKind, Inflight, OffsetRecord, OutboxEntry, Store, Takeover, encode, put,
+};
 
 /// Counters of one node's ingress (see [`crate::TelegramPlugin::stats`]).
 #[derive(Debug, Default)]
@@ -250,6 +252,7 @@ async fn recover_inflight(shared: &Shared, token: FencingToken) -> Result<(), Te
             group: String::new(),
             count: 1,
             sending: Vec::new(),
+            buttons: Vec::new(),
         };
         let id = key.rsplit('/').next().unwrap_or("x").to_owned();
         shared
@@ -277,6 +280,7 @@ fn reply(chat: i64, text: String) -> OutboxEntry {
         group: String::new(),
         count: 1,
         sending: Vec::new(),
+        buttons: Vec::new(),
     }
 }
 
@@ -405,9 +409,21 @@ pub(crate) async fn process(
     let mut ops: Vec<TxnOp> = Vec::new();
     let mut next = *rec;
     let offset_op = |r: &OffsetRecord| put(&shared.store.offset_key(), encode(r));
+    // Button presses to answer once their outcome is committed (the answer only ends the
+    // spinner in the operator's app; the outcome comes as a message).
+    let mut presses: Vec<(String, String)> = Vec::new();
     for u in updates {
         if u.id < next.next {
             continue;
+        }
+        if let Some(id) = &u.callback {
+            let notice = match (u.chat, &u.text) {
+                (Some(chat), Some(t)) if shared.admins.contains(&chat) => {
+                    format!("running {t}; the outcome follows in the chat")
+                }
+                _ => "this chat may not operate the bot; nothing changed".to_owned(),
+            };
+            presses.push((id.clone(), notice));
         }
         let after = OffsetRecord {
             next: u.id + 1,
@@ -467,6 +483,16 @@ pub(crate) async fn process(
         ops.push(offset_op(&next));
         shared.store.commit(token, ops).await?;
         *rec = next;
+    }
+    for (id, notice) in presses {
+        if let Err(e) = shared
+            .api
+            .answer_callback(&id, &notice, shared.request_timeout)
+            .await
+        {
+            // Harmless: the button's spinner stops by itself after a while.
+            tracing::debug!("telegram: answerCallbackQuery: {e}");
+        }
     }
     Ok(())
 }
@@ -606,11 +632,20 @@ async fn send_loop(shared: &Shared, ctx: &PrimaryContext, stop: &CancellationTok
             continue;
         }
         let sent_at = start.elapsed();
-        let results = futures::future::join_all(
-            round
-                .iter()
-                .map(|(chat, text, _)| shared.api.send(*chat, text, bound)),
-        )
+        // A message with buttons is always sent alone (see `compose`).
+        let buttons = |keys: &[String]| -> Vec<Button> {
+            match keys {
+                [k] => entries
+                    .get(k)
+                    .map(|e| e.buttons.clone())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            }
+        };
+        let results = futures::future::join_all(round.iter().map(|(chat, text, keys)| {
+            let buttons = buttons(keys);
+            async move { shared.api.send(*chat, text, &buttons, bound).await }
+        }))
         .await;
         for ((chat, _, keys), r) in round.iter().zip(results) {
             let chat = *chat;

@@ -63,6 +63,19 @@ pub(crate) struct OutboxEntry {
     /// sends it again marked as a possible repeat.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) sending: Vec<i64>,
+    /// Buttons under the message (an alert that asks the operators something, e.g. to
+    /// approve a failback): such an entry is sent alone, never coalesced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) buttons: Vec<Button>,
+}
+
+/// A button under a message: pressing it runs `data` as a command from the message's chat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Button {
+    /// Its label.
+    pub(crate) text: String,
+    /// The command it runs (Telegram allows 1-64 bytes).
+    pub(crate) data: String,
 }
 
 fn one() -> u32 {

@@ -107,10 +107,23 @@ enum CtlCmd {
         #[arg(long)]
         candidate: Option<String>,
     },
-    /// Switch over to the preferred (highest-priority) node.
+    /// Switch over to the preferred (highest-priority) node. With `--candidate`, approve the
+    /// failback to that node that the role waits for (`failback_approval`): refused if it no
+    /// longer is the preferred node.
     Failback {
         /// The role.
         role: String,
+        /// The node the failback must go to.
+        #[arg(long)]
+        candidate: Option<String>,
+    },
+    /// No automatic failback until `--ttl` runs out (a failback waiting for approval waits on).
+    Postpone {
+        /// The role.
+        role: String,
+        /// How long (e.g. 2h; default 1h).
+        #[arg(long)]
+        ttl: Option<String>,
     },
     /// Cancel a hand-off (switchover, failback) under way: the holder keeps the role.
     Cancel {
@@ -141,7 +154,8 @@ impl CtlCmd {
             CtlCmd::Explain { role } => C::Explain { role },
             CtlCmd::Switchover { role, candidate } => C::Switchover { role, candidate },
             CtlCmd::Failover { role, candidate } => C::Failover { role, candidate },
-            CtlCmd::Failback { role } => C::Failback { role },
+            CtlCmd::Failback { role, candidate } => C::Failback { role, candidate },
+            CtlCmd::Postpone { role, ttl } => C::Postpone { role, ttl },
             CtlCmd::Cancel { role } => C::Cancel { role },
             CtlCmd::Pause { role, ttl } => C::Pause { role, ttl },
             CtlCmd::Resume { role } => C::Resume { role },

@@ -62,7 +62,13 @@ async fn admin_operations_check_permission_explain_refusals_and_audit() {
     // Read-only callers may not operate; the refusal is audited.
     let reader = Principal::new("test:reader", Permission::Read);
     let r = admin
-        .run(&reader, AdminRequest::Failback { role: ROLE.into() })
+        .run(
+            &reader,
+            AdminRequest::Failback {
+                role: ROLE.into(),
+                to: None,
+            },
+        )
         .await;
     let e = r.unwrap_err();
     assert!(matches!(e, AdminError::Forbidden { .. }), "{e}");

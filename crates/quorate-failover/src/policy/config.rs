@@ -19,6 +19,10 @@ pub struct FailbackConfig {
     /// Catch-up guard: when replication lag is tracked, the preferred node's lag must be at most
     /// this (e.g. 0: fully caught up). `None`: the ordinary `max_lag` limit applies.
     pub max_lag: Option<u64>,
+    /// Approval flow: a failback that is due (hold-down over, caught up) waits for an
+    /// operator's approval (a manual failback, e.g. the Telegram bot's Approve button) instead
+    /// of happening by itself; the role's status names the node it waits for. Off by default.
+    pub approval: bool,
 }
 
 /// Anti-flap budget: at most `max_failovers` automatic failovers within any `window`; after that
@@ -70,6 +74,7 @@ impl PolicyConfig {
                 enabled: false,
                 hold_down: Duration::from_secs(300),
                 max_lag: None,
+                approval: false,
             },
             anti_flap: AntiFlapConfig {
                 max_failovers: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
@@ -114,6 +119,15 @@ impl PolicyConfig {
         positive("maintenance_max", self.maintenance_max);
         if self.failback.enabled {
             positive("failback.hold_down", self.failback.hold_down);
+        }
+        if self.failback.approval && !self.failback.enabled {
+            errors.push(
+                format!("{section}.failback.approval"),
+                format!(
+                    "{section}.failback.approval is on but failback is off: no failback would \
+                     ever wait for approval; turn failback on, or approval off"
+                ),
+            );
         }
         if self.failback.enabled && self.failback.hold_down < self.unhealthy_grace {
             errors.push(

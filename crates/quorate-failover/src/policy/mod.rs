@@ -209,6 +209,8 @@ pub struct RolePolicy<N> {
     /// Times of the last K automatic failovers, oldest first.
     failovers: VecDeque<Duration>,
     pause: Option<Pause>,
+    /// Failbacks postponed by an operator until this instant.
+    failback_postponed: Option<Duration>,
     vetoes: BTreeMap<N, (Duration, String)>,
     pending: Option<Pending<N>>,
 }
@@ -229,6 +231,7 @@ impl<N: NodeKey> RolePolicy<N> {
             watching_since: None,
             failovers: VecDeque::new(),
             pause: None,
+            failback_postponed: None,
             vetoes: BTreeMap::new(),
             pending: None,
         }
@@ -409,10 +412,13 @@ impl<N: NodeKey> RolePolicy<N> {
     }
 
     /// Manual failback: switchover to the best candidate, if it has a higher priority than the
-    /// primary (no hold-down: the operator decides).
+    /// primary (no hold-down, no approval, no postponement: the operator decides). With
+    /// `expected` (an approval of the failback the policy waited for), refused unless that
+    /// node still is the preferred candidate, so a stale approval moves nothing.
     pub fn failback(
         &mut self,
         obs: &Observations<N>,
+        expected: Option<&N>,
         now: Duration,
     ) -> Result<Action<N>, Refusal<N>> {
         let Some(primary) = obs.primary.clone() else {
@@ -427,12 +433,55 @@ impl<N: NodeKey> RolePolicy<N> {
             .candidates(&views, obs, now, Some(&primary), false)
             .first()
             .map(|v| (v.id.clone(), v.priority));
-        match best {
-            Some((to, priority)) if priority > primary_priority => {
-                self.switchover(obs, Some(&to), now)
-            }
-            _ => Err(Refusal::AlreadyPreferred { primary }),
+        let preferred = best
+            .filter(|(_, priority)| *priority > primary_priority)
+            .map(|(to, _)| to);
+        match (preferred, expected) {
+            (Some(to), Some(e)) if to != *e => Err(Refusal::FailbackTargetChanged {
+                expected: e.clone(),
+                now: Some(to),
+            }),
+            (None, Some(e)) => Err(Refusal::FailbackTargetChanged {
+                expected: e.clone(),
+                now: None,
+            }),
+            (Some(to), _) => self.switchover(obs, Some(&to), now),
+            (None, None) => Err(Refusal::AlreadyPreferred { primary }),
         }
+    }
+
+    /// Postpones automatic failbacks until `until` (an operator's "not now" to a failback
+    /// awaiting approval, or ahead of one): a failback that falls due before then holds, and
+    /// an automatic failback under way is cancelled. Failovers are not affected; a manual
+    /// failback still works. Refused when `until` is not in the future or the postponement
+    /// would exceed `maintenance_max`.
+    pub fn postpone_failback(
+        &mut self,
+        until: Duration,
+        now: Duration,
+    ) -> Result<Vec<Notice<N>>, Refusal<N>> {
+        let requested = until.saturating_sub(now);
+        if requested.is_zero() || requested > self.config.maintenance_max {
+            return Err(Refusal::BadPostpone {
+                requested,
+                max: self.config.maintenance_max,
+            });
+        }
+        self.failback_postponed = Some(until);
+        let mut notices = Vec::new();
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.cause == Cause::Failback)
+        {
+            self.abandon(Abandoned::Cancelled, &mut notices);
+        }
+        Ok(notices)
+    }
+
+    /// The end of a postponement of failbacks in force at `now`, if any.
+    pub fn failback_postponed_until(&self, now: Duration) -> Option<Duration> {
+        self.failback_postponed.filter(|until| *until > now)
     }
 
     /// Maintenance (pause) mode until `until`: no automatic promotion, failover or failback.
@@ -795,6 +844,17 @@ impl<N: NodeKey> RolePolicy<N> {
                 until,
             });
         }
+        if let Some(until) = self.failback_postponed_until(now) {
+            return Action::Hold(Hold::FailbackPostponed {
+                to: best.id.clone(),
+                until,
+            });
+        }
+        if fb.approval {
+            return Action::Hold(Hold::FailbackAwaitingApproval {
+                to: best.id.clone(),
+            });
+        }
         let to = best.id.clone();
         self.pending = Some(Pending {
             from: Some(primary.clone()),
@@ -1015,8 +1075,11 @@ impl<N: NodeKey> RolePolicy<N> {
         if let Some(until) = self.budget(now).blocked_until {
             at.push(until);
         }
-        if let Action::Hold(Hold::UnhealthyGrace { until } | Hold::FailbackHoldDown { until, .. }) =
-            action
+        if let Action::Hold(
+            Hold::UnhealthyGrace { until }
+            | Hold::FailbackHoldDown { until, .. }
+            | Hold::FailbackPostponed { until, .. },
+        ) = action
         {
             at.push(*until);
         }

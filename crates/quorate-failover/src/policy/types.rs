@@ -258,6 +258,19 @@ pub enum Hold<N> {
         /// End of the hold-down.
         until: Duration,
     },
+    /// A failback to `to` is due, but the role's failbacks need an operator's approval
+    /// (`failback.approval`): a manual failback to `to` approves it, a postponement delays it.
+    FailbackAwaitingApproval {
+        /// The preferred node.
+        to: N,
+    },
+    /// A failback to `to` is due, but an operator postponed failbacks until `until`.
+    FailbackPostponed {
+        /// The preferred node.
+        to: N,
+        /// End of the postponement.
+        until: Duration,
+    },
     /// A preferred node exists, but its lag is above the failback catch-up guard.
     FailbackNotCaughtUp {
         /// The preferred node.
@@ -295,6 +308,12 @@ impl<N: fmt::Display> fmt::Display for Hold<N> {
             ),
             Hold::FailbackHoldDown { to, until } => {
                 write!(f, "failback to {to} held down until {}", fmt_at(*until))
+            }
+            Hold::FailbackAwaitingApproval { to } => {
+                write!(f, "failback to {to} awaits an operator's approval")
+            }
+            Hold::FailbackPostponed { to, until } => {
+                write!(f, "failback to {to} postponed until {}", fmt_at(*until))
             }
             Hold::FailbackNotCaughtUp { to, lag, max } => match lag {
                 Some(lag) => write!(f, "failback to {to} waits for catch-up (lag {lag} > {max})"),
@@ -496,6 +515,22 @@ pub enum Refusal<N> {
         /// The primary.
         primary: N,
     },
+    /// Failback to `expected` was asked for (an approval), but the preferred candidate now is
+    /// another node, or none: the approval is stale; look at the role again.
+    FailbackTargetChanged {
+        /// The node the request named.
+        expected: N,
+        /// The preferred candidate now, if any has a higher priority than the primary.
+        now: Option<N>,
+    },
+    /// A postponement of failbacks must end in the future and last at most
+    /// `maintenance_max`.
+    BadPostpone {
+        /// The requested length.
+        requested: Duration,
+        /// The maximum.
+        max: Duration,
+    },
     /// A pause must end in the future and last at most `maintenance_max`.
     BadPause {
         /// The requested length.
@@ -537,6 +572,22 @@ impl<N: fmt::Display> fmt::Display for Refusal<N> {
             Refusal::AlreadyPreferred { primary } => write!(
                 f,
                 "no candidate has a higher priority than the primary {primary}"
+            ),
+            Refusal::FailbackTargetChanged { expected, now } => match now {
+                Some(n) => write!(
+                    f,
+                    "the failback asked for was to {expected}, but the preferred candidate now is {n}; look at the role again and repeat"
+                ),
+                None => write!(
+                    f,
+                    "the failback asked for was to {expected}, but no candidate now has a higher priority than the primary"
+                ),
+            },
+            Refusal::BadPostpone { requested, max } => write!(
+                f,
+                "a postponement must last more than 0 s and at most {} s (maintenance_max); {} s requested",
+                max.as_secs_f64(),
+                requested.as_secs_f64()
             ),
             Refusal::BadPause { requested, max } => write!(
                 f,

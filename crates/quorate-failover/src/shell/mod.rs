@@ -227,8 +227,12 @@ pub enum ManualOp {
     Switchover(Option<NodeId>),
     /// Promotion when the role has no primary, of the named node or the best candidate.
     Failover(Option<NodeId>),
-    /// Switchover to the preferred (highest-priority) candidate.
-    Failback,
+    /// Switchover to the preferred (highest-priority) candidate; with a node, only if that node
+    /// still is the preferred candidate (an approval of the failback the policy waits for).
+    Failback(Option<NodeId>),
+    /// Postpone automatic failbacks for this long (see
+    /// [`RolePolicy::postpone_failback`](crate::policy::RolePolicy::postpone_failback)).
+    PostponeFailback(Duration),
     /// Maintenance mode for this long (no automatic moves).
     Pause(Duration),
     /// Leave maintenance mode.
@@ -248,6 +252,9 @@ pub struct RoleStatus {
     pub token: Option<FencingToken>,
     /// The policy's last action, as text.
     pub last_action: String,
+    /// A failback that is due and waits for an operator's approval (`failback.approval`): the
+    /// node it would hand the role to.
+    pub awaiting_approval: Option<NodeId>,
     /// The nodes that could be promoted now, best first (the policy's `explain` at the last
     /// step): a rolling restart waits until the node it is about to stop has a successor here.
     pub candidates: Vec<NodeId>,

@@ -21,7 +21,7 @@ use super::hooks::{ChangeCause, HookContext, RoleChange, RoleHooks};
 use super::{Command, ManagerConfig, ManualOp, PrimaryContext, RoleSpec, RoleStatus, observe};
 use crate::error::FailoverError;
 use crate::policy::lease::{HolderLease, LeaseConfig};
-use crate::policy::{Action, Cause, Notice, Observations, RolePolicy};
+use crate::policy::{Action, Cause, Hold, Notice, Observations, RolePolicy};
 
 pub(crate) struct RoleTaskParts {
     pub(crate) config: Arc<ManagerConfig>,
@@ -361,6 +361,10 @@ impl RoleTask {
             primary: obs.primary.clone(),
             acting: self.p.primary.borrow().is_some(),
             token: self.p.primary.borrow().as_ref().map(PrimaryContext::token),
+            awaiting_approval: match &decision.action {
+                Action::Hold(Hold::FailbackAwaitingApproval { to }) => Some(to.clone()),
+                _ => None,
+            },
             last_action: decision.action.to_string(),
         });
         self.last_obs = Some(obs);
@@ -890,7 +894,7 @@ impl RoleTask {
             })?;
         // Publish with the target resolved, so every node follows the same handover.
         let published = match (&op, &chosen) {
-            (ManualOp::Switchover(_) | ManualOp::Failback, Some(to)) => {
+            (ManualOp::Switchover(_) | ManualOp::Failback(_), Some(to)) => {
                 ManualOp::Switchover(Some(to.clone()))
             }
             (ManualOp::Failover(_), Some(to)) => ManualOp::Failover(Some(to.clone())),
@@ -920,7 +924,10 @@ fn apply(
     match op {
         ManualOp::Switchover(t) => policy.switchover(obs, t.as_ref(), now).map(chosen),
         ManualOp::Failover(t) => policy.failover(obs, t.as_ref(), now).map(chosen),
-        ManualOp::Failback => policy.failback(obs, now).map(chosen),
+        ManualOp::Failback(expected) => policy.failback(obs, expected.as_ref(), now).map(chosen),
+        ManualOp::PostponeFailback(d) => policy
+            .postpone_failback(now.saturating_add(*d), now)
+            .map(|_| None),
         ManualOp::Pause(d) => policy.pause(now.saturating_add(*d), now).map(|_| None),
         ManualOp::Resume => {
             policy.resume();
@@ -950,14 +957,16 @@ fn follow(
 }
 
 /// The stored form of a manual request: `"<origin> <op> [<arg>]"`, where op is one of
-/// `switchover`, `failover` (arg: node id or `*`), `failback`, `pause` (arg: milliseconds),
-/// `resume`, `cancel`.
+/// `switchover`, `failover`, `failback` (arg: node id or `*`), `postpone` and `pause` (arg:
+/// milliseconds), `resume`, `cancel`. (A failback is published as the switchover it resolved
+/// to; its form is kept for completeness.)
 fn encode_request(origin: &NodeId, op: &ManualOp) -> String {
     let target = |t: &Option<NodeId>| t.as_ref().map_or("*".to_owned(), |n| n.to_string());
     match op {
         ManualOp::Switchover(t) => format!("{origin} switchover {}", target(t)),
         ManualOp::Failover(t) => format!("{origin} failover {}", target(t)),
-        ManualOp::Failback => format!("{origin} failback"),
+        ManualOp::Failback(t) => format!("{origin} failback {}", target(t)),
+        ManualOp::PostponeFailback(d) => format!("{origin} postpone {}", d.as_millis()),
         ManualOp::Pause(d) => format!("{origin} pause {}", d.as_millis()),
         ManualOp::Resume => format!("{origin} resume"),
         ManualOp::Cancel => format!("{origin} cancel"),
@@ -979,7 +988,11 @@ fn decode_request(bytes: &[u8]) -> Option<(NodeId, ManualOp)> {
     let op = match op {
         "switchover" => ManualOp::Switchover(target(arg)?),
         "failover" => ManualOp::Failover(target(arg)?),
-        "failback" if arg.is_none() => ManualOp::Failback,
+        "failback" => ManualOp::Failback(match arg {
+            None => None,
+            a => target(a)?,
+        }),
+        "postpone" => ManualOp::PostponeFailback(Duration::from_millis(arg?.parse().ok()?)),
         "pause" => ManualOp::Pause(Duration::from_millis(arg?.parse().ok()?)),
         "resume" if arg.is_none() => ManualOp::Resume,
         "cancel" if arg.is_none() => ManualOp::Cancel,
@@ -1127,7 +1140,9 @@ mod tests {
             ManualOp::Switchover(Some(b.clone())),
             ManualOp::Failover(Some(b)),
             ManualOp::Failover(None),
-            ManualOp::Failback,
+            ManualOp::Failback(None),
+            ManualOp::Failback(Some(NodeId::new("a").unwrap())),
+            ManualOp::PostponeFailback(Duration::from_millis(90_000)),
             ManualOp::Pause(Duration::from_millis(1500)),
             ManualOp::Resume,
             ManualOp::Cancel,
@@ -1146,6 +1161,8 @@ mod tests {
             b"n1 switchover",
             b"n1 switchover B!",
             b"n1 pause x",
+            b"n1 postpone",
+            b"n1 failback B!",
             b"n1 resume extra",
             b"\xff\xfe",
             b"-bad resume",

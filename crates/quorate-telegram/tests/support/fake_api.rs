@@ -64,6 +64,8 @@ pub(crate) struct Sent {
     pub(crate) text: String,
     pub(crate) at: Instant,
     pub(crate) agent: String,
+    /// Its inline keyboard's buttons, in order: (label, callback data).
+    pub(crate) buttons: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -89,6 +91,8 @@ struct Inner {
     webhook_calls: Vec<String>,
     deliveries: Vec<Delivery>,
     message_id: i64,
+    /// `answerCallbackQuery` calls: (callback query id, text).
+    answered: Vec<(String, String)>,
 }
 
 /// The fake server.
@@ -173,6 +177,49 @@ impl FakeApi {
         };
         self.arrived.notify_waiters();
         id
+    }
+
+    /// Queues a press of a button (callback `data`) under a message of the bot in `chat`;
+    /// returns its update id.
+    pub(crate) fn push_press(&self, chat: i64, data: &str) -> i64 {
+        let id = {
+            let mut g = self.lock();
+            g.next_id += 1;
+            let id = g.next_id;
+            let chat_json = if chat < 0 {
+                json!({"id": chat, "type": "supergroup", "title": "ops"})
+            } else {
+                json!({"id": chat, "type": "private", "first_name": "op"})
+            };
+            g.queue.insert(
+                id,
+                json!({
+                    "update_id": id,
+                    "callback_query": {
+                        "id": format!("cb-{id}"),
+                        "from": {"id": chat.abs(), "is_bot": false, "first_name": "op"},
+                        "chat_instance": "ci",
+                        "data": data,
+                        "message": {
+                            "message_id": 1,
+                            "date": 1_700_000_000,
+                            "chat": chat_json,
+                            "from": {"id": 1, "is_bot": true, "first_name": "quorate"},
+                            "text": "a message with buttons",
+                        },
+                    }
+                }),
+            );
+            g.pushed.insert(id, Instant::now());
+            id
+        };
+        self.arrived.notify_waiters();
+        id
+    }
+
+    /// The `answerCallbackQuery` calls: (callback query id, text).
+    pub(crate) fn answered(&self) -> Vec<(String, String)> {
+        self.lock().answered.clone()
     }
 
     /// Answers the next call of `method` (lowercase, e.g. `getupdates`) with `fault`.
@@ -320,6 +367,12 @@ async fn handle(
             g.webhook = Some((url, secret));
             ok(json!(true))
         }
+        "answercallbackquery" => {
+            let id = args["callback_query_id"].as_str().unwrap_or("").to_owned();
+            let text = args["text"].as_str().unwrap_or("").to_owned();
+            fake.lock().answered.push((id, text));
+            ok(json!(true))
+        }
         "deletewebhook" => {
             let mut g = fake.lock();
             g.webhook_calls.push("delete".into());
@@ -351,11 +404,25 @@ fn send_message(fake: &FakeApi, agent: String, args: &Value) -> Response {
     }
     g.message_id += 1;
     let id = g.message_id;
+    let buttons = args["reply_markup"]["inline_keyboard"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|b| {
+            (
+                b["text"].as_str().unwrap_or("").to_owned(),
+                b["callback_data"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
     g.sent.push(Sent {
         chat,
         text: text.clone(),
         at: now,
         agent,
+        buttons,
     });
     ok(json!({
         "message_id": id,

@@ -72,6 +72,20 @@ impl Cluster {
         n: usize,
         telegram: impl Fn(usize, &mut TelegramSection),
     ) -> Cluster {
+        Self::configured(name, n, |i, c| {
+            if let Some(t) = c.telegram.as_mut() {
+                telegram(i, t);
+            }
+        })
+    }
+
+    /// `n` node configs with the role `app` and a `[telegram]` section (no admin chats), then
+    /// changed by `config(i, ..)`.
+    pub(crate) fn configured(
+        name: &str,
+        n: usize,
+        config: impl Fn(usize, &mut quorate::config::AgentConfig),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = LoopbackPlan::new(name, n, dir.path()).expect("plan");
         let token = dir.path().join("bot.token");
@@ -85,9 +99,8 @@ impl Cluster {
             .map(|i| {
                 write_config(&plan, i, dir.path(), |c| {
                     c.roles.push(RoleSection::named("app"));
-                    let mut t = TelegramSection::new(token.clone(), vec![]);
-                    telegram(i, &mut t);
-                    c.telegram = Some(t);
+                    c.telegram = Some(TelegramSection::new(token.clone(), vec![]));
+                    config(i, c);
                 })
                 .expect("config")
             })
