@@ -6,7 +6,9 @@
 //! - [`world`]: a private network of namespaces, the agents in it, and the faults (SIGKILL,
 //!   SIGSTOP, nftables partitions, a slowed clock);
 //! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced);
-//! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn).
+//! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn);
+//! - [`telegram`]: the Telegram ingress under kills and symmetric partitions of its holder,
+//!   against a fake Bot API on the world's bridge.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -15,4 +17,5 @@
 
 pub mod hooklog;
 pub mod rolling;
+pub mod telegram;
 pub mod world;

@@ -127,6 +127,7 @@ pub async fn rolling_restart(opts: &RollingOptions) -> Result<RollingReport> {
         equal_priority: true,
         verbose: opts.verbose,
         act_interval_ms: 10,
+        telegram: None,
     })
     .await?;
     let mut report = RollingReport::default();

@@ -28,7 +28,9 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use quorate::config::{AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection};
+use quorate::config::{
+    AgentConfig, CheckSection, GossipSection, RaftSection, RoleSection, TelegramSection,
+};
 use quorate::demo::to_toml;
 use quorate::report::{NodeEvent, RoleChangeEvent, StatusFile};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -196,8 +198,13 @@ impl World {
             size,
             dir: dir.to_path_buf(),
         };
-        let mut script =
-            String::from("set -e\nip link add qbr0 type bridge\nip link set qbr0 up\n");
+        // The bridge has an address of its own (`World::BRIDGE_ADDR`): a service every node
+        // reaches (a fake Telegram Bot API) listens there; a partition drops only the peers'
+        // addresses, so it stays reachable, as an outside service would.
+        let mut script = format!(
+            "set -e\nip link add qbr0 type bridge\nip link set qbr0 up\nip addr add {}/24 dev qbr0\n",
+            Self::BRIDGE_ADDR
+        );
         for i in 1..=size {
             script.push_str(&format!(
                 "ip netns add q{i}\n\
@@ -213,6 +220,30 @@ impl World {
             .await
             .context("building the bridge and namespaces")?;
         Ok(world)
+    }
+
+    /// The bridge's own address, outside every node's namespace.
+    pub const BRIDGE_ADDR: &'static str = "10.77.0.254";
+
+    /// A TCP listener on the bridge's address (`port` 0: any free port), in the world's network
+    /// namespace: the calling process stays in its own; only this socket lives there (a
+    /// short-lived thread enters the namespace with `setns`, binds, and ends).
+    pub fn bind_on_bridge(&self, port: u16) -> Result<std::net::TcpListener> {
+        let ns = format!("/proc/{}/ns/net", self.holder_pid);
+        std::thread::spawn(move || -> Result<std::net::TcpListener> {
+            let f = std::fs::File::open(&ns).with_context(|| format!("opening {ns}"))?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&f),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .with_context(|| format!("setns({ns})"))?;
+            let l = std::net::TcpListener::bind((Self::BRIDGE_ADDR, port))
+                .with_context(|| format!("binding {}:{port} in the world", Self::BRIDGE_ADDR))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
     }
 
     /// Node `i`'s address (0-based index).
@@ -391,6 +422,17 @@ pub struct ClusterSpec {
     /// How often the role's application acts while primary, in milliseconds (the hook log's
     /// resolution for measuring unavailability).
     pub act_interval_ms: u32,
+    /// A `[telegram]` section for every agent (the bot's ingress as a role), or none.
+    pub telegram: Option<TelegramSpec>,
+}
+
+/// The Telegram bot every agent of a [`Cluster`] runs (see `crate::telegram`).
+#[derive(Clone, Debug)]
+pub struct TelegramSpec {
+    /// The Bot API's base URL (a fake on [`World::BRIDGE_ADDR`]).
+    pub api_url: String,
+    /// The admin chats.
+    pub admin_chats: Vec<i64>,
 }
 
 struct Node {
@@ -449,6 +491,12 @@ impl Cluster {
             role_script(dir.path(), spec.act_interval_ms),
         )?;
         std::fs::write(dir.path().join("actions.log"), "")?;
+        if spec.telegram.is_some() {
+            use std::os::unix::fs::PermissionsExt as _;
+            let token = dir.path().join("bot.token");
+            std::fs::write(&token, "123456:CHAOS_token-abcdefghijklmnopqrstuvwxyz")?;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+        }
         let nodes = (0..spec.size)
             .map(|i| Node {
                 name: format!("n{}", i + 1),
@@ -505,6 +553,11 @@ impl Cluster {
         } else {
             100 - i as u32
         }
+    }
+
+    /// The network world the agents run in.
+    pub fn world(&self) -> &World {
+        &self.world
     }
 
     /// The run's directory (configs, data, hook log, agent output).
@@ -605,7 +658,16 @@ impl Cluster {
                 ..RoleSection::named(ROLE)
             }],
             startup: Default::default(),
-            telegram: None,
+            telegram: self.spec.telegram.as_ref().map(|t| {
+                let mut s = TelegramSection::new(dir.join("bot.token"), t.admin_chats.clone());
+                s.api_url = Some(t.api_url.clone());
+                // Fast sends: the fake Bot API has no flood control to honour.
+                s.chat_interval = Duration::from_millis(1);
+                s.global_per_second = 1000;
+                s.request_timeout = Duration::from_secs(1);
+                s.short_poll_interval = Duration::from_millis(50);
+                s
+            }),
             redis: None,
             replication: None,
             api: None,
@@ -968,6 +1030,19 @@ impl Cluster {
             .unwrap_or(0))
     }
 
+    /// Whether node `i` acts as primary of `role`, per its last `status.json` (`None`: no
+    /// status from its current process, or it does not have the role).
+    pub fn acting_in(&self, i: usize, role: &str) -> Option<bool> {
+        let n = &self.nodes[i];
+        let text =
+            std::fs::read_to_string(self.dir.as_path().join(&n.name).join("status.json")).ok()?;
+        let v: StatusFile = serde_json::from_str(&text).ok()?;
+        if Some(u64::from(v.pid)) != n.pid.map(u64::from) {
+            return None;
+        }
+        Some(v.role(role)?.acting_here)
+    }
+
     /// Node `i`'s last `status.json`, if it is from its current process.
     pub fn status(&self, i: usize) -> Option<NodeStatus> {
         let n = &self.nodes[i];
@@ -1300,6 +1375,7 @@ pub async fn acceptance(
         flapping: false,
         equal_priority: false,
         verbose,
+        telegram: None,
         act_interval_ms: 50,
     })
     .await?;
@@ -1649,6 +1725,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         flapping: true,
         equal_priority: true,
         verbose: opts.verbose,
+        telegram: None,
         act_interval_ms: 50,
     })
     .await?;

@@ -113,6 +113,12 @@ pub struct AgentConfig {
 /// The role name the Telegram ingress uses unless `[telegram] role` says otherwise.
 pub const TELEGRAM_ROLE_DEFAULT: &str = "telegram-ingress";
 
+/// The anti-flap budget of the Telegram ingress role when the config does not list it: 100
+/// automatic failovers per window, not the profile's 3. Moving the ingress loses nothing (its
+/// offsets and outbox are fenced in the store), and with the budget spent the bot stops
+/// answering, so the operators would lose the very tool they would use to fix it.
+pub const TELEGRAM_INGRESS_FAILOVERS_MAX: u32 = 100;
+
 /// `[telegram]`: a bot for admin commands and alerts whose update ingress is a failover role
 /// (one poller cluster-wide). Every node that may poll lists the same section.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -145,8 +151,9 @@ pub struct TelegramSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
     /// The failover role whose holder polls (default `telegram-ingress`). It is added with the
-    /// profile's timing unless a `[[role]]` of that name sets its own (a longer `lease_ttl`
-    /// allows longer polls: a poll never outlives the lease).
+    /// profile's timing and an anti-flap budget of [`TELEGRAM_INGRESS_FAILOVERS_MAX`] unless a
+    /// `[[role]]` of that name sets its own (a longer `lease_ttl` allows longer polls: a poll
+    /// never outlives the lease).
     #[serde(default = "default_telegram_role")]
     pub role: String,
     /// The longest long poll (default 10 s, at most 50 s); each poll is also cut to end before
@@ -1611,7 +1618,10 @@ fn validate(mut raw: AgentConfig) -> Result<Validated, ConfigErrors> {
     match &telegram {
         Some(t) if !roles.contains(&t.role) => {
             roles.push(t.role.clone());
-            raw.roles.push(RoleSection::named(t.role.as_str()));
+            raw.roles.push(RoleSection {
+                anti_flap_max_failovers: Some(TELEGRAM_INGRESS_FAILOVERS_MAX),
+                ..RoleSection::named(t.role.as_str())
+            });
         }
         Some(_) => {}
         None if raw.telegram.is_none() => {
@@ -2519,8 +2529,24 @@ on_promote = "echo promoted"
         assert_eq!(t.token.expose(), "123456:AAbb_cc-dd");
         assert_eq!(t.role.as_str(), TELEGRAM_ROLE_DEFAULT);
         assert_eq!(t.section.chat_interval, Duration::from_secs(1));
-        // The ingress role was added with the profile's timing.
+        // The ingress role was added with the profile's timing, and a budget of automatic
+        // failovers that keeps the bot answering through a bad half hour.
         assert!(v.roles.iter().any(|r| r.as_str() == TELEGRAM_ROLE_DEFAULT));
+        let ingress = v
+            .raw
+            .roles
+            .iter()
+            .find(|r| r.name == TELEGRAM_ROLE_DEFAULT)
+            .unwrap()
+            .role_config(false);
+        assert_eq!(
+            ingress.policy.anti_flap.max_failovers.get(),
+            TELEGRAM_INGRESS_FAILOVERS_MAX
+        );
+        assert_eq!(
+            ingress.lease,
+            quorate_failover::policy::config::RoleConfig::lan().lease
+        );
         assert_eq!(v.raw.roles.len(), v.roles.len());
         assert!(
             !format!("{v:?}").contains("AAbb"),

@@ -1044,20 +1044,9 @@ fn spawn_forwarders(
         tracker.spawn(async move {
             let mut reported: Option<NodeId> = None;
             loop {
-                {
-                    let s = rx.borrow_and_update();
-                    let waiting = s.awaiting_approval.clone().filter(|_| s.acting);
-                    if let Some(to) = &waiting
-                        && reported.as_ref() != Some(to)
-                    {
-                        let _ = events.send(NodeEvent::FailbackAwaitingApproval {
-                            role: role.to_string(),
-                            primary: node.clone(),
-                            to: to.to_string(),
-                            token: s.token.map(|t| t.0),
-                        });
-                    }
-                    reported = waiting;
+                let event = approval_event(&mut reported, &rx.borrow_and_update(), &role, &node);
+                if let Some(e) = event {
+                    let _ = events.send(e);
                 }
                 tokio::select! {
                     biased;
@@ -1088,6 +1077,29 @@ fn spawn_forwarders(
     });
 }
 
+/// The event for a failback awaiting approval, once per wait: when this node acts as primary
+/// and its policy waits for approval of a failback to a node it has not reported yet.
+/// `reported` remembers the wait in progress (cleared when it ends, so a new wait is reported).
+fn approval_event(
+    reported: &mut Option<NodeId>,
+    s: &quorate_failover::shell::RoleStatus,
+    role: &RoleName,
+    node: &str,
+) -> Option<NodeEvent> {
+    let waiting = s.awaiting_approval.clone().filter(|_| s.acting);
+    let event = match &waiting {
+        Some(to) if reported.as_ref() != Some(to) => Some(NodeEvent::FailbackAwaitingApproval {
+            role: role.to_string(),
+            primary: node.to_owned(),
+            to: to.to_string(),
+            token: s.token.map(|t| t.0),
+        }),
+        _ => None,
+    };
+    *reported = waiting;
+    event
+}
+
 fn membership_event(e: &MembershipEvent) -> Option<NodeEvent> {
     use crate::report::member_state;
     Some(match e {
@@ -1105,4 +1117,42 @@ fn membership_event(e: &MembershipEvent) -> Option<NodeEvent> {
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_failover::shell::RoleStatus;
+
+    #[test]
+    fn a_failback_awaiting_approval_is_reported_once_per_wait_by_the_primary_only() {
+        let role = RoleName::new("app").expect("role");
+        let n1 = NodeId::new("n1").expect("node");
+        let status = |acting: bool, waiting: Option<&NodeId>| RoleStatus {
+            acting,
+            awaiting_approval: waiting.cloned(),
+            token: acting.then_some(quorate_types::FencingToken(7)),
+            ..RoleStatus::default()
+        };
+        let mut reported = None;
+        let mut step = |s: RoleStatus| approval_event(&mut reported, &s, &role, "n2");
+        // A node that does not act never reports (the primary does).
+        assert_eq!(step(status(false, Some(&n1))), None);
+        // The primary reports the wait once, however many steps it lasts.
+        assert_eq!(
+            step(status(true, Some(&n1))),
+            Some(NodeEvent::FailbackAwaitingApproval {
+                role: "app".into(),
+                primary: "n2".into(),
+                to: "n1".into(),
+                token: Some(7),
+            })
+        );
+        assert_eq!(step(status(true, Some(&n1))), None);
+        assert_eq!(step(status(true, Some(&n1))), None);
+        // A wait that ended (postponed, approved, the preferred node unfit) and came back is a
+        // new wait: reported again.
+        assert_eq!(step(status(true, None)), None);
+        assert!(step(status(true, Some(&n1))).is_some());
+    }
 }

@@ -8,11 +8,13 @@
 //!   ([`quorate::config::AgentConfig`]), never with `format!`;
 //! - [`etcd`]: real etcd clusters on loopback (Debian package `etcd-server`);
 //! - [`redis`]: real Redis servers and Sentinels on loopback (Debian packages `redis-server`,
-//!   `redis-sentinel`).
+//!   `redis-sentinel`);
+//! - [`fake_bot_api`]: an in-process fake of the Telegram Bot API.
 
 pub mod agents;
 mod error;
 pub mod etcd;
+pub mod fake_bot_api;
 pub mod process;
 pub mod redis;
 

@@ -141,3 +141,47 @@ fn rolling_restart_bench_tiny_run() {
         "no overlapping primaries:\n{report}"
     );
 }
+
+/// Issue 20's acceptance on real processes: 2,000 updates while the ingress holder is killed 5
+/// times and partitioned (symmetrically, still reaching Telegram) 5 times. `QUORATE_TG_UPDATES`,
+/// `QUORATE_TG_KILLS` and `QUORATE_TG_PARTITIONS` size it.
+#[test]
+fn telegram_ingress_survives_kills_and_partitions_of_its_holder() {
+    if !enabled("telegram_ingress_survives_kills_and_partitions_of_its_holder") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let opts = quorate_chaos::telegram::TelegramOptions {
+        agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
+        updates: env("QUORATE_TG_UPDATES", 2000),
+        kills: env("QUORATE_TG_KILLS", 5),
+        partitions: env("QUORATE_TG_PARTITIONS", 5),
+        verbose: true,
+        keep: std::env::var("QUORATE_CHAOS_KEEP").is_ok(),
+    };
+    let report = runtime()
+        .block_on(quorate_chaos::telegram::ingress_under_faults(&opts))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}");
+    assert_eq!(
+        report.faults.len(),
+        opts.kills + opts.partitions,
+        "{report}"
+    );
+    // Every update processed and answered, none twice unmarked (exactly-once processing; a
+    // reply a kill cut off is resent marked).
+    assert_eq!(report.answered, opts.updates, "{report}");
+    assert!(report.unmarked_repeats.is_empty(), "{report}");
+    assert_eq!(report.unconfirmed, 0, "{report}");
+    // One poller at a time, even when a cut-off holder still reaches Telegram; no 409
+    // provoked by quorate itself.
+    assert!(report.overlapping_polls.is_empty(), "{report}");
+    assert_eq!(report.overlaps, 0, "{report}");
+    assert_eq!(report.conflicts, 0, "{report}");
+}

@@ -4,7 +4,7 @@
 //! data directory.
 #![allow(dead_code, reason = "each test binary uses part of the support")]
 
-pub(crate) mod fake_api;
+pub(crate) use quorate_testkit::fake_bot_api as fake_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;

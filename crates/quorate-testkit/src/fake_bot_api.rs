@@ -7,8 +7,8 @@
 //! one at a time and in order, with the secret header, and keeps one until it is answered 2xx
 //! (as Telegram does; a `getUpdates` meanwhile gets Telegram's 409). It logs every poll (who, when, how it ended) so that a test can check
 //! that no two pollers overlapped. Method names match case-insensitively (teloxide sends
-//! `GetUpdates`).
-#![allow(dead_code, reason = "each test binary uses part of the fake")]
+//! `GetUpdates`). Used by quorate-telegram's tests (in-process nodes) and by the binary's
+//! real-process Telegram chaos test (agents in network namespaces).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 /// A fault to answer the next call of a method with.
 #[derive(Clone, Debug)]
-pub(crate) enum Fault {
+pub enum Fault {
     /// 409 Conflict (as if another poller were there).
     Conflict,
     /// 429 with this `retry_after` (seconds).
@@ -39,33 +39,47 @@ pub(crate) enum Fault {
 
 /// One `getUpdates` as the fake saw it.
 #[derive(Clone, Debug)]
-pub(crate) struct Poll {
-    pub(crate) agent: String,
-    pub(crate) start: Instant,
-    pub(crate) end: Instant,
-    pub(crate) offset: i64,
-    pub(crate) returned: usize,
-    pub(crate) outcome: &'static str,
+pub struct Poll {
+    /// The caller's User-Agent (quorate names its node there).
+    pub agent: String,
+    /// When it arrived.
+    pub start: Instant,
+    /// When it ended.
+    pub end: Instant,
+    /// Its `offset`.
+    pub offset: i64,
+    /// Updates it returned.
+    pub returned: usize,
+    /// How it ended (`ok`, `409-superseded`, `dropped-by-client`, `injected-...`).
+    pub outcome: &'static str,
 }
 
 /// One webhook delivery attempt: the update, where it went, the HTTP status (0: no answer).
 #[derive(Clone, Debug)]
-pub(crate) struct Delivery {
-    pub(crate) id: i64,
-    pub(crate) url: String,
-    pub(crate) status: u16,
-    pub(crate) at: Instant,
+pub struct Delivery {
+    /// The update's id.
+    pub id: i64,
+    /// The webhook URL it was posted to.
+    pub url: String,
+    /// The HTTP status answered (0: no answer).
+    pub status: u16,
+    /// When it was answered.
+    pub at: Instant,
 }
 
 /// One `sendMessage`.
 #[derive(Clone, Debug)]
-pub(crate) struct Sent {
-    pub(crate) chat: i64,
-    pub(crate) text: String,
-    pub(crate) at: Instant,
-    pub(crate) agent: String,
+pub struct Sent {
+    /// The chat.
+    pub chat: i64,
+    /// The text.
+    pub text: String,
+    /// When it arrived.
+    pub at: Instant,
+    /// The sender's User-Agent.
+    pub agent: String,
     /// Its inline keyboard's buttons, in order: (label, callback data).
-    pub(crate) buttons: Vec<(String, String)>,
+    pub buttons: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -97,22 +111,28 @@ struct Inner {
 
 /// The fake server.
 #[derive(Clone)]
-pub(crate) struct FakeApi {
+pub struct FakeApi {
     inner: Arc<Mutex<Inner>>,
     arrived: Arc<Notify>,
     /// Cancels an open poll when another one arrives.
     superseded: Arc<Notify>,
-    pub(crate) url: String,
+    /// Its base URL (`http://addr:port`), for the bot's `api_url`.
+    pub url: String,
     /// The longest the fake holds an empty poll, whatever its `timeout`.
     hold_max: Duration,
 }
 
 impl FakeApi {
     /// Starts the fake on a free loopback port.
-    pub(crate) async fn start() -> FakeApi {
+    pub async fn start() -> FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::start_on(listener)
+    }
+
+    /// Starts the fake on `listener` (e.g. one bound inside a network namespace).
+    pub fn start_on(listener: tokio::net::TcpListener) -> FakeApi {
         let addr = listener.local_addr().expect("addr");
         let fake = FakeApi {
             inner: Arc::new(Mutex::new(Inner {
@@ -135,12 +155,12 @@ impl FakeApi {
     }
 
     /// The webhook calls (`set URL`, `delete`) in order.
-    pub(crate) fn webhook_calls(&self) -> Vec<String> {
+    pub fn webhook_calls(&self) -> Vec<String> {
         self.lock().webhook_calls.clone()
     }
 
     /// Every webhook delivery attempt.
-    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
+    pub fn deliveries(&self) -> Vec<Delivery> {
         self.lock().deliveries.clone()
     }
 
@@ -149,7 +169,7 @@ impl FakeApi {
     }
 
     /// Queues a text message from `chat`; returns its update id.
-    pub(crate) fn push_text(&self, chat: i64, text: &str) -> i64 {
+    pub fn push_text(&self, chat: i64, text: &str) -> i64 {
         let id = {
             let mut g = self.lock();
             g.next_id += 1;
@@ -181,7 +201,7 @@ impl FakeApi {
 
     /// Queues a press of a button (callback `data`) under a message of the bot in `chat`;
     /// returns its update id.
-    pub(crate) fn push_press(&self, chat: i64, data: &str) -> i64 {
+    pub fn push_press(&self, chat: i64, data: &str) -> i64 {
         let id = {
             let mut g = self.lock();
             g.next_id += 1;
@@ -218,12 +238,12 @@ impl FakeApi {
     }
 
     /// The `answerCallbackQuery` calls: (callback query id, text).
-    pub(crate) fn answered(&self) -> Vec<(String, String)> {
+    pub fn answered(&self) -> Vec<(String, String)> {
         self.lock().answered.clone()
     }
 
     /// Answers the next call of `method` (lowercase, e.g. `getupdates`) with `fault`.
-    pub(crate) fn inject(&self, method: &str, fault: Fault) {
+    pub fn inject(&self, method: &str, fault: Fault) {
         self.lock()
             .faults
             .entry(method.to_ascii_lowercase())
@@ -231,40 +251,38 @@ impl FakeApi {
             .push_back(fault);
     }
 
-    pub(crate) fn polls(&self) -> Vec<Poll> {
+    /// Every `getUpdates` so far.
+    pub fn polls(&self) -> Vec<Poll> {
         self.lock().polls.clone()
     }
 
-    pub(crate) fn sent(&self) -> Vec<Sent> {
+    /// Every `sendMessage` so far.
+    pub fn sent(&self) -> Vec<Sent> {
         self.lock().sent.clone()
     }
 
-    pub(crate) fn pushed_at(&self, id: i64) -> Option<Instant> {
+    /// When update `id` was queued.
+    pub fn pushed_at(&self, id: i64) -> Option<Instant> {
         self.lock().pushed.get(&id).copied()
     }
 
     /// Conflicts the fake gave because a poll arrived while another was open.
-    pub(crate) fn overlaps(&self) -> u64 {
+    pub fn overlaps(&self) -> u64 {
         self.lock().overlaps
     }
 
     /// Sends that ignored a `retry_after`.
-    pub(crate) fn early_sends(&self) -> u64 {
+    pub fn early_sends(&self) -> u64 {
         self.lock().early
     }
 
     /// Updates not confirmed yet.
-    pub(crate) fn unconfirmed(&self) -> usize {
+    pub fn unconfirmed(&self) -> usize {
         self.lock().queue.len()
     }
 
     /// Waits (polling the log) until `f` holds, up to `limit`.
-    pub(crate) async fn until(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut f: impl FnMut(&FakeApi) -> bool,
-    ) {
+    pub async fn until(&self, what: &str, limit: Duration, mut f: impl FnMut(&FakeApi) -> bool) {
         let deadline = Instant::now() + limit;
         while !f(self) {
             assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
@@ -273,7 +291,7 @@ impl FakeApi {
     }
 
     /// Messages sent to `chat`.
-    pub(crate) fn sent_to(&self, chat: i64) -> Vec<String> {
+    pub fn sent_to(&self, chat: i64) -> Vec<String> {
         self.sent()
             .into_iter()
             .filter(|s| s.chat == chat)
@@ -433,7 +451,7 @@ fn send_message(fake: &FakeApi, agent: String, args: &Value) -> Response {
 }
 
 /// Blocks `chat` for `secs` (as a 429 would) so that sends before then count as early.
-pub(crate) fn block(fake: &FakeApi, chat: i64, secs: u32) {
+pub fn block(fake: &FakeApi, chat: i64, secs: u32) {
     fake.lock()
         .blocked
         .insert(chat, Instant::now() + Duration::from_secs(u64::from(secs)));
