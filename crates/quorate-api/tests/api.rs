@@ -467,10 +467,15 @@ async fn probes_state_admin_and_bad_input_over_http() {
             "{op} missing:\n{text}"
         );
     }
-    // Every metric the shipped alert rules use is in the scrape.
+    // Every metric the shipped alert rules use is in the scrape (the replication families come
+    // from the `[replication]` stage, which this cluster does not run: quorate-startup's
+    // replication test checks those).
     let rules = include_str!("../../../docs/alerts.yml");
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if let Some(name) = word.strip_prefix("quorate_") {
+        if let Some(name) = word
+            .strip_prefix("quorate_")
+            .filter(|n| !n.starts_with("replication_"))
+        {
             let family = name.trim_end_matches("_bucket");
             assert!(
                 text.contains(&format!("quorate_{family}")),

@@ -29,8 +29,10 @@ pub struct ReplicationMetrics {
     pub tombstones_collected: u64,
     /// Gauge: hints held for unreachable peers (set by `Keyspace::status`).
     pub hints_pending: u64,
-    /// Gauge: replication lag behind the furthest peer, in milliseconds of HLC time. Not set
-    /// by the multi-master node yet (leader mode reports lag in `LeaderStatus`).
+    /// Gauge (multi-master): how long the oldest local write some peer has not received yet
+    /// has waited, in milliseconds (the age of the oldest hint held for an unreachable peer);
+    /// 0 when every peer has every write this node sent. Set by `Keyspace::status`. Leader
+    /// mode reports lag per replica in `LeaderStatus`.
     pub lag_ms: u64,
 }
 

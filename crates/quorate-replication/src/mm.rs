@@ -303,12 +303,14 @@ impl<N: Net> ReplicationNode<N> {
         let (tx, cmds) = mpsc::channel(config.write_queue_max.get());
         let (internal_tx, internal) = mpsc::channel(config.push_queue_max.get());
         let mut outboxes = BTreeMap::new();
+        let epoch = Instant::now();
         for (peer, addr) in &inner.config.peers {
             if *peer == node {
                 continue;
             }
             let (otx, orx) = mpsc::channel(config.push_queue_max.get());
             let hints = Arc::new(AtomicU64::new(0));
+            let oldest = Arc::new(AtomicU64::new(0));
             let dropped = Arc::new(AtomicU64::new(0));
             let outbox = Outbox {
                 inner: inner.clone(),
@@ -317,6 +319,8 @@ impl<N: Net> ReplicationNode<N> {
                 addr: addr.clone(),
                 hints: VecDeque::new(),
                 hints_gauge: hints.clone(),
+                oldest_hint: oldest.clone(),
+                epoch,
                 hints_dropped: dropped.clone(),
                 hints_max: config.hints_max.get(),
                 hint_age_max: config.hint_age_max,
@@ -329,6 +333,8 @@ impl<N: Net> ReplicationNode<N> {
                 PeerHandle {
                     tx: otx,
                     hints,
+                    oldest_hint: oldest,
+                    epoch,
                     hints_dropped: dropped,
                 },
             );
@@ -363,7 +369,22 @@ impl<N: Net> ReplicationNode<N> {
 struct PeerHandle {
     tx: mpsc::Sender<Outgoing>,
     hints: Arc<AtomicU64>,
+    /// When the oldest hint was queued, in milliseconds since `epoch` plus one (0: no hint).
+    oldest_hint: Arc<AtomicU64>,
+    epoch: Instant,
     hints_dropped: Arc<AtomicU64>,
+}
+
+impl PeerHandle {
+    /// How long the oldest write this peer has not received yet has waited.
+    fn lag(&self, now: Instant) -> Duration {
+        match self.oldest_hint.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            at => now
+                .duration_since(self.epoch)
+                .saturating_sub(Duration::from_millis(at - 1)),
+        }
+    }
 }
 
 enum Outgoing {
@@ -888,6 +909,13 @@ impl<N: Net, V: Crdt + Send + Sync + 'static> Task<N, V> {
             .values()
             .map(|h| h.hints.load(Ordering::Relaxed))
             .sum();
+        let now = Instant::now();
+        metrics.lag_ms = self
+            .outboxes
+            .values()
+            .map(|h| u64::try_from(h.lag(now).as_millis()).unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0);
         KeyspaceStatus {
             name: self.config.name.clone(),
             keys: self.store.len(),
@@ -934,6 +962,8 @@ struct Outbox<N: Net> {
     /// Deltas not delivered yet, oldest first, with when they were queued.
     hints: VecDeque<(Instant, HlcTimestamp, EncodedEntry)>,
     hints_gauge: Arc<AtomicU64>,
+    oldest_hint: Arc<AtomicU64>,
+    epoch: Instant,
     hints_dropped: Arc<AtomicU64>,
     hints_max: usize,
     hint_age_max: Duration,
@@ -1062,8 +1092,19 @@ impl<N: Net> Outbox<N> {
             }
             self.hints.push_back((now, clock.clone(), e));
         }
+        self.publish_hints();
+    }
+
+    /// Publishes the hint count and the oldest hint's age for `status`.
+    fn publish_hints(&self) {
         self.hints_gauge
             .store(self.hints.len() as u64, Ordering::Relaxed);
+        let oldest = self.hints.front().map_or(0, |(at, _, _)| {
+            u64::try_from(at.duration_since(self.epoch).as_millis())
+                .unwrap_or(u64::MAX - 1)
+                .saturating_add(1)
+        });
+        self.oldest_hint.store(oldest, Ordering::Relaxed);
     }
 
     /// Delivers hints in frame-sized batches, oldest first; stops at the first failure.
@@ -1111,7 +1152,6 @@ impl<N: Net> Outbox<N> {
                 _ => break,
             }
         }
-        self.hints_gauge
-            .store(self.hints.len() as u64, Ordering::Relaxed);
+        self.publish_hints();
     }
 }

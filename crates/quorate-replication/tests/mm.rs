@@ -152,6 +152,12 @@ async fn hints_for_a_down_peer_are_bounded_and_replayed_when_it_returns() {
     .await;
     assert_eq!(st.metrics.hints_pending, 4);
     assert_eq!(st.hints_dropped, 6);
+    // The lag gauge is the age of the oldest undelivered write: it grows while the peer is
+    // down (polled until it shows, never a wall-clock assertion) and is 0 once delivered.
+    until("the lag shows the waiting writes", || async {
+        (ka.status().await.unwrap().metrics.lag_ms >= 20).then_some(())
+    })
+    .await;
 
     let b = c.start("n2").await;
     let kb: Keyspace<PnCounter> = b.multi_master(conf, None).unwrap();
@@ -160,6 +166,7 @@ async fn hints_for_a_down_peer_are_bounded_and_replayed_when_it_returns() {
         (ka.status().await.unwrap().metrics.hints_pending == 0).then_some(())
     })
     .await;
+    assert_eq!(ka.status().await.unwrap().metrics.lag_ms, 0);
     until("b holds the hinted keys", || async {
         (kb.entries().await.unwrap().len() == 4).then_some(())
     })

@@ -498,6 +498,12 @@ fn mm_samples(st: &quorate_replication::KeyspaceStatus, out: &mut Vec<MetricSamp
         l(),
         m.hints_pending as f64,
     ));
+    out.push(MetricSample::gauge(
+        "replication_undelivered_age_seconds",
+        "Multi-master: how long the oldest write some peer has not received yet has waited (0: every peer has every write)",
+        l(),
+        m.lag_ms as f64 / 1000.0,
+    ));
     for ((kind, resolution), n) in &m.conflicts {
         let mut labels = l();
         labels.push(("type", crdt_label(*kind).to_owned()));
