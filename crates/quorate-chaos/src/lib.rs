@@ -6,7 +6,9 @@
 //! - [`world`]: a private network of namespaces, the agents in it, and the faults (SIGKILL,
 //!   SIGSTOP, nftables partitions, a slowed clock);
 //! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced);
-//! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn).
+//! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn);
+//! - [`redis_partition`]: lost acknowledged Redis writes under a partition, quorate vs Sentinel
+//!   (part of `cargo xtask bench redis`).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -14,5 +16,6 @@
 )]
 
 pub mod hooklog;
+pub mod redis_partition;
 pub mod rolling;
 pub mod world;

@@ -215,6 +215,12 @@ impl World {
         Ok(world)
     }
 
+    /// The world's own network namespace (the bridge's), as a file a thread can `setns` into
+    /// to reach every node from outside the nodes' namespaces.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder_pid))
+    }
+
     /// Node `i`'s address (0-based index).
     pub fn addr(i: usize) -> String {
         format!("10.77.0.{}", i + 1)
