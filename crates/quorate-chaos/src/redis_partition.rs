@@ -85,6 +85,16 @@ pub struct ModeFigures {
     pub acknowledged: u64,
     /// Acknowledged writes missing from the final master.
     pub lost: u64,
+    /// Writes the old master acknowledged although they were sent after the new master had
+    /// acknowledged one (two masters taking writes at once; the lease-fenced old master must
+    /// not).
+    pub stale_acks: u64,
+    /// The longest time without an acknowledged write in any trial (the client's
+    /// unavailability).
+    pub longest_gap: Duration,
+    /// The latest any lost write was acknowledged, after the partition began (the old
+    /// master's window of lost acknowledgements), over all trials.
+    pub lost_window: Option<Duration>,
 }
 
 impl ModeFigures {
@@ -92,6 +102,9 @@ impl ModeFigures {
         self.attempted += o.attempted;
         self.acknowledged += o.acknowledged;
         self.lost += o.lost;
+        self.stale_acks += o.stale_acks;
+        self.longest_gap = self.longest_gap.max(o.longest_gap);
+        self.lost_window = self.lost_window.max(o.lost_window);
     }
 
     /// Lost as a percentage of acknowledged.
@@ -147,25 +160,44 @@ impl fmt::Display for PartitionReport {
         )?;
         writeln!(
             f,
-            "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>8}",
-            "side", "mode", "trials", "attempted", "acknowledged", "lost", "lost %"
+            "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>8} {:>11} {:>11} {:>12}",
+            "side",
+            "mode",
+            "trials",
+            "attempted",
+            "acknowledged",
+            "lost",
+            "lost %",
+            "stale acks",
+            "max gap ms",
+            "lost until"
         )?;
         for s in &self.sides {
             let wait = format!("WAIT 1 {} ms", self.wait_timeout.as_millis());
             for (mode, m) in [("no WAIT", &s.no_wait), (wait.as_str(), &s.wait)] {
                 writeln!(
                     f,
-                    "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>7.2}%",
+                    "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>7.2}% {:>11} {:>11} {:>12}",
                     s.name,
                     mode,
                     s.trials,
                     m.attempted,
                     m.acknowledged,
                     m.lost,
-                    m.lost_percent()
+                    m.lost_percent(),
+                    m.stale_acks,
+                    m.longest_gap.as_millis(),
+                    m.lost_window
+                        .map_or_else(|| "-".to_owned(), |w| format!("+{} ms", w.as_millis()))
                 )?;
             }
         }
+        writeln!(
+            f,
+            "stale acks: acknowledged by the old master though sent after the new master's first \
+             acknowledgement; max gap: longest time without an acknowledged write; lost until: the \
+             latest acknowledgement of a lost write, from the start of the partition"
+        )?;
         writeln!(
             f,
             "trials without exactly one master among the servers reaching the majority: {}",
@@ -518,11 +550,23 @@ async fn wait_settled(manager: Manager, limit: Duration) -> Option<usize> {
     }
 }
 
+/// One acknowledged write.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    seq: u64,
+    /// The node whose server acknowledged it.
+    server: Option<usize>,
+    /// When the `SET` was sent.
+    sent: Instant,
+    /// When the acknowledgement (`OK`, or `WAIT`'s count) arrived.
+    done: Instant,
+}
+
 /// What one client did.
 #[derive(Debug, Default)]
 struct Written {
     attempted: u64,
-    acknowledged: Vec<u64>,
+    acknowledged: Vec<Ack>,
 }
 
 /// One client: writes `prefix<n>` for n = 1, 2, ... to the master the discovery endpoints
@@ -535,18 +579,18 @@ async fn writer(
 ) -> Written {
     let mut out = Written::default();
     let mut sticky = first_endpoint;
-    let mut master: Option<redis::aio::MultiplexedConnection> = None;
+    let mut master: Option<(redis::aio::MultiplexedConnection, Option<usize>)> = None;
     let response = Duration::from_millis(1000) + wait.unwrap_or_default();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let Some(c) = master.as_mut() else {
+        let Some((c, server)) = master.as_mut() else {
             for k in 0..NODES {
                 let e = (sticky + k) % NODES;
                 if let Some(addr) = discovered(&discovery_addr(e)).await
                     && let Some(c) = conn(&addr, response).await
                 {
                     sticky = e;
-                    master = Some(c);
+                    master = Some((c, (0..NODES).find(|j| redis_addr(*j) == addr)));
                     break;
                 }
             }
@@ -558,6 +602,7 @@ async fn writer(
         seq += 1;
         out.attempted += 1;
         let key = format!("{prefix}{seq}");
+        let sent = Instant::now();
         let set: Result<Result<String, _>, _> = tokio::time::timeout(
             response,
             redis::cmd("SET").arg(&key).arg(seq).query_async(c),
@@ -578,7 +623,12 @@ async fn writer(
             }
         };
         if acked {
-            out.acknowledged.push(seq);
+            out.acknowledged.push(Ack {
+                seq,
+                server: *server,
+                sent,
+                done: Instant::now(),
+            });
         } else {
             // A failed or unconfirmed write: ask the endpoints again (as a Sentinel-aware
             // client does on a connection error or READONLY).
@@ -588,22 +638,41 @@ async fn writer(
     out
 }
 
-/// How many of `acked` (`prefix<n>`) the server at `addr` does not have.
-async fn missing(addr: &str, prefix: &str, acked: &[u64]) -> Result<u64> {
+/// Those of `acked` (`prefix<n>`) the server at `addr` does not have.
+async fn missing(addr: &str, prefix: &str, acked: &[Ack]) -> Result<Vec<Ack>> {
     let mut c = conn(addr, Duration::from_secs(10))
         .await
         .with_context(|| format!("connecting to the final master {addr}"))?;
-    let mut lost = 0;
+    let mut lost = Vec::new();
     for chunk in acked.chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
+        let keys: Vec<String> = chunk.iter().map(|a| format!("{prefix}{}", a.seq)).collect();
         let vals: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut c)
             .await
             .with_context(|| format!("MGET on the final master {addr}"))?;
-        lost += vals.iter().filter(|v| v.is_none()).count() as u64;
+        lost.extend(
+            chunk
+                .iter()
+                .zip(&vals)
+                .filter(|(_, v)| v.is_none())
+                .map(|(a, _)| *a),
+        );
     }
     Ok(lost)
+}
+
+/// The longest time between consecutive acknowledgements, from `from` to `to`.
+fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+    let mut times: Vec<Instant> = acks.iter().map(|a| a.done).collect();
+    times.sort();
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for t in times.into_iter().chain([to]) {
+        gap = gap.max(t.saturating_duration_since(last));
+        last = last.max(t);
+    }
+    gap
 }
 
 #[allow(
@@ -696,6 +765,7 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
                 tmp.keep().display()
             );
         };
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let plain = tokio::spawn(writer(format!("t{trial}:nowait:"), p, None, stop.clone()));
         let waited = tokio::spawn(writer(
@@ -718,6 +788,18 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
                 None => unreachable.push(i),
             }
         }
+        // What each discovery endpoint names at the end of the partition.
+        let mut named = Vec::new();
+        for e in 0..NODES {
+            let answer = discovered(&discovery_addr(e)).await;
+            named.push(format!(
+                "n{}->{}",
+                e + 1,
+                answer
+                    .and_then(|a| (0..NODES).find(|j| redis_addr(*j) == a))
+                    .map_or_else(|| "none".to_owned(), |j| format!("n{}", j + 1))
+            ));
+        }
         let partitioned = t0.elapsed();
         world.partition_symmetric(p, false).await?;
         let mut violation = None;
@@ -728,7 +810,10 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
                 partitioned.as_millis(),
                 p + 1,
                 masters.len(),
-                masters.iter().map(|i| format!("n{}", i + 1)).collect::<Vec<_>>(),
+                masters
+                    .iter()
+                    .map(|i| format!("n{}", i + 1))
+                    .collect::<Vec<_>>(),
                 if unreachable.is_empty() {
                     String::new()
                 } else {
@@ -741,6 +826,7 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         let converged = healed.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
+        let stopped = Instant::now();
         let plain = plain.await.context("the no-WAIT client")?;
         let waited = waited.await.context("the WAIT client")?;
         let Some(m) = fin else {
@@ -750,22 +836,49 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
             if let Some(v) = violation {
                 s.violations.push(v);
             }
-            say(o, &format!("{} trial {trial}: no convergence after the heal", s.name));
+            say(
+                o,
+                &format!("{} trial {trial}: no convergence after the heal", s.name),
+            );
             continue;
         };
         if let Some(v) = violation {
             s.violations.push(v);
         }
+        // The new master's first acknowledgement, by either client.
+        let first_new = plain
+            .acknowledged
+            .iter()
+            .chain(&waited.acknowledged)
+            .filter(|a| a.server == Some(m) && m != p)
+            .map(|a| a.done)
+            .min();
         let mut figures = [ModeFigures::default(); 2];
         for (f, (w, prefix)) in figures
             .iter_mut()
             .zip([(&plain, "nowait"), (&waited, "wait")])
         {
+            let lost = missing(
+                &redis_addr(m),
+                &format!("t{trial}:{prefix}:"),
+                &w.acknowledged,
+            )
+            .await?;
             *f = ModeFigures {
                 attempted: w.attempted,
                 acknowledged: w.acknowledged.len() as u64,
-                lost: missing(&redis_addr(m), &format!("t{trial}:{prefix}:"), &w.acknowledged)
-                    .await?,
+                lost: lost.len() as u64,
+                stale_acks: first_new.map_or(0, |t| {
+                    w.acknowledged
+                        .iter()
+                        .filter(|a| a.server == Some(p) && a.sent > t)
+                        .count() as u64
+                }),
+                longest_gap: longest_gap(&w.acknowledged, started, stopped),
+                lost_window: lost
+                    .iter()
+                    .map(|a| a.done.saturating_duration_since(t0))
+                    .max(),
             };
         }
         s.no_wait.add(figures[0]);
@@ -774,17 +887,23 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         say(
             o,
             &format!(
-                "{} trial {trial}: partitioned n{} for {} ms, final master n{} ({} ms after the heal); \
-                 no WAIT: {} acknowledged, {} lost; WAIT: {} acknowledged, {} lost",
+                "{} trial {trial}: partitioned n{} for {} ms (endpoints then named {}), final master n{} ({} ms after the heal); \
+                 no WAIT: {} acknowledged, {} lost, {} stale, gap {} ms; \
+                 WAIT: {} acknowledged, {} lost, {} stale, gap {} ms",
                 s.name,
                 p + 1,
                 partitioned.as_millis(),
+                named.join(" "),
                 m + 1,
                 converged.as_millis(),
                 figures[0].acknowledged,
                 figures[0].lost,
+                figures[0].stale_acks,
+                figures[0].longest_gap.as_millis(),
                 figures[1].acknowledged,
-                figures[1].lost
+                figures[1].lost,
+                figures[1].stale_acks,
+                figures[1].longest_gap.as_millis(),
             ),
         );
     }
