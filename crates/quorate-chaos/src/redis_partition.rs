@@ -909,3 +909,81 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(seq: u64, base: Instant, ms: u64) -> Ack {
+        let t = base + Duration::from_millis(ms);
+        Ack {
+            seq,
+            server: Some(0),
+            sent: t,
+            done: t,
+        }
+    }
+
+    #[test]
+    fn the_longest_gap_counts_the_edges_and_ignores_order() {
+        let base = Instant::now();
+        let acks = [ack(2, base, 300), ack(1, base, 100), ack(3, base, 1200)];
+        let gap = longest_gap(&acks, base, base + Duration::from_millis(1300));
+        assert_eq!(gap, Duration::from_millis(900));
+        // No acknowledgement at all: the whole trial.
+        assert_eq!(
+            longest_gap(&[], base, base + Duration::from_millis(700)),
+            Duration::from_millis(700)
+        );
+        // The end is the longest stretch.
+        let end = base + Duration::from_millis(5000);
+        assert_eq!(longest_gap(&acks, base, end), Duration::from_millis(3800));
+    }
+
+    #[test]
+    fn figures_add_up_and_the_table_names_every_side_and_violation() {
+        let mut total = ModeFigures::default();
+        total.add(ModeFigures {
+            attempted: 10,
+            acknowledged: 8,
+            lost: 2,
+            stale_acks: 1,
+            longest_gap: Duration::from_millis(500),
+            lost_window: Some(Duration::from_millis(300)),
+        });
+        total.add(ModeFigures {
+            attempted: 5,
+            acknowledged: 2,
+            lost: 0,
+            stale_acks: 0,
+            longest_gap: Duration::from_millis(900),
+            lost_window: None,
+        });
+        assert_eq!(
+            (total.attempted, total.acknowledged, total.lost),
+            (15, 10, 2)
+        );
+        assert_eq!(total.longest_gap, Duration::from_millis(900));
+        assert_eq!(total.lost_window, Some(Duration::from_millis(300)));
+        assert!((total.lost_percent() - 20.0).abs() < 1e-9);
+        assert_eq!(ModeFigures::default().lost_percent(), 0.0);
+        let report = PartitionReport {
+            partition: Duration::from_millis(8000),
+            wait_timeout: Duration::from_millis(1000),
+            sides: vec![PartitionSide {
+                name: "quorate".to_owned(),
+                trials: 2,
+                no_wait: total,
+                wait: ModeFigures::default(),
+                violations: vec!["trial 2: two masters".to_owned()],
+            }],
+        };
+        assert_eq!(report.violations(), 1);
+        let text = report.to_string();
+        assert!(text.contains("WAIT 1 1000 ms"), "{text}");
+        assert!(text.contains("20.00%"), "{text}");
+        assert!(text.contains("+300 ms"), "{text}");
+        assert!(text.contains("quorate: trial 2: two masters"), "{text}");
+        assert!(text.contains("majority: 1"), "{text}");
+    }
+}
