@@ -9,10 +9,15 @@
 //! drops), like a client population that still reaches both sides of the partition. They
 //! behave as a Sentinel-aware client library does (redis-py's `Sentinel`, as in Jepsen's Redis
 //! test): ask the discovery endpoints (`SENTINEL get-master-addr-by-name`) in order, starting
-//! with the one that answered last (first the one on the primary's node), keep one connection
-//! to the master named, and only re-ask after a failed write. Two clients write sequential keys
-//! at once for the whole trial: one counts a write acknowledged when `SET` returns `OK`, the
-//! other only when `WAIT 1 <timeout>` after it returns at least 1 (otherwise it also re-asks).
+//! with the one that answered last, keep one connection to the master named, and only re-ask
+//! after a failed write. Four clients write sequential keys at once for the whole trial
+//! ([`CLIENTS`]): two first ask the endpoint on the master's (to be partitioned) node, two the
+//! endpoint on a node of the majority; of each pair one counts a write acknowledged when `SET`
+//! returns `OK`, the other only when `WAIT 1 <timeout>` after it returns at least 1 (otherwise
+//! it also re-asks). Besides the lost writes, each client's longest time without an
+//! acknowledgement is its unavailability, and a write the old master acknowledged although it
+//! was sent after the new master's first acknowledgement is a "stale" one (two masters taking
+//! writes at once).
 //!
 //! One trial: wait until settled (one master, two linked replicas, every endpoint naming the
 //! master); write for 1 s; symmetric partition of the master's node for the partition time;
@@ -117,6 +122,33 @@ impl ModeFigures {
     }
 }
 
+/// Which discovery endpoint a client asks first (it then sticks to the one that answered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstAsked {
+    /// The endpoint on the partitioned (master's) node: a client placed with the old master.
+    Partitioned,
+    /// The endpoint on the next node, in the majority.
+    Majority,
+}
+
+impl FirstAsked {
+    fn label(self) -> &'static str {
+        match self {
+            FirstAsked::Partitioned => "partitioned node",
+            FirstAsked::Majority => "majority node",
+        }
+    }
+}
+
+/// The clients of every trial, all writing at once: which endpoint each asks first, and
+/// whether it confirms its writes with `WAIT 1`.
+pub const CLIENTS: [(FirstAsked, bool); 4] = [
+    (FirstAsked::Partitioned, false),
+    (FirstAsked::Partitioned, true),
+    (FirstAsked::Majority, false),
+    (FirstAsked::Majority, true),
+];
+
 /// One side's figures.
 #[derive(Clone, Debug)]
 pub struct PartitionSide {
@@ -124,10 +156,8 @@ pub struct PartitionSide {
     pub name: String,
     /// Trials that completed (read back).
     pub trials: u32,
-    /// Without `WAIT`.
-    pub no_wait: ModeFigures,
-    /// With `WAIT 1`.
-    pub wait: ModeFigures,
+    /// Each client's totals, in the order of [`CLIENTS`].
+    pub clients: [ModeFigures; 4],
     /// Trials that ended without exactly one master among the servers reaching the majority
     /// (or could not be read back), with what went wrong.
     pub violations: Vec<String>,
@@ -160,8 +190,9 @@ impl fmt::Display for PartitionReport {
         )?;
         writeln!(
             f,
-            "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>8} {:>11} {:>11} {:>12}",
+            "{:<28} {:<17} {:<15} {:>6} {:>10} {:>12} {:>8} {:>8} {:>11} {:>11} {:>12}",
             "side",
+            "client asks first",
             "mode",
             "trials",
             "attempted",
@@ -174,12 +205,13 @@ impl fmt::Display for PartitionReport {
         )?;
         for s in &self.sides {
             let wait = format!("WAIT 1 {} ms", self.wait_timeout.as_millis());
-            for (mode, m) in [("no WAIT", &s.no_wait), (wait.as_str(), &s.wait)] {
+            for ((first, waits), m) in CLIENTS.iter().zip(&s.clients) {
                 writeln!(
                     f,
-                    "{:<28} {:<16} {:>6} {:>10} {:>12} {:>8} {:>7.2}% {:>11} {:>11} {:>12}",
+                    "{:<28} {:<17} {:<15} {:>6} {:>10} {:>12} {:>8} {:>7.2}% {:>11} {:>11} {:>12}",
                     s.name,
-                    mode,
+                    first.label(),
+                    if *waits { wait.as_str() } else { "no WAIT" },
                     s.trials,
                     m.attempted,
                     m.acknowledged,
@@ -752,8 +784,7 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
     let mut s = PartitionSide {
         name: manager.name().to_owned(),
         trials: 0,
-        no_wait: ModeFigures::default(),
-        wait: ModeFigures::default(),
+        clients: [ModeFigures::default(); 4],
         violations: Vec::new(),
     };
     for trial in 1..=o.trials {
@@ -767,13 +798,21 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         };
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let plain = tokio::spawn(writer(format!("t{trial}:nowait:"), p, None, stop.clone()));
-        let waited = tokio::spawn(writer(
-            format!("t{trial}:wait:"),
-            p,
-            Some(o.wait_timeout),
-            stop.clone(),
-        ));
+        let writers: Vec<_> = CLIENTS
+            .iter()
+            .enumerate()
+            .map(|(k, (first, waits))| {
+                tokio::spawn(writer(
+                    format!("t{trial}:c{k}:"),
+                    match first {
+                        FirstAsked::Partitioned => p,
+                        FirstAsked::Majority => (p + 1) % NODES,
+                    },
+                    waits.then_some(o.wait_timeout),
+                    stop.clone(),
+                ))
+            })
+            .collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
         world.partition_symmetric(p, true).await?;
         let t0 = Instant::now();
@@ -827,8 +866,10 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
         let stopped = Instant::now();
-        let plain = plain.await.context("the no-WAIT client")?;
-        let waited = waited.await.context("the WAIT client")?;
+        let mut written = Vec::new();
+        for w in writers {
+            written.push(w.await.context("a client task")?);
+        }
         let Some(m) = fin else {
             s.violations.push(format!(
                 "trial {trial}: not exactly one master with two linked replicas within 120 s of the heal"
@@ -845,25 +886,16 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         if let Some(v) = violation {
             s.violations.push(v);
         }
-        // The new master's first acknowledgement, by either client.
-        let first_new = plain
-            .acknowledged
+        // The new master's first acknowledgement, by any client.
+        let first_new = written
             .iter()
-            .chain(&waited.acknowledged)
+            .flat_map(|w| &w.acknowledged)
             .filter(|a| a.server == Some(m) && m != p)
             .map(|a| a.done)
             .min();
-        let mut figures = [ModeFigures::default(); 2];
-        for (f, (w, prefix)) in figures
-            .iter_mut()
-            .zip([(&plain, "nowait"), (&waited, "wait")])
-        {
-            let lost = missing(
-                &redis_addr(m),
-                &format!("t{trial}:{prefix}:"),
-                &w.acknowledged,
-            )
-            .await?;
+        let mut figures = [ModeFigures::default(); 4];
+        for (k, (f, w)) in figures.iter_mut().zip(&written).enumerate() {
+            let lost = missing(&redis_addr(m), &format!("t{trial}:c{k}:"), &w.acknowledged).await?;
             *f = ModeFigures {
                 attempted: w.attempted,
                 acknowledged: w.acknowledged.len() as u64,
@@ -881,29 +913,36 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
                     .max(),
             };
         }
-        s.no_wait.add(figures[0]);
-        s.wait.add(figures[1]);
+        for (total, f) in s.clients.iter_mut().zip(figures) {
+            total.add(f);
+        }
         s.trials += 1;
+        let per_client: Vec<String> = CLIENTS
+            .iter()
+            .zip(figures)
+            .map(|((first, waits), f)| {
+                format!(
+                    "[{}, {}: {} acknowledged, {} lost, {} stale, gap {} ms]",
+                    first.label(),
+                    if *waits { "WAIT" } else { "no WAIT" },
+                    f.acknowledged,
+                    f.lost,
+                    f.stale_acks,
+                    f.longest_gap.as_millis()
+                )
+            })
+            .collect();
         say(
             o,
             &format!(
-                "{} trial {trial}: partitioned n{} for {} ms (endpoints then named {}), final master n{} ({} ms after the heal); \
-                 no WAIT: {} acknowledged, {} lost, {} stale, gap {} ms; \
-                 WAIT: {} acknowledged, {} lost, {} stale, gap {} ms",
+                "{} trial {trial}: partitioned n{} for {} ms (endpoints then named {}), final master n{} ({} ms after the heal); {}",
                 s.name,
                 p + 1,
                 partitioned.as_millis(),
                 named.join(" "),
                 m + 1,
                 converged.as_millis(),
-                figures[0].acknowledged,
-                figures[0].lost,
-                figures[0].stale_acks,
-                figures[0].longest_gap.as_millis(),
-                figures[1].acknowledged,
-                figures[1].lost,
-                figures[1].stale_acks,
-                figures[1].longest_gap.as_millis(),
+                per_client.join(" "),
             ),
         );
     }
@@ -973,8 +1012,7 @@ mod tests {
             sides: vec![PartitionSide {
                 name: "quorate".to_owned(),
                 trials: 2,
-                no_wait: total,
-                wait: ModeFigures::default(),
+                clients: [total, ModeFigures::default(), ModeFigures::default(), total],
                 violations: vec!["trial 2: two masters".to_owned()],
             }],
         };
