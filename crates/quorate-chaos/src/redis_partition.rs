@@ -694,17 +694,26 @@ async fn missing(addr: &str, prefix: &str, acked: &[Ack]) -> Result<Vec<Ack>> {
     Ok(lost)
 }
 
-/// The longest time between consecutive acknowledgements, from `from` to `to`.
-fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+/// The longest time between consecutive acknowledgements, from `from` to `to`, and when it
+/// began.
+fn longest_gap_at(acks: &[Ack], from: Instant, to: Instant) -> (Duration, Instant) {
     let mut times: Vec<Instant> = acks.iter().map(|a| a.done).collect();
     times.sort();
     let mut last = from;
-    let mut gap = Duration::ZERO;
+    let mut gap = (Duration::ZERO, from);
     for t in times.into_iter().chain([to]) {
-        gap = gap.max(t.saturating_duration_since(last));
+        let d = t.saturating_duration_since(last);
+        if d > gap.0 {
+            gap = (d, last);
+        }
         last = last.max(t);
     }
     gap
+}
+
+/// The longest time between consecutive acknowledgements, from `from` to `to`.
+fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+    longest_gap_at(acks, from, to).0
 }
 
 #[allow(
@@ -886,6 +895,17 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         if let Some(v) = violation {
             s.violations.push(v);
         }
+        say(
+            o,
+            &format!(
+                "{} trial {trial}: partition from +0 ms to +{} ms, heal converged at +{} ms",
+                s.name,
+                partitioned.as_millis(),
+                (healed + converged)
+                    .saturating_duration_since(t0)
+                    .as_millis()
+            ),
+        );
         // The new master's first acknowledgement, by any client.
         let first_new = written
             .iter()
@@ -920,9 +940,16 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         let per_client: Vec<String> = CLIENTS
             .iter()
             .zip(figures)
-            .map(|((first, waits), f)| {
+            .zip(&written)
+            .map(|(((first, waits), f), w)| {
+                let (_, at) = longest_gap_at(&w.acknowledged, started, stopped);
+                let at = if at >= t0 {
+                    format!("+{}", at.duration_since(t0).as_millis())
+                } else {
+                    format!("-{}", t0.duration_since(at).as_millis())
+                };
                 format!(
-                    "[{}, {}: {} acknowledged, {} lost, {} stale, gap {} ms]",
+                    "[{}, {}: {} acknowledged, {} lost, {} stale, gap {} ms from {at} ms]",
                     first.label(),
                     if *waits { "WAIT" } else { "no WAIT" },
                     f.acknowledged,
