@@ -7,10 +7,10 @@
 //!
 //! The clients run outside the nodes, on the bridge (`10.77.0.254`, which no partition rule
 //! drops), like a client population that still reaches both sides of the partition. They
-//! behave as a Sentinel-aware client library does (redis-py's `Sentinel`, as in Jepsen's Redis
-//! test): ask the discovery endpoints (`SENTINEL get-master-addr-by-name`) in order, starting
-//! with the one that answered last, keep one connection to the master named, and only re-ask
-//! after a failed write. Four clients write sequential keys at once for the whole trial
+//! behave as a Sentinel-aware client library such as redis-py's `Sentinel` does (as in
+//! Jepsen's Redis test, they keep writing to the master they believe in): ask the discovery
+//! endpoints (`SENTINEL get-master-addr-by-name`) in order, starting with the one that answered
+//! last, keep one connection to the master named, and only re-ask after a failed write. Four clients write sequential keys at once for the whole trial
 //! ([`CLIENTS`]): two first ask the endpoint on the master's (to be partitioned) node, two the
 //! endpoint on a node of the majority; of each pair one counts a write acknowledged when `SET`
 //! returns `OK`, the other only when `WAIT 1 <timeout>` after it returns at least 1 (otherwise
