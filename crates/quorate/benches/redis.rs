@@ -84,6 +84,11 @@ fn main() -> Result<()> {
             ),
         }
     }
+    if p.wait_timeout.is_zero() || p.partition.is_zero() {
+        bail!(
+            "--wait-timeout-ms and --partition-ms must be at least 1 (`WAIT 1 0` blocks forever)"
+        );
+    }
     if p.trials > 0 {
         // Fail before the long failover trials, not after them.
         quorate_chaos::world::preflight().context(
