@@ -20,8 +20,9 @@
 //! writes at once).
 //!
 //! One trial: wait until settled (one master, two linked replicas, every endpoint naming the
-//! master); write for 1 s; symmetric partition of the master's node for the partition time;
-//! check that the two other servers hold exactly one master; heal; wait until settled again
+//! master); write for 1 s; symmetric partition of the master's node for the partition time
+//! (meanwhile the two other servers must never both be masters; polled every 200 ms); check
+//! that they hold exactly one master at its end; heal; wait until settled again
 //! (the old master rejoins as a replica); write 0.5 s more on the final master; then read every
 //! acknowledged key back from the final master and count the missing ones. A trial that does
 //! not end with exactly one master among the servers reaching the majority is a violation.
@@ -825,7 +826,22 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         world.partition_symmetric(p, true).await?;
         let t0 = Instant::now();
-        tokio::time::sleep(o.partition).await;
+        // During the partition the two majority servers never hold two masters at once (none
+        // is fine while the failover runs); polled every 200 ms.
+        let mut doubled = None;
+        while t0.elapsed() + Duration::from_millis(200) < o.partition {
+            let mut n = Vec::new();
+            for i in (0..NODES).filter(|i| *i != p) {
+                if info(&redis_addr(i)).await.is_some_and(|r| r.master) {
+                    n.push(i);
+                }
+            }
+            if n.len() > 1 && doubled.is_none() {
+                doubled = Some(t0.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(o.partition.saturating_sub(t0.elapsed())).await;
         // Before the heal: the two servers that reach the majority hold exactly one master.
         let mut masters = Vec::new();
         let mut unreachable = Vec::new();
@@ -867,6 +883,12 @@ async fn side(o: &PartitionOptions, manager: Manager) -> Result<PartitionSide> {
                 } else {
                     format!(", unreachable {unreachable:?}")
                 }
+            ));
+        }
+        if let Some(at) = doubled {
+            s.violations.push(format!(
+                "trial {trial}: both majority servers were masters at +{} ms of the partition",
+                at.as_millis()
             ));
         }
         let healed = Instant::now();
