@@ -66,7 +66,7 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "redis",
         "quorate",
         "bench:redis",
-        "3 real redis-servers: failover managed by quorate vs redis-sentinel (tuned, defaults), 20 kill -9 each (args: --trials N, --default-trials N)",
+        "3 real redis-servers: failover managed by quorate vs redis-sentinel (tuned, defaults), 20 kill -9 each; then lost acknowledged writes under a partition, with and without WAIT, in network namespaces (root) (args: --trials N, --default-trials N, --partition-trials N, --partition-ms MS)",
     ),
     (
         "api",

@@ -8,7 +8,9 @@
 //! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced);
 //! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn);
 //! - [`telegram`]: the Telegram ingress under kills and symmetric partitions of its holder,
-//!   against a fake Bot API on the world's bridge.
+//!   against a fake Bot API on the world's bridge;
+//! - [`redis_partition`]: lost acknowledged Redis writes under a partition, quorate vs Sentinel
+//!   (part of `cargo xtask bench redis`).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -16,6 +18,7 @@
 )]
 
 pub mod hooklog;
+pub mod redis_partition;
 pub mod rolling;
 pub mod telegram;
 pub mod world;

@@ -229,14 +229,15 @@ impl World {
     /// namespace: the calling process stays in its own; only this socket lives there (a
     /// short-lived thread enters the namespace with `setns`, binds, and ends).
     pub fn bind_on_bridge(&self, port: u16) -> Result<std::net::TcpListener> {
-        let ns = format!("/proc/{}/ns/net", self.holder_pid);
+        let ns = self.netns_path();
         std::thread::spawn(move || -> Result<std::net::TcpListener> {
-            let f = std::fs::File::open(&ns).with_context(|| format!("opening {ns}"))?;
+            let f =
+                std::fs::File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
             rustix::thread::move_into_link_name_space(
                 std::os::fd::AsFd::as_fd(&f),
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )
-            .with_context(|| format!("setns({ns})"))?;
+            .with_context(|| format!("setns({})", ns.display()))?;
             let l = std::net::TcpListener::bind((Self::BRIDGE_ADDR, port))
                 .with_context(|| format!("binding {}:{port} in the world", Self::BRIDGE_ADDR))?;
             l.set_nonblocking(true)?;
@@ -244,6 +245,12 @@ impl World {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    }
+
+    /// The world's own network namespace (the bridge's), as a file a thread can `setns` into
+    /// to reach every node from outside the nodes' namespaces.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder_pid))
     }
 
     /// Node `i`'s address (0-based index).
