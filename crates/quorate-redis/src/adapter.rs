@@ -431,6 +431,20 @@ impl Plugin for RedisPlugin {
     }
 }
 
+/// The master this node names (to its follower loop and to Sentinel-aware clients): itself
+/// while it acts as primary; otherwise the lease holder it last read, but never itself. A node
+/// that stopped acting (its lease window closed: cut off, or stepping down) may still read
+/// itself as the holder from its stale view of the store; naming itself would send clients to
+/// a paused master for the whole partition, where "no master known" sends them to ask another
+/// endpoint.
+fn published_primary(me: &NodeId, st: &RoleStatus) -> Option<NodeId> {
+    if st.acting {
+        Some(me.clone())
+    } else {
+        st.primary.clone().filter(|p| p != me)
+    }
+}
+
 async fn follower_loop(s: Arc<Shared>, mut status: watch::Receiver<RoleStatus>) {
     let mut tick = tokio::time::interval(s.config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -443,12 +457,29 @@ async fn follower_loop(s: Arc<Shared>, mut status: watch::Receiver<RoleStatus>) 
             _ = tick.tick() => {}
         }
         let st = status.borrow_and_update().clone();
-        let primary = if st.acting {
-            Some(s.me().clone())
-        } else {
-            st.primary.clone()
-        };
-        s.publish_primary(primary);
+        s.publish_primary(published_primary(s.me(), &st));
         s.round(&st).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_names_itself_master_only_while_it_acts() {
+        let n = |s: &str| NodeId::new(s).expect("node id");
+        let st = |acting: bool, primary: Option<&str>| RoleStatus {
+            acting,
+            primary: primary.map(n),
+            ..RoleStatus::default()
+        };
+        let me = n("n1");
+        assert_eq!(published_primary(&me, &st(true, Some("n1"))), Some(me.clone()));
+        assert_eq!(published_primary(&me, &st(false, Some("n2"))), Some(n("n2")));
+        // Cut off after its lease window closed, it still reads itself as the holder: it
+        // names no master rather than its own paused server.
+        assert_eq!(published_primary(&me, &st(false, Some("n1"))), None);
+        assert_eq!(published_primary(&me, &st(false, None)), None);
     }
 }
