@@ -5,6 +5,7 @@
 //!
 //! - [`world`]: a private network of namespaces, the agents in it, and the faults (SIGKILL,
 //!   SIGSTOP, nftables partitions, a slowed clock);
+//! - [`haproxy`]: HAProxy in front of the agents' applications under kills and partitions;
 //! - [`hooklog`]: the hook-log checker (one primary acting at a time; stale actions fenced);
 //! - [`rolling`]: the planned hand-off benchmark (SIGTERM each node in turn);
 //! - [`telegram`]: the Telegram ingress under kills and symmetric partitions of its holder,
@@ -17,6 +18,7 @@
     reason = "a test harness: progress lines are its interface"
 )]
 
+pub mod haproxy;
 pub mod hooklog;
 pub mod redis_partition;
 pub mod rolling;

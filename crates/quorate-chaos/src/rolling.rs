@@ -128,6 +128,7 @@ pub async fn rolling_restart(opts: &RollingOptions) -> Result<RollingReport> {
         verbose: opts.verbose,
         act_interval_ms: 10,
         telegram: None,
+        http_app: false,
     })
     .await?;
     let mut report = RollingReport::default();

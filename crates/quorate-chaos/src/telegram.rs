@@ -179,6 +179,7 @@ pub async fn ingress_under_faults(opts: &TelegramOptions) -> Result<TelegramRepo
             api_url: format!("http://{}:{API_PORT}", World::BRIDGE_ADDR),
             admin_chats: vec![1],
         }),
+        http_app: false,
     })
     .await?;
     match trial(&mut c, opts).await {

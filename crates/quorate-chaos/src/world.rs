@@ -247,6 +247,42 @@ impl World {
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
     }
 
+    /// A connector whose TCP connections start from the bridge (in the world's network
+    /// namespace, like a client outside every node): one thread enters the namespace and opens
+    /// the connections the harness asks for.
+    pub fn bridge_connector(&self) -> Result<BridgeConnector> {
+        let ns = self.netns_path();
+        let (tx, rx) = std::sync::mpsc::channel::<ConnectRequest>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        std::thread::Builder::new()
+            .name("bridge-connector".into())
+            .spawn(move || {
+                let entered = std::fs::File::open(&ns)
+                    .with_context(|| format!("opening {}", ns.display()))
+                    .and_then(|f| {
+                        rustix::thread::move_into_link_name_space(
+                            std::os::fd::AsFd::as_fd(&f),
+                            Some(rustix::thread::LinkNameSpaceType::Network),
+                        )
+                        .with_context(|| format!("setns({})", ns.display()))
+                    });
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if !ok {
+                    return;
+                }
+                while let Ok((addr, timeout, reply)) = rx.recv() {
+                    let r = std::net::TcpStream::connect_timeout(&addr, timeout)
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s));
+                    let _ = reply.send(r);
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the connector thread ended"))??;
+        Ok(BridgeConnector { tx })
+    }
+
     /// The world's own network namespace (the bridge's), as a file a thread can `setns` into
     /// to reach every node from outside the nodes' namespaces.
     pub fn netns_path(&self) -> PathBuf {
@@ -411,6 +447,36 @@ impl Drop for World {
     }
 }
 
+type ConnectRequest = (
+    std::net::SocketAddr,
+    Duration,
+    tokio::sync::oneshot::Sender<std::io::Result<std::net::TcpStream>>,
+);
+
+/// Opens TCP connections from the world's bridge ([`World::bridge_connector`]).
+#[derive(Clone)]
+pub struct BridgeConnector {
+    tx: std::sync::mpsc::Sender<ConnectRequest>,
+}
+
+impl BridgeConnector {
+    /// A connection to `addr`, from the bridge, within `timeout`.
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((addr, timeout, reply))
+            .map_err(|_| std::io::Error::other("the connector thread ended"))?;
+        let s = rx
+            .await
+            .map_err(|_| std::io::Error::other("the connector thread ended"))??;
+        tokio::net::TcpStream::from_std(s)
+    }
+}
+
 /// What a chaos cluster runs.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -431,7 +497,38 @@ pub struct ClusterSpec {
     pub act_interval_ms: u32,
     /// A `[telegram]` section for every agent (the bot's ingress as a role), or none.
     pub telegram: Option<TelegramSpec>,
+    /// Every node also runs the HTTP API on port [`API_PORT`] (a token in `api.token`) and a
+    /// tiny HTTP application on port [`APP_PORT`] that answers `<node> <token>` with 200 while
+    /// the role's hooks say it is primary (the run file holds the token), 503 otherwise: the
+    /// service a load balancer puts in front of the nodes.
+    pub http_app: bool,
 }
+
+/// The HTTP API's port on every node (with [`ClusterSpec::http_app`]).
+pub const API_PORT: u16 = 8008;
+/// The tiny application's port on every node (with [`ClusterSpec::http_app`]).
+pub const APP_PORT: u16 = 5000;
+
+/// The tiny application: Python's standard HTTP server (Debian's python3), reading the run
+/// file the role hooks write (`promote` puts the fencing token there, `demote` removes it).
+const APP_PY: &str = r#"import http.server, sys
+node, run, addr, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        try:
+            token = open(run).read().strip()
+        except OSError:
+            token = ""
+        body = (f"{node} {token}" if token else f"{node} not primary").encode()
+        self.send_response(200 if token else 503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((addr, port), H).serve_forever()
+"#;
 
 /// The Telegram bot every agent of a [`Cluster`] runs (see `crate::telegram`).
 #[derive(Clone, Debug)]
@@ -445,6 +542,8 @@ pub struct TelegramSpec {
 struct Node {
     name: String,
     child: Option<Child>,
+    /// The tiny HTTP application (with [`ClusterSpec::http_app`]).
+    app: Option<Child>,
     pid: Option<u32>,
     started_ns: u64,
     slow: bool,
@@ -498,6 +597,11 @@ impl Cluster {
             role_script(dir.path(), spec.act_interval_ms),
         )?;
         std::fs::write(dir.path().join("actions.log"), "")?;
+        if spec.http_app {
+            quorate::config::write_new_key_file(&dir.path().join("api.token"))
+                .map_err(anyhow::Error::msg)?;
+            std::fs::write(dir.path().join("app.py"), APP_PY)?;
+        }
         if spec.telegram.is_some() {
             use std::os::unix::fs::PermissionsExt as _;
             let token = dir.path().join("bot.token");
@@ -508,6 +612,7 @@ impl Cluster {
             .map(|i| Node {
                 name: format!("n{}", i + 1),
                 child: None,
+                app: None,
                 pid: None,
                 started_ns: 0,
                 slow: false,
@@ -677,7 +782,11 @@ impl Cluster {
             }),
             redis: None,
             replication: None,
-            api: None,
+            api: self.spec.http_app.then(|| quorate::config::ApiSection {
+                listen: format!("{}:{API_PORT}", World::addr(i)),
+                token_file: Some(dir.join("api.token")),
+                ..quorate::config::ApiSection::default()
+            }),
         };
         to_toml(&config)
     }
@@ -703,6 +812,9 @@ impl Cluster {
         // A crashed node's application died with it; drop its stale marker files.
         let _ = std::fs::remove_file(dir.join(format!("{name}.run")));
         let _ = std::fs::remove_file(dir.join(format!("{name}.done")));
+        if self.spec.http_app {
+            self.start_app(i)?;
+        }
         let out_path = dir.join(format!("{name}.out"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -780,6 +892,36 @@ impl Cluster {
         }
     }
 
+    /// Starts node `i`'s tiny HTTP application unless it runs (a node's crash kills it).
+    fn start_app(&mut self, i: usize) -> Result<()> {
+        if let Some(a) = self.nodes[i].app.as_mut()
+            && matches!(a.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
+        let dir = self.dir.as_path().to_path_buf();
+        let name = self.nodes[i].name.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.app.err")))?;
+        let mut c = self.world.node_command(i, "python3");
+        c.arg(dir.join("app.py"))
+            .arg(&name)
+            .arg(dir.join(format!("{name}.run")))
+            .arg(World::addr(i))
+            .arg(APP_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting the application of {name} (python3)"))?;
+        self.nodes[i].app = Some(child);
+        Ok(())
+    }
+
     /// Is node `i` running?
     pub fn running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
@@ -840,6 +982,11 @@ impl Cluster {
         });
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+        }
+        // The node's application died with it (every process in its namespace).
+        if let Some(mut a) = self.nodes[i].app.take() {
+            let _ = a.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), a.wait()).await;
         }
         self.end_slow(i);
         self.say(&format!("SIGKILL {}", self.nodes[i].name));
@@ -1322,7 +1469,7 @@ stamp() {{ env -u LD_PRELOAD -u FAKETIME date +%s%N; }}
 case "$1" in
 promote)
   rm -f "$done_"
-  : > "$run"
+  echo "$QUORATE_FENCING_TOKEN" > "$run.tmp" && mv "$run.tmp" "$run"
   echo "$(stamp) $QUORATE_NODE promote $QUORATE_FENCING_TOKEN" >> "$log"
   (
     # The application: one action every {act_ms} ms while the run file exists. The stamp is taken
@@ -1383,6 +1530,7 @@ pub async fn acceptance(
         equal_priority: false,
         verbose,
         telegram: None,
+        http_app: false,
         act_interval_ms: 50,
     })
     .await?;
@@ -1733,6 +1881,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         equal_priority: true,
         verbose: opts.verbose,
         telegram: None,
+        http_app: false,
         act_interval_ms: 50,
     })
     .await?;

@@ -475,8 +475,14 @@ mod tests {
             ..RoleStatus::default()
         };
         let me = n("n1");
-        assert_eq!(published_primary(&me, &st(true, Some("n1"))), Some(me.clone()));
-        assert_eq!(published_primary(&me, &st(false, Some("n2"))), Some(n("n2")));
+        assert_eq!(
+            published_primary(&me, &st(true, Some("n1"))),
+            Some(me.clone())
+        );
+        assert_eq!(
+            published_primary(&me, &st(false, Some("n2"))),
+            Some(n("n2"))
+        );
         // Cut off after its lease window closed, it still reads itself as the holder: it
         // names no master rather than its own paused server.
         assert_eq!(published_primary(&me, &st(false, Some("n1"))), None);

@@ -10,7 +10,8 @@
 //! back (a stale primary answering after its successor would show an older token). Reported
 //! (never asserted): the time from each fault to the first answer HAProxy routes to the new
 //! primary, median and p99. Without HAProxy the test fails under CI and says so otherwise.
-//! Partitions are not covered here (they need network namespaces; the chaos tests have them).
+//! Partitions are in `tests/chaos.rs` (`haproxy_routes_only_to_the_holder_across_kills_and_partitions`:
+//! agents in network namespaces, a separate tiny application behind HAProxy).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
