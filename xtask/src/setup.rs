@@ -85,6 +85,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "g++",
         "a C++ compiler: libfuzzer-sys builds libFuzzer for the fuzz phase (a bare Debian root has only gcc)",
     ),
+    (
+        "python3",
+        "the tiny HTTP application behind HAProxy in the chaos tests (quorate_chaos::haproxy; also a dependency of python3-redis)",
+    ),
 ];
 
 /// The packaged services that Debian starts on install; the tests start their own.
