@@ -3,7 +3,7 @@
 //! Each benchmark is a binary of the test-only crate `quorate-bench` (or, for the failover
 //! benchmark, a `[[bench]]` target of `quorate`, which Cargo builds with the binary it drives),
 //! run in release; xtask names them so there is one entry point. Output also goes to
-//! `target/bench-NAME.txt`.
+//! `target/bench-NAME.txt` (in `CARGO_TARGET_DIR` when set).
 
 use std::process::Command;
 
@@ -120,7 +120,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         );
     };
     let root = root()?;
-    let out = root.join("target").join(format!("bench-{name}.txt"));
+    // Beside the build: `CARGO_TARGET_DIR` when set (relative to the repository), else
+    // `target/`; created if missing (the benchmark writes its table there at the end).
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("creating {}", target_dir.display()))?;
+    let out = target_dir.join(format!("bench-{name}.txt"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root);
