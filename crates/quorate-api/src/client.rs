@@ -205,12 +205,7 @@ impl Client {
         role: &str,
         candidate: Option<&str>,
     ) -> Result<AdminReply, ApiError> {
-        let body = MoveBody {
-            candidate: candidate.map(str::to_owned),
-            leader: None,
-        };
-        self.post(&format!("/role/{}/switchover", path_segment(role)), &body)
-            .await
+        self.move_role(role, "switchover", candidate).await
     }
 
     /// `POST /role/{role}/failover`.
@@ -219,12 +214,7 @@ impl Client {
         role: &str,
         candidate: Option<&str>,
     ) -> Result<AdminReply, ApiError> {
-        let body = MoveBody {
-            candidate: candidate.map(str::to_owned),
-            leader: None,
-        };
-        self.post(&format!("/role/{}/failover", path_segment(role)), &body)
-            .await
+        self.move_role(role, "failover", candidate).await
     }
 
     /// `POST /role/{role}/failback`; with `candidate`, an approval of the failback to that
@@ -234,11 +224,21 @@ impl Client {
         role: &str,
         candidate: Option<&str>,
     ) -> Result<AdminReply, ApiError> {
+        self.move_role(role, "failback", candidate).await
+    }
+
+    /// `POST /role/{role}/{op}` with `{candidate?}`.
+    async fn move_role(
+        &self,
+        role: &str,
+        op: &str,
+        candidate: Option<&str>,
+    ) -> Result<AdminReply, ApiError> {
         let body = MoveBody {
             candidate: candidate.map(str::to_owned),
             leader: None,
         };
-        self.post(&format!("/role/{}/failback", path_segment(role)), &body)
+        self.post(&format!("/role/{}/{op}", path_segment(role)), &body)
             .await
     }
 

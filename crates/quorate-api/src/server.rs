@@ -955,7 +955,7 @@ async fn failover(
     move_role(&s, role, &headers, body, "failover").await
 }
 
-/// A switchover or failover: `{candidate?, leader?}`, with Patroni's `leader` check.
+/// A switchover, failover or failback: `{candidate?, leader?}`, with Patroni's `leader` check.
 async fn move_role(
     s: &AppState,
     role: String,
@@ -974,10 +974,10 @@ async fn move_role(
         return r;
     }
     let to = b.candidate;
-    let req = if op == "switchover" {
-        AdminRequest::Switchover { role, to }
-    } else {
-        AdminRequest::Failover { role, to }
+    let req = match op {
+        "switchover" => AdminRequest::Switchover { role, to },
+        "failback" => AdminRequest::Failback { role, to },
+        _ => AdminRequest::Failover { role, to },
     };
     run_admin(s, headers, op, req).await
 }
@@ -994,21 +994,7 @@ async fn failback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authenticate(&s, &headers) {
-        return r;
-    }
-    let b: MoveBody = match parse_body(body, s.settings.body_bytes_max) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_leader(&s, &role, b.leader.as_deref()) {
-        return r;
-    }
-    let req = AdminRequest::Failback {
-        role,
-        to: b.candidate,
-    };
-    run_admin(&s, &headers, "failback", req).await
+    move_role(&s, role, &headers, body, "failback").await
 }
 
 /// Postpones automatic failbacks: `{ttl?}` (default 1 h).

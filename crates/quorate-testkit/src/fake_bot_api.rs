@@ -170,38 +170,43 @@ impl FakeApi {
 
     /// Queues a text message from `chat`; returns its update id.
     pub fn push_text(&self, chat: i64, text: &str) -> i64 {
-        let id = {
-            let mut g = self.lock();
-            g.next_id += 1;
-            let id = g.next_id;
-            let chat_json = if chat < 0 {
-                json!({"id": chat, "type": "supergroup", "title": "ops"})
-            } else {
-                json!({"id": chat, "type": "private", "first_name": "op"})
-            };
-            g.queue.insert(
-                id,
-                json!({
-                    "update_id": id,
-                    "message": {
-                        "message_id": id,
-                        "date": 1_700_000_000,
-                        "chat": chat_json,
-                        "from": {"id": chat.abs(), "is_bot": false, "first_name": "op"},
-                        "text": text,
-                    }
-                }),
-            );
-            g.pushed.insert(id, Instant::now());
-            id
-        };
-        self.arrived.notify_waiters();
-        id
+        self.push(chat, |id, chat_json| {
+            json!({
+                "message": {
+                    "message_id": id,
+                    "date": 1_700_000_000,
+                    "chat": chat_json,
+                    "from": {"id": chat.abs(), "is_bot": false, "first_name": "op"},
+                    "text": text,
+                }
+            })
+        })
     }
 
     /// Queues a press of a button (callback `data`) under a message of the bot in `chat`;
     /// returns its update id.
     pub fn push_press(&self, chat: i64, data: &str) -> i64 {
+        self.push(chat, |id, chat_json| {
+            json!({
+                "callback_query": {
+                    "id": format!("cb-{id}"),
+                    "from": {"id": chat.abs(), "is_bot": false, "first_name": "op"},
+                    "chat_instance": "ci",
+                    "data": data,
+                    "message": {
+                        "message_id": 1,
+                        "date": 1_700_000_000,
+                        "chat": chat_json,
+                        "from": {"id": 1, "is_bot": true, "first_name": "quorate"},
+                        "text": "a message with buttons",
+                    },
+                }
+            })
+        })
+    }
+
+    /// Queues the update `body(id, chat)` makes (its `update_id` added) from `chat`.
+    fn push(&self, chat: i64, body: impl FnOnce(i64, Value) -> Value) -> i64 {
         let id = {
             let mut g = self.lock();
             g.next_id += 1;
@@ -211,25 +216,9 @@ impl FakeApi {
             } else {
                 json!({"id": chat, "type": "private", "first_name": "op"})
             };
-            g.queue.insert(
-                id,
-                json!({
-                    "update_id": id,
-                    "callback_query": {
-                        "id": format!("cb-{id}"),
-                        "from": {"id": chat.abs(), "is_bot": false, "first_name": "op"},
-                        "chat_instance": "ci",
-                        "data": data,
-                        "message": {
-                            "message_id": 1,
-                            "date": 1_700_000_000,
-                            "chat": chat_json,
-                            "from": {"id": 1, "is_bot": true, "first_name": "quorate"},
-                            "text": "a message with buttons",
-                        },
-                    }
-                }),
-            );
+            let mut update = body(id, chat_json);
+            update["update_id"] = json!(id);
+            g.queue.insert(id, update);
             g.pushed.insert(id, Instant::now());
             id
         };

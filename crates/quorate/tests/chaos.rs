@@ -39,6 +39,14 @@ fn enabled(test: &str) -> bool {
     }
 }
 
+/// A size from the environment (`name`), else `default`.
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -151,12 +159,6 @@ fn telegram_ingress_survives_kills_and_partitions_of_its_holder() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let opts = quorate_chaos::telegram::TelegramOptions {
         agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
         updates: env("QUORATE_TG_UPDATES", 2000),
@@ -250,12 +252,6 @@ fn haproxy_routes_only_to_the_holder_across_kills_and_partitions() {
         panic!("haproxy is missing: install Debian's haproxy package (cargo xtask setup)");
     };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let opts = quorate_chaos::haproxy::HaproxyOptions {
         agent_exe: env!("CARGO_BIN_EXE_quorate").into(),
         haproxy,
