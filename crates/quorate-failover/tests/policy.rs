@@ -1271,7 +1271,7 @@ fn config_validation() {
     check_config(with(&|c| c.lease.margin = ms(0)), "lease.margin");
     check_config(with(&|c| c.lease.drift = Drift::MAX), "");
     check_config(with(&|c| c.lease.margin = ms(594)), "lease.margin");
-    check_config(with(&|c| c.lease.margin = ms(200)), "lease.renew_interval");
+    check_config(with(&|c| c.lease.margin = ms(300)), "lease.renew_interval");
     check_config(
         with(&|c| c.lease.renew_interval = ms(250)),
         "lease.renew_interval",

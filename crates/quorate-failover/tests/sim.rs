@@ -39,8 +39,8 @@
 //! clock-rate fault skews the node's Raft leader lease and lease expiry too (issue 17):
 //! - `raft_leader_clock_{slow,fast}_within_bound` (the Raft leader, not the primary, at 0.9901x
 //!   and 1.0099x, then the primary is cut off): no overlap of validity windows;
-//! - `raft_leader_clock_{half,double,five_times}_rate` (beyond the bound): overlaps are counted
-//!   and only fencing must hold; at 5x the leader ends a healthy primary's lease between two
+//! - `raft_leader_clock_{half,double,ten_times}_rate` (beyond the bound): overlaps are counted
+//!   and only fencing must hold; at 10x the leader ends a healthy primary's lease between two
 //!   renews, so the role must move more than once per seed (the seam is live);
 //! - `raft_leader_crash_skewed_within_bound` (holder 0.995x, the others 1.0049x, then the Raft
 //!   leader crashes): the new leader's takeover rule keeps windows apart and the role in place;
@@ -954,13 +954,13 @@ fn run_kind(name: &str, kind: Kind) {
     // At 0.1x the primary outlives its lease by seconds: the run must have exercised fencing
     // (a scenario that never produces a stale action would prove nothing about it).
     let t = stats.borrow();
-    // At 5x the Raft leader's lease clock ends the role lease between two renews of a healthy
+    // At 10x the Raft leader's lease clock ends the role lease between two renews of a healthy
     // primary, so the role moves more than once per seed: proof that the leader's lease
     // decisions run on its injected clock (with tokio time it would move once per seed).
-    if kind == Kind::LeaderClock(5_000_000) && t.seeds >= 10 {
+    if kind == Kind::LeaderClock(10_000_000) && t.seeds >= 10 {
         assert!(
             t.promotions_after_fault > t.seeds,
-            "{name}: the 5x leader clock never ended a healthy primary's lease; is the raft lease \
+            "{name}: the 10x leader clock never ended a healthy primary's lease; is the raft lease \
              clock still on tokio time? {t:?}"
         );
     }
@@ -1051,12 +1051,12 @@ fn raft_leader_clock_double_rate() {
 }
 
 #[test]
-fn raft_leader_clock_five_times_rate() {
-    // The leader expires the role lease 121 ms (real) after each renew it receives, before the
-    // next renew (every 150 ms) arrives: the lease ends under a healthy, connected primary.
+fn raft_leader_clock_ten_times_rate() {
+    // The leader expires the role lease 61 ms (real) after each renew it receives, before the
+    // next renew (every 100 ms) arrives: the lease ends under a healthy, connected primary.
     run_kind(
-        "raft_leader_clock_five_times_rate",
-        Kind::LeaderClock(5_000_000),
+        "raft_leader_clock_ten_times_rate",
+        Kind::LeaderClock(10_000_000),
     );
 }
 

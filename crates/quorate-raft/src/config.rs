@@ -12,11 +12,13 @@ use crate::error::NodeError;
 /// Heartbeat and election timing. Named profiles carry their reasons; see [`Timing::lan`] and
 /// [`Timing::wan`].
 ///
-/// openraft 0.9 facts these numbers rest on (see `research/spike-openraft-turmoil-foca.md`):
-/// a follower campaigns only `leader_lease + election_timeout` after the last heartbeat it
-/// accepted, where `leader_lease = election_timeout_max` and the timeout is drawn once per
-/// node in `[min, max)`; its checks run on the core tick, every `1.5 x heartbeat`. Failover
-/// after a leader crash is therefore about `max + U(min, max) + 1.5 x heartbeat`.
+/// openraft 0.9 facts these numbers rest on (see `research/spike-openraft-turmoil-foca.md`): a
+/// follower refuses to vote for `election_max` after the last heartbeat it accepted (openraft's
+/// `leader_lease`). openraft's own election timer is off; `node/elector.rs` starts an election
+/// after a pre-vote, once the node has heard no leader for `election_max + U(0, max - min)`.
+/// Failover after a leader crash is therefore about `max + U(0, max - min)` minus the time
+/// since the last heartbeat, plus a pre-vote, a vote and a commit (a few ms on a LAN); a split
+/// vote adds `min + U(0, max - min)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// Leader heartbeat period.
@@ -32,18 +34,22 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// One data centre or LAN (RTT well below 5 ms): heartbeat 50 ms, election 300-500 ms.
+    /// One data centre or LAN (RTT well below 5 ms): heartbeat 40 ms, election 200-300 ms.
     ///
-    /// Reasons: a heartbeat of 50 ms is 10x a LAN RTT (etcd advises 0.5-1.5x RTT; we leave room
-    /// for fsync and scheduling on busy hosts); the election minimum of 300 ms is 6 heartbeats,
-    /// so two lost heartbeats never start an election; failover is about
-    /// `500 + U(300, 500) + 75` = 0.9-1.1 s, the "about a second" target, and the local leader
-    /// lease (500 ms minus lag and drift) stays well above the idle quorum-ack age (~100 ms).
+    /// Reasons: a Raft leader crash must be repaired inside a role holder's lease window
+    /// (544 ms in the failover `lan` profile, renewed every 100 ms) so that the crash of a Raft
+    /// leader that is not the primary does not interrupt the primary: failover is about
+    /// `300 + U(0, 100)` ms after the last heartbeat (median ~0.33 s in the simulation). A
+    /// heartbeat of 40 ms is 8x a LAN RTT (room for fsync and scheduling on busy hosts); the
+    /// election minimum of 200 ms is 5 heartbeats, and an election needs a quorum that heard
+    /// nothing for 300 ms (the pre-vote), so one slow heartbeat never starts one; the local
+    /// leader lease (300 ms minus drift and the 60 ms refresh lag: 237 ms) stays well above the
+    /// idle quorum-ack age (~80 ms).
     pub fn lan() -> Self {
         Self {
-            heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(300),
-            election_max: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(40),
+            election_min: Duration::from_millis(200),
+            election_max: Duration::from_millis(300),
             drift: Drift::DEFAULT,
         }
     }
@@ -52,7 +58,7 @@ impl Timing {
     ///
     /// Reasons: the heartbeat is about one WAN RTT (etcd's advice); the election minimum is
     /// about 7 RTTs (etcd asks for >= 10x RTT of the *timeout*, i.e. 1.5 s at the top) so a
-    /// slow round trip does not depose a healthy leader; failover is about 2.5-3.2 s.
+    /// slow round trip does not depose a healthy leader; failover is about 1.5-2 s.
     pub fn wan() -> Self {
         Self {
             heartbeat: Duration::from_millis(150),

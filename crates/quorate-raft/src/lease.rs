@@ -74,19 +74,19 @@ mod tests {
 
     #[test]
     fn lan_lease_is_election_max_minus_lag_and_drift() {
-        // 500 ms - 1 % (5 ms) - 75 ms.
+        // 300 ms - 1 % (3 ms) - 60 ms.
         assert_eq!(
             LeaderLease::new(&Timing::lan()).usable(),
-            Duration::from_millis(420)
+            Duration::from_millis(237)
         );
     }
 
     #[test]
     fn validity() {
         check(Timing::lan(), Some(40), 0, true);
-        check(Timing::lan(), Some(400), 19, true);
-        check(Timing::lan(), Some(400), 20, false);
-        check(Timing::lan(), Some(10), 500, false);
+        check(Timing::lan(), Some(200), 36, true);
+        check(Timing::lan(), Some(200), 37, false);
+        check(Timing::lan(), Some(10), 300, false);
         check(Timing::lan(), None, 0, false);
         check(Timing::wan(), Some(1000), 100, true);
     }
@@ -96,8 +96,8 @@ mod tests {
         let lease = LeaderLease::new(&Timing::lan());
         assert_eq!(
             lease.remaining(Some(Duration::from_millis(20))),
-            Some(Duration::from_millis(400))
+            Some(Duration::from_millis(217))
         );
-        assert_eq!(lease.remaining(Some(Duration::from_millis(420))), None);
+        assert_eq!(lease.remaining(Some(Duration::from_millis(237))), None);
     }
 }

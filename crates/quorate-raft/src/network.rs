@@ -427,15 +427,38 @@ pub enum Request {
     Get(String),
     /// A remote client request (see [`ClientRequest`]).
     Client(ClientRequest),
+    /// Pre-vote: may the sender start an election? (`node/elector.rs`; appended last so the
+    /// older variants keep their wire tags.)
+    PreVote(PreVoteRequest),
+}
+
+/// A pre-vote: a voter that has not heard from a leader asks its peers whether they would
+/// vote for it, before it raises its term.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    /// The sender's current term (its election would run at a higher one).
+    pub term: u64,
+    /// The sender's last log id.
+    pub last_log: Option<crate::types::LogId>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    /// Whether this node would vote for the sender now.
+    pub granted: bool,
+    /// This node's current term.
+    pub term: u64,
 }
 
 impl Request {
     /// The message kind this request is sent under.
     pub fn kind(&self) -> MessageKind {
         match self {
-            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) => {
-                KIND_RAFT_REQ
-            }
+            Request::AppendEntries(_)
+            | Request::Vote(_)
+            | Request::InstallSnapshot(_)
+            | Request::PreVote(_) => KIND_RAFT_REQ,
             Request::Propose(_) | Request::ReadIndex => KIND_FORWARD_REQ,
             Request::Get(_) | Request::Client(_) => KIND_CLIENT_REQ,
             Request::Admin(_) => KIND_ADMIN_REQ,
@@ -462,14 +485,17 @@ pub enum Response {
     Get(Result<(u64, Option<KeyValue>), CoordError>),
     /// To [`Request::Client`].
     Client(Result<ClientResponse, CoordError>),
+    /// To [`Request::PreVote`].
+    PreVote(PreVoteResponse),
 }
 
 impl Response {
     fn kind(&self) -> MessageKind {
         match self {
-            Response::AppendEntries(_) | Response::Vote(_) | Response::InstallSnapshot(_) => {
-                KIND_RAFT_RESP
-            }
+            Response::AppendEntries(_)
+            | Response::Vote(_)
+            | Response::InstallSnapshot(_)
+            | Response::PreVote(_) => KIND_RAFT_RESP,
             Response::Propose(_) | Response::ReadIndex(_) => KIND_FORWARD_RESP,
             Response::Get(_) | Response::Client(_) => KIND_CLIENT_RESP,
             Response::Admin(_) => KIND_ADMIN_RESP,

@@ -9,6 +9,7 @@
 //! then read locally.
 
 mod client_api;
+mod elector;
 mod read_batch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,6 +131,9 @@ impl NodeConfig {
             ),
             max_in_snapshot_log_to_keep: self.limits.log_keep_entries,
             snapshot_max_chunk_size: chunk as u64,
+            // Elections are started by `node/elector.rs` after a pre-vote, never by openraft's
+            // own timer (which raises the term of an isolated node; see that module).
+            enable_elect: false,
             ..Default::default()
         };
         c.validate()
@@ -187,6 +191,11 @@ struct Core<N: Net> {
     watch_holds: Arc<tokio::sync::Semaphore>,
     /// Concurrent linearizable reads share one leadership round (`node/read_batch.rs`).
     read_batch: read_batch::ReadBatch<Local<u64>>,
+    /// When a leader was last heard from (tokio time, as openraft's own leader lease): the
+    /// elector's clock (`node/elector.rs`).
+    leader_heard: Mutex<Instant>,
+    /// When this node last granted a peer's pre-vote (`node/elector.rs`).
+    pre_vote_granted: Mutex<Option<Instant>>,
     cancel: CancellationToken,
     /// Stops the storage writer (after openraft has shut down).
     store_stop: CancellationToken,
@@ -325,6 +334,8 @@ impl<N: Net> RaftNode<N> {
                 config.limits.watch_polls_held_max.get(),
             )),
             read_batch: read_batch::ReadBatch::default(),
+            leader_heard: Mutex::new(Instant::now()),
+            pre_vote_granted: Mutex::new(None),
             cancel: CancellationToken::new(),
             store_stop,
             tracker,
@@ -338,6 +349,7 @@ impl<N: Net> RaftNode<N> {
         ));
         core.tracker.spawn(view_task(core.clone()));
         core.tracker.spawn(lease_expiry_task(core.clone()));
+        core.tracker.spawn(elector::elector_task(core.clone()));
         if fresh && let Some(voters) = &config.bootstrap {
             let mut members = BTreeMap::new();
             for (name, addr) in voters {
@@ -1004,11 +1016,24 @@ async fn lease_expiry_task<N: Net>(core: Arc<Core<N>>) {
 impl<N: Net> Handler for Core<N> {
     async fn handle(&self, req: Request) -> Response {
         match req {
-            Request::AppendEntries(r) => Response::AppendEntries(self.raft.append_entries(r).await),
+            Request::AppendEntries(r) => {
+                let r = self.raft.append_entries(r).await;
+                if matches!(&r, Ok(a) if !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.touch_leader();
+                }
+                Response::AppendEntries(r)
+            }
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::InstallSnapshot(r) => {
-                Response::InstallSnapshot(self.raft.install_snapshot(r).await)
+                let vote = r.vote;
+                let r = self.raft.install_snapshot(r).await;
+                if matches!(&r, Ok(a) if a.vote == vote) {
+                    self.touch_leader();
+                }
+                Response::InstallSnapshot(r)
             }
+            Request::PreVote(r) => Response::PreVote(self.pre_vote(&r)),
             Request::Propose(Command::LeaseExpire { .. }) => {
                 // Only this node's own expiry loop proposes expiries (`propose_local`).
                 Response::Propose(Err(CoordError::invalid(

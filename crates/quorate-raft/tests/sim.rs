@@ -13,6 +13,11 @@
 //!   pauses, hold it while renewing every ttl/3, release it or vanish (the lease must expire);
 //!   no two validity windows overlap and fencing tokens strictly increase.
 //!
+//! - `raft_heal_keeps_the_leader`: a follower isolated for 3 s and healed: the leader acts
+//!   throughout, nobody else acts, no term rises (the pre-vote, `node/elector.rs`).
+//! - `raft_leader_crash_is_repaired_within_the_elector_bound`: after the leader crashes a new
+//!   one acts within the elector's longest wait, one retry and 200 ms.
+//!
 //! - `raft_scenarios_replay_byte_for_byte`: every scenario run twice per seed records
 //!   byte-identical traces (determinism of the whole stack under turmoil, see
 //!   `quorate_sim::replay`).
@@ -444,6 +449,118 @@ fn minority_scenario(seed: u64) -> Result<(), ScenarioFailure> {
     Ok(())
 }
 
+/// The one node claiming `can_act` at 1.5 s (the steady leader), or a failure.
+fn steady_leader(
+    c: &mut Cluster<'_>,
+    views: &Views,
+    at: Duration,
+) -> Result<String, ScenarioFailure> {
+    c.run_until(at)?;
+    match acting(c, views).as_slice() {
+        [one] => Ok(one.clone()),
+        other => Err(ScenarioFailure::new(format!(
+            "expected one leader at {at:?}, got {other:?}"
+        ))),
+    }
+}
+
+/// A follower is cut off from both peers for 3 s (symmetric), then the network heals: the
+/// leader never stops acting, no other node ever acts, and no node's term rises. Without a
+/// pre-vote the isolated follower campaigns at ever higher terms and deposes the leader on the
+/// heal (openraft 0.9's own election timer; `node/elector.rs`).
+fn heal_scenario(seed: u64) -> Result<(), ScenarioFailure> {
+    let (mut c, views) = cluster(seed);
+    c.add_client("idle", |_ctx| async { Ok(()) })?;
+    let cut_at = Duration::from_millis(1500);
+    let leader = steady_leader(&mut c, &views, cut_at)?;
+    let term = views.borrow()[&leader].borrow().term;
+    let names = c.node_names();
+    let follower = names
+        .iter()
+        .find(|n| **n != leader)
+        .cloned()
+        .ok_or_else(|| ScenarioFailure::new("no follower"))?;
+    let rest: Vec<String> = names.iter().filter(|n| **n != follower).cloned().collect();
+    let heal_at = cut_at + Duration::from_secs(3);
+    let end = heal_at + Duration::from_secs(3);
+    let schedule = Schedule::fixed(
+        seed,
+        &names,
+        vec![
+            ScheduledFault {
+                at: cut_at,
+                fault: Fault::Partition {
+                    left: vec![follower.clone()],
+                    right: rest,
+                },
+            },
+            ScheduledFault {
+                at: heal_at,
+                fault: Fault::Heal,
+            },
+        ],
+    );
+    let mut faults = schedule.faults.iter().peekable();
+    while c.elapsed() < end {
+        while let Some(f) = faults.next_if(|f| f.at <= c.elapsed()) {
+            c.apply(&f.fault)?;
+        }
+        c.step()?;
+        let now = c.elapsed();
+        let a = acting(&c, &views);
+        if a != [leader.clone()] {
+            return Err(ScenarioFailure::new(format!(
+                "at {now:?} the acting nodes are {a:?}, not only the leader {leader}"
+            ))
+            .with_schedule(&schedule));
+        }
+        for (name, v) in views.borrow().iter() {
+            let t = v.borrow().term;
+            if t > term {
+                return Err(ScenarioFailure::new(format!(
+                    "at {now:?} {name} is at term {t}, above the leader's {term}"
+                ))
+                .with_schedule(&schedule));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The leader crashes: with openraft's own election timer off, the elector alone must elect a
+/// new leader, within its longest first wait (`2 x election_max - election_min`) plus one
+/// retry after a split vote (`election_max`), a heartbeat of staleness and 150 ms for the
+/// pre-votes, the vote and the first commit.
+fn crash_scenario(seed: u64) -> Result<(), ScenarioFailure> {
+    let (mut c, views) = cluster(seed);
+    c.add_client("idle", |_ctx| async { Ok(()) })?;
+    let crash_at = Duration::from_millis(1500);
+    let leader = steady_leader(&mut c, &views, crash_at)?;
+    c.apply(&Fault::Crash {
+        node: leader.clone(),
+    })?;
+    let t = Timing::lan();
+    let bound = t.election_max * 3 - t.election_min + t.heartbeat + Duration::from_millis(150);
+    let deadline = crash_at + bound;
+    while c.elapsed() <= deadline {
+        c.step()?;
+        let a = acting(&c, &views);
+        match a.as_slice() {
+            [] => {}
+            [one] if *one != leader => return Ok(()),
+            other => {
+                return Err(ScenarioFailure::new(format!(
+                    "at {:?} the acting nodes are {other:?}",
+                    c.elapsed()
+                )));
+            }
+        }
+    }
+    Err(ScenarioFailure::new(format!(
+        "no new leader acted within {bound:?} of the crash of {leader} at {crash_at:?}"
+    )))
+}
+
 /// A lock client: grant a lease, queue for lock `L`, hold it for a while renewing every
 /// ttl/3, then unlock, or (some rounds) vanish without unlocking so that the lease must
 /// expire. Validity counts from the acknowledgement of the grant to the holder's own deadline
@@ -620,6 +737,23 @@ fn raft_minority_leader_stops() {
     Runner::new(env!("CARGO_PKG_NAME"), "raft_minority_leader_stops")
         .default_seeds(100)
         .run(minority_scenario);
+}
+
+#[test]
+fn raft_heal_keeps_the_leader() {
+    Runner::new(env!("CARGO_PKG_NAME"), "raft_heal_keeps_the_leader")
+        .default_seeds(100)
+        .run(heal_scenario);
+}
+
+#[test]
+fn raft_leader_crash_is_repaired_within_the_elector_bound() {
+    Runner::new(
+        env!("CARGO_PKG_NAME"),
+        "raft_leader_crash_is_repaired_within_the_elector_bound",
+    )
+    .default_seeds(100)
+    .run(crash_scenario);
 }
 
 #[test]

@@ -1091,7 +1091,12 @@ async fn keep_lease(k: Keeper) {
                 return;
             }
             (sent, result) = renew => {
-                next_renew = sent + timing.renew_interval;
+                next_renew = sent
+                    + if matches!(result, Ok(Ok(_))) {
+                        timing.renew_interval
+                    } else {
+                        timing.retry_interval()
+                    };
                 match &result {
                     Ok(Ok(_)) => renews.record(clock.now().saturating_sub(sent)),
                     _ => renews.record_failure(),
