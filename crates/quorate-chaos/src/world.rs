@@ -1243,6 +1243,23 @@ impl Cluster {
         }
     }
 
+    /// Waits (up to `within`) until every node's `status.json` says it sees every member
+    /// `Alive`; returns when (ns since the epoch; `status.json` is rewritten every 500 ms, so up
+    /// to that late).
+    pub async fn wait_all_alive(&self, within: Duration) -> Option<u64> {
+        let size = self.nodes.len();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if (0..size).all(|i| self.status(i).is_some_and(|s| s.alive == size)) {
+                return Some(now_ns());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every node runs and agrees: one Raft leader, every member alive, one primary
     /// acting, no node critical, and the primary's last promote in the hook log is its own and
     /// not demoted. Returns the primary's index.
@@ -1755,6 +1772,9 @@ pub struct BenchReport {
     pub secondary_partition_follower_interrupted: usize,
     /// Per secondary partition: the longest time the primary's application did not act (ms).
     pub secondary_partition_gaps_ms: Vec<f64>,
+    /// Per secondary partition: from the heal until every node's `status.json` showed every
+    /// member `Alive` (ms; infinite when not within 30 s; up to 500 ms late).
+    pub heal_all_alive_ms: Vec<f64>,
     /// The hook-log checker's report over the whole run.
     pub check: hooklog::Report,
 }
@@ -1855,6 +1875,12 @@ impl std::fmt::Display for BenchReport {
                 self.secondary_partition_follower_interrupted,
                 p(&self.secondary_partition_gaps_ms, 0.5),
                 p(&self.secondary_partition_gaps_ms, 1.0)
+            )?;
+            writeln!(
+                f,
+                "          after each heal, every member's view all Alive (status.json, written every 500 ms): median {}, max {}",
+                p(&self.heal_all_alive_ms, 0.5),
+                p(&self.heal_all_alive_ms, 1.0)
             )?;
         }
         writeln!(
@@ -2016,9 +2042,14 @@ async fn partition_secondary(c: &mut Cluster, report: &mut BenchReport) -> Resul
     // Not a synchronisation sleep: the partition's length is the fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let healed = c.heal_symmetric(s).await?;
+    let all_alive = c.wait_all_alive(Duration::from_secs(30)).await;
+    report
+        .heal_all_alive_ms
+        .push(all_alive.map_or(f64::INFINITY, |t| t.saturating_sub(healed) as f64 / 1e6));
     // The heal's disturbance (a returning node with a higher term) shows within a few
     // election timeouts.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let since = Duration::from_nanos(now_ns().saturating_sub(healed));
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(since)).await;
     let (interrupted, gap) = c.application_gap(c.name(p), t, at, now_ns())?;
     c.wait_stable(SETTLE).await?;
     let moved = c.max_token()? != t;

@@ -655,6 +655,24 @@ impl Core {
                             Some(held.into_iter().collect()),
                         );
                     }
+                    // Suspected members are told again (the buddy message): the one sent when
+                    // the suspicion began is lost when a partition caused it, and nothing
+                    // else makes a member refute; after a heal a suspicion would otherwise
+                    // linger until it turns to down (stretched up to 8x by local health).
+                    let mut suspects: Vec<Ident> = self
+                        .table
+                        .values()
+                        .filter(|e| e.state == MemberState::Suspect)
+                        .map(|e| e.ident.clone())
+                        .collect();
+                    for _ in 0..usize::from(self.profile.gossip_fanout) {
+                        if suspects.is_empty() {
+                            break;
+                        }
+                        let pick = self.rng.random_range(0..suspects.len());
+                        let ident = suspects.swap_remove(pick);
+                        self.send_buddy(&ident);
+                    }
                 }
             }
             TimerKind::Join => {
