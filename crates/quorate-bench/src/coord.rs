@@ -552,7 +552,13 @@ impl EtcdTarget {
     /// Starts a cluster of `members` with etcd's default timings (heartbeat 100 ms, election
     /// 1000 ms) and a client that prefers the leader, failing over to the others.
     pub async fn start(members: usize) -> Result<EtcdTarget, EtcdError> {
-        let cluster = EtcdCluster::start(EtcdClusterConfig::members(members)).await?;
+        Self::start_with(EtcdClusterConfig::members(members)).await
+    }
+
+    /// Starts a cluster as `config` says (e.g. timings tuned like quorate's `lan` profile, so
+    /// that a failover compares like with like).
+    pub async fn start_with(config: EtcdClusterConfig) -> Result<EtcdTarget, EtcdError> {
+        let cluster = EtcdCluster::start(config).await?;
         let leader = cluster.leader().await.unwrap_or(0);
         let mut config = cluster.etcd_config(leader);
         // A write stuck behind a dead leader is abandoned sooner, and tried elsewhere.

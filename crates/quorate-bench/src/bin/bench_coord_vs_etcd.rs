@@ -1,5 +1,6 @@
 //! `cargo run --release -p quorate-bench --bin bench_coord_vs_etcd -- [--tiny] [--trials N]
-//! [--out PATH] [--phase-ms MS] [--rounds N] [--writes 1,16,64] [--reads 1,64] [--locks 1,16]`: the coordination benchmark through the `Coord` trait, side by side, on
+//! [--out PATH] [--phase-ms MS] [--rounds N] [--writes 1,16,64] [--reads 1,64] [--locks 1,16]
+//! [--etcd-timing HB,ELECTION]`: the coordination benchmark through the `Coord` trait, side by side, on
 //! loopback: a 3-member etcd cluster (Debian's `etcd`, or `QUORATE_ETCD_BIN`) and a 3-process
 //! quorate cluster, interleaved phase by phase (see `quorate_bench::coord`). Prints the table
 //! and writes it to `target/bench-coord-vs-etcd.txt`.
@@ -83,7 +84,12 @@ fn machine() -> String {
     format!("{cpus} CPU(s) ({model}){mem}; {etcd}")
 }
 
-async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), String> {
+async fn bench(
+    cfg: BenchConfig,
+    out: PathBuf,
+    args: String,
+    etcd_timing: Option<(u64, u64)>,
+) -> Result<(), String> {
     let started = Instant::now();
     let (program, agents_from) = match std::env::var_os(QUORATE_BIN_ENV) {
         Some(_) => {
@@ -100,7 +106,16 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
             )
         }
     };
-    let etcd = EtcdTarget::start(3)
+    let mut etcd_config = quorate_testkit::etcd::EtcdClusterConfig::members(3);
+    let etcd_timing = match etcd_timing {
+        Some((hb, el)) => {
+            etcd_config.heartbeat = std::time::Duration::from_millis(hb);
+            etcd_config.election = std::time::Duration::from_millis(el);
+            format!("tuned: --heartbeat-interval {hb} --election-timeout {el}")
+        }
+        None => "defaults (heartbeat 100 ms, election 1000 ms)".to_owned(),
+    };
+    let etcd = EtcdTarget::start_with(etcd_config)
         .await
         .map_err(|e| format!("etcd: {e}"))?;
     let quorate = QuorateTarget::start(QuorateClusterConfig::new(program))
@@ -119,7 +134,7 @@ async fn bench(cfg: BenchConfig, out: PathBuf, args: String) -> Result<(), Strin
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned());
     let text = format!(
-        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_raft::client::CoordClient\nwall time: {:.0} s\n\n{}",
+        "coord benchmark through the Coord trait, 3 nodes per system on loopback, interleaved\nmachine: {}\ndate: {date}\ncommand: cargo run --release -p quorate-bench --bin bench_coord_vs_etcd{args}\nquorate agents: {agents_from}, lan profile; client: quorate_raft::client::CoordClient\netcd timing: {etcd_timing}\nwall time: {:.0} s\n\n{}",
         machine(),
         started.elapsed().as_secs_f64(),
         report.table()
@@ -162,6 +177,11 @@ struct Args {
     /// Client counts of the lock phases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     locks: Option<Vec<usize>>,
+    /// etcd's heartbeat and election timeout in ms, `HB,ELECTION` (default: etcd's own, 100
+    /// and 1000). `50,300` matches quorate's `lan` profile closely, for a like-with-like
+    /// failover column.
+    #[arg(long, value_delimiter = ',')]
+    etcd_timing: Option<Vec<u64>>,
 }
 
 fn main() -> ExitCode {
@@ -219,7 +239,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(bench(cfg, out, args)) {
+    let etcd_timing = match parsed.etcd_timing.as_deref() {
+        None => None,
+        Some([hb, el]) if *hb > 0 && hb < el => Some((*hb, *el)),
+        Some(other) => {
+            eprintln!(
+                "bench_coord_vs_etcd: --etcd-timing wants HB,ELECTION in ms with 0 < HB < ELECTION, got {other:?}"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(bench(cfg, out, args, etcd_timing)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench_coord_vs_etcd: {e}");
