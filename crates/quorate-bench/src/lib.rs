@@ -24,3 +24,15 @@ pub mod redis;
 pub mod replication;
 pub mod state;
 pub mod stats;
+
+/// Where a benchmark binary writes its table when `--out` is not given: `file` in the build's
+/// target directory (`CARGO_TARGET_DIR` when set, as cargo builds there, else the workspace's
+/// `target/`).
+pub fn default_out(file: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+        })
+        .join(file)
+}

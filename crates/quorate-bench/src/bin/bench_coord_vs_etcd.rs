@@ -225,9 +225,9 @@ fn main() -> ExitCode {
     if let Some(l) = parsed.locks {
         cfg.lock_clients = l.into_iter().filter(|&c| c > 0).collect();
     }
-    let out = parsed.out.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord-vs-etcd.txt")
-    });
+    let out = parsed
+        .out
+        .unwrap_or_else(|| quorate_bench::default_out("bench-coord-vs-etcd.txt"));
     let args: String = argv.iter().map(|a| format!(" {a}")).collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -71,9 +71,9 @@ async fn main() {
     if let Some(t) = args.trials {
         cfg.failover_trials = t;
     }
-    let out = args.out.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-coord.txt")
-    });
+    let out = args
+        .out
+        .unwrap_or_else(|| quorate_bench::default_out("bench-coord.txt"));
     let started = Instant::now();
     let etcd = match EtcdTarget::start(3).await {
         Ok(t) => t,

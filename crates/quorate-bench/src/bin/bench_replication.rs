@@ -16,7 +16,7 @@ use quorate_bench::replication::{self, ReplBenchConfig};
 async fn main() {
     let mut cfg = ReplBenchConfig::full();
     let mut out = std::env::var_os("QUORATE_BENCH_OUT").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-replication.txt"),
+        || quorate_bench::default_out("bench-replication.txt"),
         PathBuf::from,
     );
     let mut args = std::env::args().skip(1);

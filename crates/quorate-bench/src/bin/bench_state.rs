@@ -22,7 +22,7 @@ async fn main() {
     let mut cfg = StateBenchConfig::full();
     let mut members = 3;
     let mut out = std::env::var_os("QUORATE_BENCH_OUT").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-state.txt"),
+        || quorate_bench::default_out("bench-state.txt"),
         PathBuf::from,
     );
     let mut args = std::env::args().skip(1);
