@@ -244,6 +244,7 @@ pub(crate) struct Metrics {
     renews: Arc<LatencyCollector>,
     requests: Arc<LatencyCollector>,
     raft_inbound: Arc<CountCollector>,
+    raft_elections: Arc<CountCollector>,
     sources: Arc<SourceCollector>,
     /// Per role: the `at` of the last history entry counted.
     history_cursor: Mutex<BTreeMap<String, Option<std::time::Duration>>>,
@@ -293,6 +294,13 @@ impl Metrics {
                        evicted, timed out before authenticating or sending; frames rejected; \
                        client-key messages refused; client requests; warning lines written and \
                        suppressed",
+                label: "event",
+                series: Mutex::new(Vec::new()),
+            }),
+            raft_elections: Arc::new(CountCollector {
+                name: "raft_election_events",
+                help: "This node's Raft elector: pre-vote rounds started and won, elections \
+                       started, peers' pre-votes granted and refused",
                 label: "event",
                 series: Mutex::new(Vec::new()),
             }),
@@ -430,6 +438,7 @@ impl Metrics {
         r.register_collector(Box::new(Arc::clone(&m.renews)));
         r.register_collector(Box::new(Arc::clone(&m.requests)));
         r.register_collector(Box::new(Arc::clone(&m.raft_inbound)));
+        r.register_collector(Box::new(Arc::clone(&m.raft_elections)));
         r.register_collector(Box::new(Arc::clone(&m.sources)));
         Metrics { registry, ..m }
     }
@@ -541,6 +550,8 @@ impl Metrics {
             .collect();
         self.renews.set(renews);
         self.raft_inbound.set(ctx.raft_inbound.counts().to_vec());
+        self.raft_elections
+            .set(ctx.raft_elections.counts().to_vec());
         let samples = ctx.metric_sources.collect().await;
         *self
             .sources

@@ -457,6 +457,21 @@ async fn probes_state_admin_and_bad_input_over_http() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0);
     assert!(accepted > 0, "no accepted Raft connection counted:\n{text}");
+    // The elector's counters are exported, every event (zero until an election is needed).
+    for event in [
+        "prevote_round",
+        "prevote_round_won",
+        "election_started",
+        "prevote_granted",
+        "prevote_refused",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "quorate_raft_election_events_total{{event=\"{event}\"}}"
+            )),
+            "no {event} series:\n{text}"
+        );
+    }
     // No lag source for the role: no lag series (an absent lag is not a zero lag).
     assert!(!text.contains("quorate_role_replication_lag{"), "{text}");
     for op in quorate_startup::metered::METERED_OPS {

@@ -12,6 +12,8 @@ mod client_api;
 mod elector;
 mod read_batch;
 
+pub use elector::ElectorStats;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,6 +198,8 @@ struct Core<N: Net> {
     leader_heard: Mutex<Instant>,
     /// When this node last granted a peer's pre-vote (`node/elector.rs`).
     pre_vote_granted: Mutex<Option<Instant>>,
+    /// The elector's counters.
+    elector_stats: Arc<ElectorStats>,
     cancel: CancellationToken,
     /// Stops the storage writer (after openraft has shut down).
     store_stop: CancellationToken,
@@ -336,6 +340,7 @@ impl<N: Net> RaftNode<N> {
             read_batch: read_batch::ReadBatch::default(),
             leader_heard: Mutex::new(Instant::now()),
             pre_vote_granted: Mutex::new(None),
+            elector_stats: Arc::default(),
             cancel: CancellationToken::new(),
             store_stop,
             tracker,
@@ -428,6 +433,12 @@ impl<N: Net> RaftNode<N> {
     /// frames rejected; client-key refusals; client requests).
     pub fn inbound_stats(&self) -> Arc<crate::network::InboundStats> {
         self.core.transport.inbound_stats_shared()
+    }
+
+    /// Counters of this node's elections (pre-vote rounds, their outcomes, elections started,
+    /// peers' pre-votes granted and refused; `node/elector.rs`).
+    pub fn elector_stats(&self) -> Arc<ElectorStats> {
+        Arc::clone(&self.core.elector_stats)
     }
 
     /// This node as a `quorate_coord_api::Coord`.

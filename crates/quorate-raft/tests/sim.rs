@@ -94,6 +94,16 @@ fn transport(timeout: Duration, seed: u64) -> TransportConfig {
 
 type Views = Rc<RefCell<BTreeMap<String, watch::Receiver<ClusterView>>>>;
 
+thread_local! {
+    /// Each node's elector counters, by name (turmoil runs every host on this thread).
+    static ELECTORS: RefCell<BTreeMap<String, std::sync::Arc<quorate_raft::node::ElectorStats>>> =
+        RefCell::default();
+}
+
+fn elector(name: &str) -> [(&'static str, u64); 5] {
+    ELECTORS.with(|m| m.borrow().get(name).map(|s| s.counts()).unwrap_or_default())
+}
+
 /// Builds a 3-node cluster whose nodes publish their views into `views`.
 fn cluster(seed: u64) -> (Cluster<'static>, Views) {
     quorate_raft::rt::seed_thread_rng(seed);
@@ -132,6 +142,10 @@ fn cluster(seed: u64) -> (Cluster<'static>, Views) {
             }
             let node = RaftNode::start(cfg, storage, ctx.net).await?;
             views.borrow_mut().insert(ctx.name.clone(), node.view());
+            ELECTORS.with(|m| {
+                m.borrow_mut()
+                    .insert(ctx.name.clone(), node.elector_stats())
+            });
             std::future::pending::<()>().await;
             drop(node);
             Ok(())
@@ -547,7 +561,28 @@ fn crash_scenario(seed: u64) -> Result<(), ScenarioFailure> {
         let a = acting(&c, &views);
         match a.as_slice() {
             [] => {}
-            [one] if *one != leader => return Ok(()),
+            [one] if *one != leader => {
+                // The elector did it: the winner won a pre-vote round and started an
+                // election, and the other survivor granted its pre-vote (the only quorum).
+                let other = c
+                    .node_names()
+                    .into_iter()
+                    .find(|n| n != one && *n != leader)
+                    .unwrap_or_default();
+                let (w, o) = (elector(one), elector(&other));
+                let get = |c: &[(&str, u64); 5], k: &str| {
+                    c.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v)
+                };
+                if get(&w, "prevote_round_won") == 0
+                    || get(&w, "election_started") == 0
+                    || get(&o, "prevote_granted") == 0
+                {
+                    return Err(ScenarioFailure::new(format!(
+                        "new leader {one} without the elector's counts: {w:?}; {other}: {o:?}"
+                    )));
+                }
+                return Ok(());
+            }
             other => {
                 return Err(ScenarioFailure::new(format!(
                     "at {:?} the acting nodes are {other:?}",

@@ -129,6 +129,9 @@ pub struct NodeContext {
     /// Counters of this node's Raft port (`quorate-api` exports them as
     /// `quorate_raft_inbound_events_total{event}`).
     pub raft_inbound: Arc<quorate_raft::network::InboundStats>,
+    /// Counters of this node's Raft elections (`quorate-api` exports them as
+    /// `quorate_raft_election_events_total{event}`).
+    pub raft_elections: Arc<quorate_raft::node::ElectorStats>,
     /// Plug-ins' metrics (e.g. the replication stage's), read by the metrics exporter at each
     /// scrape: a plug-in registers its source when it starts.
     pub metric_sources: crate::sources::MetricSources,
@@ -706,6 +709,7 @@ impl NodeBuilder {
 
         let coord_stats = Arc::new(crate::metered::CoordStats::default());
         let raft_inbound;
+        let raft_elections;
         let coord: Arc<dyn Coord> = {
             let wire = wire.clone();
             let v2 = Arc::clone(&v);
@@ -736,6 +740,7 @@ impl NodeBuilder {
             .await?;
             let backend: Arc<dyn Coord> = Arc::new(raft.backend());
             raft_inbound = raft.inbound_stats();
+            raft_elections = raft.elector_stats();
             started.raft = Some(raft);
             // Ready when caught up: a linearizable read needs a known leader and this node's
             // state machine applied up to the read index.
@@ -888,6 +893,7 @@ impl NodeBuilder {
             keys: wire.keys.clone(),
             coord_stats,
             raft_inbound,
+            raft_elections,
             metric_sources: crate::sources::MetricSources::default(),
         };
         for p in &self.plugins {

@@ -32,6 +32,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -43,6 +44,39 @@ use super::Core;
 use crate::network::{PreVoteRequest, PreVoteResponse, Request, Response};
 use crate::rt::QuorateRng;
 use crate::types::LogId;
+
+/// Counters of this node's elector (for metrics); all only grow.
+#[derive(Debug, Default)]
+pub struct ElectorStats {
+    /// Pre-vote rounds this node started (it had heard no leader for its wait).
+    pub rounds: AtomicU64,
+    /// Of those, rounds a quorum granted.
+    pub rounds_won: AtomicU64,
+    /// Elections started after a won round (`trigger().elect()`).
+    pub elections: AtomicU64,
+    /// Peers' pre-votes this node granted.
+    pub granted: AtomicU64,
+    /// Peers' pre-votes this node refused (it hears a leader, leads, or the peer is behind).
+    pub refused: AtomicU64,
+}
+
+impl ElectorStats {
+    /// Every counter with a short name, in a fixed order.
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("prevote_round", l(&self.rounds)),
+            ("prevote_round_won", l(&self.rounds_won)),
+            ("election_started", l(&self.elections)),
+            ("prevote_granted", l(&self.granted)),
+            ("prevote_refused", l(&self.refused)),
+        ]
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
 
 /// What a voter knows when it answers a pre-vote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +169,11 @@ impl<N: Net> Core<N> {
         let me = self.voter_state();
         let granted = grants(req, &me);
         tracing::debug!(?req, ?me, granted, "pre-vote");
+        bump(if granted {
+            &self.elector_stats.granted
+        } else {
+            &self.elector_stats.refused
+        });
         if granted {
             *self
                 .pre_vote_granted
@@ -264,9 +303,14 @@ pub(super) async fn elector_task<N: Net>(core: Arc<Core<N>>) {
             }
         }
         let silent = now.saturating_duration_since(heard);
+        bump(&core.elector_stats.rounds);
         let won = core.pre_vote_round().await;
         not_before = Instant::now() + retry_wait(&timing);
+        if won {
+            bump(&core.elector_stats.rounds_won);
+        }
         if won && core.heard_at() == heard {
+            bump(&core.elector_stats.elections);
             tracing::info!(
                 silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                 "pre-vote won; starting an election"
