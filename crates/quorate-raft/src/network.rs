@@ -55,6 +55,7 @@ use quorate_coord_api::{
     Capabilities, ClusterStatus, Consistency, CoordError, ElectionLeader, GetResponse, KeyValue,
     LeaseId, LeaseInfo, LockGrant, RangeRequest, RangeResponse, Revision, Txn, WatchEvent,
 };
+use quorate_wire::inbound::{Admission, InboundSlot};
 use quorate_wire::net::{Listener, Net};
 use quorate_wire::{
     Challenge, ClientKey, MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError,
@@ -1060,7 +1061,12 @@ pub async fn serve<N: Net, H: Handler>(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let table = Arc::new(Mutex::new(InboundTable::default()));
+    let table = quorate_wire::inbound::Inbound::default();
+    let limits = quorate_wire::inbound::InboundLimits {
+        connections_max: transport.config.inbound_connections_max,
+        per_ip_max: transport.config.inbound_per_ip_max,
+        unauthenticated_max: transport.config.inbound_unauthenticated_max,
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -1077,22 +1083,16 @@ pub async fn serve<N: Net, H: Handler>(
                 continue;
             }
         };
-        let admitted = {
-            let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-            t.admit(peer.ip(), &transport.config)
-        };
-        let (slot, evict) = match admitted {
-            Admission::Admitted { id, evict, evicted } => {
+        let (slot, evict) = match table.admit(peer.ip(), &limits) {
+            Admission::Admitted {
+                slot,
+                evict,
+                evicted,
+            } => {
                 if evicted {
                     transport.stats.evicted.fetch_add(1, Ordering::Relaxed);
                 }
-                (
-                    InboundSlot {
-                        table: table.clone(),
-                        id,
-                    },
-                    evict,
-                )
+                (slot, evict)
             }
             Admission::PerIpFull => {
                 transport
@@ -1130,106 +1130,6 @@ pub async fn serve<N: Net, H: Handler>(
                 () = serve_conn(stream, peer, &transport, &*handler, &slot) => {}
             }
         });
-    }
-}
-
-/// The inbound connections being served, in accept order.
-#[derive(Debug, Default)]
-struct InboundTable {
-    next_id: u64,
-    conns: BTreeMap<u64, InboundEntry>,
-    per_ip: BTreeMap<IpAddr, usize>,
-}
-
-#[derive(Debug)]
-struct InboundEntry {
-    ip: IpAddr,
-    authenticated: bool,
-    evict: CancellationToken,
-}
-
-enum Admission {
-    Admitted {
-        id: u64,
-        evict: CancellationToken,
-        /// Whether an unauthenticated connection was closed to make room.
-        evicted: bool,
-    },
-    PerIpFull,
-    Full,
-}
-
-impl InboundTable {
-    fn admit(&mut self, ip: IpAddr, config: &TransportConfig) -> Admission {
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= config.inbound_per_ip_max {
-            return Admission::PerIpFull;
-        }
-        let unauthenticated = self.conns.values().filter(|c| !c.authenticated).count();
-        let mut evicted = false;
-        if unauthenticated >= config.inbound_unauthenticated_max
-            || self.conns.len() >= config.inbound_connections_max
-        {
-            // Close the oldest connection that has not proven the key.
-            let oldest = self
-                .conns
-                .iter()
-                .find(|(_, c)| !c.authenticated)
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.remove(id);
-                evicted = true;
-            }
-        }
-        if self.conns.len() >= config.inbound_connections_max {
-            return Admission::Full;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let evict = CancellationToken::new();
-        self.conns.insert(
-            id,
-            InboundEntry {
-                ip,
-                authenticated: false,
-                evict: evict.clone(),
-            },
-        );
-        *self.per_ip.entry(ip).or_default() += 1;
-        Admission::Admitted { id, evict, evicted }
-    }
-
-    fn remove(&mut self, id: u64) {
-        if let Some(c) = self.conns.remove(&id) {
-            c.evict.cancel();
-            if let Some(n) = self.per_ip.get_mut(&c.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&c.ip);
-                }
-            }
-        }
-    }
-}
-
-/// A served connection's entry in the table; removed when the connection ends.
-struct InboundSlot {
-    table: Arc<Mutex<InboundTable>>,
-    id: u64,
-}
-
-impl InboundSlot {
-    fn authenticated(&self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = t.conns.get_mut(&self.id) {
-            c.authenticated = true;
-        }
-    }
-}
-
-impl Drop for InboundSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        t.remove(self.id);
     }
 }
 

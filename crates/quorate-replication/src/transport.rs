@@ -7,7 +7,10 @@
 //!   not open here. The server closes a connection at the first frame that fails to open.
 //! - **Bounded**: frames by `frame_bytes_max` (and [`PRE_AUTH_FRAME_BYTES_MAX`] until a
 //!   connection has delivered an authentic frame, which it must do within `pre_auth_timeout`);
-//!   inbound connections by `inbound_connections_max` (more are closed at accept); idle
+//!   inbound connections by `inbound_connections_max`, per source address by
+//!   `inbound_per_ip_max`, and unauthenticated ones by `inbound_unauthenticated_max`, with the
+//!   oldest unauthenticated connection closed to make room (`quorate_wire::inbound`, the Raft
+//!   transport's admission), so a flood that never authenticates cannot lock peers out; idle
 //!   pooled connections per peer by `idle_per_peer_max`; every call by `call_timeout`, every
 //!   connect by `connect_timeout`, every reply by `send_timeout`.
 //! - **Connections are reused**: a call takes an idle connection (or connects), writes one
@@ -20,10 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quorate_wire::inbound::{Admission, Inbound, InboundLimits, InboundSlot};
 use quorate_wire::net::{Listener, Net};
 use quorate_wire::{Challenge, MessageKind, Opener, Sealer, StreamOpener, WireConfig, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +48,11 @@ pub struct TransportConfig {
     pub idle_per_peer_max: NonZeroUsize,
     /// Inbound connections served at once; more are closed at accept.
     pub inbound_connections_max: NonZeroUsize,
+    /// Inbound connections served at once from one source address.
+    pub inbound_per_ip_max: NonZeroUsize,
+    /// Inbound connections that have not authenticated yet; beyond it the oldest such one is
+    /// closed to make room.
+    pub inbound_unauthenticated_max: NonZeroUsize,
     /// How long a new inbound connection may take to deliver its first authentic frame.
     pub pre_auth_timeout: Duration,
     /// How long an authenticated inbound connection may stay silent before it is closed.
@@ -55,7 +63,8 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// LAN defaults: connect 500 ms, call 2 s, 4 idle connections per peer, 256 inbound
-    /// connections, 2 s to authenticate, 60 s idle, 2 s per reply.
+    /// connections (64 per address, 128 unauthenticated), 2 s to authenticate, 60 s idle, 2 s
+    /// per reply.
     pub fn lan(wire: WireConfig) -> Self {
         Self {
             wire,
@@ -63,6 +72,8 @@ impl TransportConfig {
             call_timeout: Duration::from_secs(2),
             idle_per_peer_max: NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN),
             inbound_connections_max: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            inbound_per_ip_max: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
+            inbound_unauthenticated_max: NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN),
             pre_auth_timeout: Duration::from_secs(2),
             inbound_idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(2),
@@ -81,8 +92,12 @@ impl TransportConfig {
 pub struct InboundStats {
     /// Connections served.
     pub accepted: AtomicU64,
-    /// Connections closed at accept because `inbound_connections_max` were being served.
+    /// Connections closed at accept because every slot held an authenticated connection.
     pub refused_full: AtomicU64,
+    /// Connections closed at accept because their address had `inbound_per_ip_max`.
+    pub refused_per_ip: AtomicU64,
+    /// Unauthenticated connections closed to make room for a new one.
+    pub evicted: AtomicU64,
     /// Connections closed for delivering no authentic frame within `pre_auth_timeout`.
     pub pre_auth_timeouts: AtomicU64,
     /// Connections closed at a frame that failed to open or decode.
@@ -258,7 +273,12 @@ impl<N: Net> Transport<N> {
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) {
-        let slots = Arc::new(Semaphore::new(self.config.inbound_connections_max.get()));
+        let table = Inbound::default();
+        let limits = InboundLimits {
+            connections_max: self.config.inbound_connections_max.get(),
+            per_ip_max: self.config.inbound_per_ip_max.get(),
+            unauthenticated_max: self.config.inbound_unauthenticated_max.get(),
+        };
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -270,19 +290,36 @@ impl<N: Net> Transport<N> {
                 tokio::task::yield_now().await;
                 continue;
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
-                drop(stream);
-                continue;
+            let (slot, evict) = match table.admit(peer.ip(), &limits) {
+                Admission::Admitted {
+                    slot,
+                    evict,
+                    evicted,
+                } => {
+                    if evicted {
+                        self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (slot, evict)
+                }
+                Admission::PerIpFull => {
+                    self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                Admission::Full => {
+                    self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
             };
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             let (this, handler, cancel) = (self.clone(), handler.clone(), cancel.clone());
             tracker.spawn(async move {
-                let _permit = permit;
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {}
-                    () = this.serve_conn(stream, peer, &*handler) => {}
+                    () = evict.cancelled() => {}
+                    () = this.serve_conn(stream, peer, &*handler, &slot) => {}
                 }
             });
         }
@@ -293,6 +330,7 @@ impl<N: Net> Transport<N> {
         mut stream: N::TcpStream,
         peer: SocketAddr,
         handler: &H,
+        slot: &InboundSlot,
     ) {
         let config = &self.config;
         let Ok(challenge) = Challenge::generate() else {
@@ -330,7 +368,10 @@ impl<N: Net> Transport<N> {
                 }
                 Ok(Ok(r)) => r,
             };
-            authenticated = true;
+            if !authenticated {
+                authenticated = true;
+                slot.authenticated();
+            }
             let Some(req) = req else {
                 continue;
             };

@@ -84,6 +84,7 @@
 //! assert!(opener.open::<(String, u32)>(&frame).is_err());
 //! ```
 
+pub mod inbound;
 pub mod net;
 mod replay;
 
