@@ -404,6 +404,25 @@ impl Core {
         Ok(core)
     }
 
+    /// Up to `gossip_fanout` members in `state`, picked at random without repeats.
+    fn random_members(&mut self, state: MemberState) -> Vec<Ident> {
+        let mut all: Vec<Ident> = self
+            .table
+            .values()
+            .filter(|e| e.state == state)
+            .map(|e| e.ident.clone())
+            .collect();
+        let mut picked = Vec::new();
+        for _ in 0..usize::from(self.profile.gossip_fanout) {
+            if all.is_empty() {
+                break;
+            }
+            let pick = self.rng.random_range(0..all.len());
+            picked.push(all.swap_remove(pick));
+        }
+        picked
+    }
+
     fn jittered(&mut self, d: Duration) -> Duration {
         d.mul_f64(self.rng.random_range(0.5..1.5))
     }
@@ -631,18 +650,7 @@ impl Core {
                     // at random so that a partitioned one is found quickly anyway.
                     // The datagram is small: us, and the member as we hold it (down), so that a
                     // live one renews at once; its reply carries its full state.
-                    let mut down: Vec<Ident> = self
-                        .table
-                        .values()
-                        .filter(|e| e.state == MemberState::Down)
-                        .map(|e| e.ident.clone())
-                        .collect();
-                    for _ in 0..usize::from(self.profile.gossip_fanout) {
-                        if down.is_empty() {
-                            break;
-                        }
-                        let pick = self.rng.random_range(0..down.len());
-                        let ident = down.swap_remove(pick);
+                    for ident in self.random_members(MemberState::Down) {
                         let held = self
                             .foca
                             .iter_membership_state()
@@ -659,18 +667,7 @@ impl Core {
                     // the suspicion began is lost when a partition caused it, and nothing
                     // else makes a member refute; after a heal a suspicion would otherwise
                     // linger until it turns to down (stretched up to 8x by local health).
-                    let mut suspects: Vec<Ident> = self
-                        .table
-                        .values()
-                        .filter(|e| e.state == MemberState::Suspect)
-                        .map(|e| e.ident.clone())
-                        .collect();
-                    for _ in 0..usize::from(self.profile.gossip_fanout) {
-                        if suspects.is_empty() {
-                            break;
-                        }
-                        let pick = self.rng.random_range(0..suspects.len());
-                        let ident = suspects.swap_remove(pick);
+                    for ident in self.random_members(MemberState::Suspect) {
                         self.send_buddy(&ident);
                     }
                 }
